@@ -1,0 +1,124 @@
+"""Convert a matgl model folder (``model.json`` + ``state.pt``) to a jaxmat bundle.
+
+Needs torch (``pip install jaxmat[convert]``); the state dict is read with
+``torch.load(..., weights_only=True)``, which refuses arbitrary pickled objects.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import shutil
+from pathlib import Path
+
+import numpy as np
+
+from jaxmat.models import Model
+from jaxmat.models._bundle import check_params
+from jaxmat.models._model import expected_param_shapes
+
+
+class ConversionError(ValueError):
+    """The matgl folder cannot be converted (unsupported architecture or unexpected tensors)."""
+
+
+def _load_state_dict(path: Path) -> dict[str, np.ndarray]:
+    try:
+        import torch
+    except ImportError:  # pragma: no cover - depends on the environment
+        raise ConversionError("converting matgl checkpoints needs torch: pip install 'jaxmat[convert]'") from None
+    state = torch.load(path, map_location="cpu", weights_only=True)
+    return {k: v.detach().cpu().numpy() for k, v in state.items() if hasattr(v, "detach")}
+
+
+def _gated(sd, prefix, n_linear, bias=True):
+    """matgl GatedMLP (Sequential Linear at indices 0, 2, 4, ...) -> jaxmat GatedMLP params."""
+    out = {}
+    for branch in ("layers", "gates"):
+        for k in range(n_linear):
+            out[f"{branch}_{k}_kernel"] = sd[f"{prefix}.{branch}.{2 * k}.weight"].T
+            if bias:
+                out[f"{branch}_{k}_bias"] = sd[f"{prefix}.{branch}.{2 * k}.bias"]
+    return out
+
+
+def m3gnet_from_matgl(model_json: dict, sd: dict[str, np.ndarray]) -> tuple[dict, dict]:
+    """Map a matgl ``Potential(M3GNet)`` to (hyperparameters, params)."""
+    if model_json.get("@class") != "Potential":
+        raise ConversionError(f"expected a matgl Potential, got {model_json.get('@class')}")
+    inner = model_json["kwargs"]["model"]
+    if inner.get("@class") != "M3GNet":
+        raise ConversionError(f"expected an M3GNet model, got {inner.get('@class')}")
+    a = inner["init_args"]
+    if a.get("is_intensive") or a.get("include_state") or a.get("use_phi"):
+        raise ConversionError("only extensive M3GNet potentials without state or phi are supported")
+    nblocks = int(a["nblocks"])
+    n_readout = len([k for k in sd if k.startswith("model.final_layer.gated.layers.") and k.endswith("weight")])
+    readout = [int(sd[f"model.final_layer.gated.layers.{2 * k}.weight"].shape[0]) for k in range(n_readout)]
+    hyper = {
+        "element_types": list(a["element_types"]),
+        "dim_node": int(a["dim_node_embedding"]),
+        "dim_edge": int(a["dim_edge_embedding"]),
+        "units": int(a["units"]),
+        "max_n": int(a["max_n"]),
+        "max_l": int(a["max_l"]),
+        "nblocks": nblocks,
+        "cutoff": float(a["cutoff"]),
+        "threebody_cutoff": float(a["threebody_cutoff"]),
+        "rbf_type": "smooth_spherical_bessel" if a.get("use_smooth") else "spherical_bessel",
+        "readout_features": readout,
+    }
+    p = {
+        "node_embedding": {"embedding": sd["model.embedding.layer_node_embedding.weight"]},
+        "edge_embedding": {
+            "kernel": sd["model.embedding.layer_edge_embedding.layers.0.weight"].T,
+            "bias": sd["model.embedding.layer_edge_embedding.layers.0.bias"],
+        },
+        "readout": _gated(sd, "model.final_layer.gated", n_readout),
+        "energy_scale": {
+            "element_refs": sd["element_refs.property_offset"],
+            "scale": sd["data_std"].reshape(()),
+            "shift": sd["data_mean"].reshape(()),
+        },
+    }
+    for b in range(nblocks):
+        tb, conv = f"model.three_body_interactions.{b}", f"model.graph_layers.{b}.conv"
+        p[f"three_body_{b}_atom"] = {
+            "kernel": sd[f"{tb}.update_network_atom.layers.0.weight"].T,
+            "bias": sd[f"{tb}.update_network_atom.layers.0.bias"],
+        }
+        p[f"three_body_{b}_bond"] = _gated(sd, f"{tb}.update_network_bond", 1, bias=False)
+        for part in ("edge", "node"):
+            p[f"conv_{b}_{part}"] = _gated(sd, f"{conv}.{part}_update_func", 3)
+            p[f"conv_{b}_{part}_weight"] = {"kernel": sd[f"{conv}.{part}_weight_func.weight"].T}
+    p = {k: {n: np.asarray(v, np.float32) for n, v in d.items()} for k, d in p.items()}
+    return hyper, p
+
+
+def convert_matgl(src, dst, name: str | None = None) -> Model:
+    """Convert ``src`` (a matgl pretrained-model folder) into the jaxmat bundle folder ``dst``."""
+    src, dst = Path(src), Path(dst)
+    model_json = json.loads((src / "model.json").read_text())
+    state_file = src / "state.pt"
+    sd = _load_state_dict(state_file)
+    hyper, params = m3gnet_from_matgl(model_json, sd)
+    check_params(params, expected_param_shapes("M3GNet", hyper), str(src))
+    name = name or src.name
+    metadata = {
+        "name": name,
+        "origin": f"matgl pretrained model {src.name} (materialsvirtuallab/matgl), converted by jaxmat",
+        "license": "BSD-3-Clause (matgl); see LICENSE in this folder",
+        "source_state_sha256": hashlib.sha256(state_file.read_bytes()).hexdigest(),
+        "semantics": "DGL-era matgl: node messages summed onto destination atoms; triplets "
+        "(i->j, i->k) within the three-body cutoff, summed onto bond i->j",
+        "units": {"energy": "eV", "length": "Angstrom"},
+    }
+    model = Model("M3GNet", hyper, params, metadata)
+    model.save(dst)
+    for extra, target in (("README.md", "README-matgl.md"),):
+        if (src / extra).is_file():
+            shutil.copyfile(src / extra, dst / target)
+    lic = src / "LICENSE" if (src / "LICENSE").is_file() else src.parent / "LICENSE"
+    if lic.is_file():
+        shutil.copyfile(lic, dst / "LICENSE")
+    return model

@@ -1,0 +1,41 @@
+"""Atomic graphs: host construction (neighbour lists, triplets), batching, padding, geometry."""
+
+from jaxmat.graph._build import (
+    PadSizes,
+    atoms_to_graph,
+    batch_graphs,
+    bucket_sizes,
+    cast_floats,
+    fits,
+    graph_sizes,
+    pad_graph,
+)
+from jaxmat.graph._geometry import edge_vectors, masked_norm
+from jaxmat.graph._neighbors import (
+    DEFAULT_MIN_DISTANCE,
+    StructureError,
+    build_triplets,
+    check_structure,
+    neighbor_edges,
+)
+from jaxmat.graph._types import AtomicGraph, Triplets
+
+__all__ = [
+    "AtomicGraph",
+    "DEFAULT_MIN_DISTANCE",
+    "PadSizes",
+    "StructureError",
+    "Triplets",
+    "atoms_to_graph",
+    "batch_graphs",
+    "bucket_sizes",
+    "build_triplets",
+    "cast_floats",
+    "check_structure",
+    "edge_vectors",
+    "fits",
+    "graph_sizes",
+    "masked_norm",
+    "neighbor_edges",
+    "pad_graph",
+]

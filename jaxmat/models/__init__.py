@@ -1,0 +1,25 @@
+"""Model families, model bundles and the pretrained registry."""
+
+from jaxmat.models._bundle import BundleError, read_bundle, save_bundle
+from jaxmat.models._m3gnet import M3GNet
+from jaxmat.models._model import (
+    DEFAULT_MODEL,
+    FAMILIES,
+    Model,
+    UnknownElementError,
+    list_pretrained,
+    load_model,
+)
+
+__all__ = [
+    "BundleError",
+    "DEFAULT_MODEL",
+    "FAMILIES",
+    "M3GNet",
+    "Model",
+    "UnknownElementError",
+    "list_pretrained",
+    "load_model",
+    "read_bundle",
+    "save_bundle",
+]

@@ -1,0 +1,135 @@
+"""M3GNet (Chen & Ong, Nat. Comput. Sci. 2022) as a pure Flax module: graph -> per-atom energies.
+
+Semantics match the pretrained matgl weights (see ``../shared/README.md``): node messages of bond
+i->j are summed onto the destination atom j; triplets are ordered pairs of distinct bonds
+(i->j, i->k) within the three-body cutoff, gated by atom k and summed onto bond i->j.
+"""
+
+from __future__ import annotations
+
+from typing import Sequence
+
+import flax.linen as nn
+import jax
+import jax.numpy as jnp
+import numpy as np
+from ase.data import atomic_numbers
+
+from jaxmat.graph import AtomicGraph, edge_vectors, masked_norm
+from jaxmat.nn import (
+    GatedMLP,
+    polynomial_cutoff,
+    real_spherical_harmonics_m0,
+    smooth_spherical_bessel,
+    spherical_bessel,
+)
+
+RBF_TYPES = ("spherical_bessel", "smooth_spherical_bessel")
+
+
+class EnergyScale(nn.Module):
+    """E_i = scale * e_i + element_ref[type_i] + shift / n_atoms(graph of i)   [eV]."""
+
+    n_types: int
+
+    @nn.compact
+    def __call__(self, e, types, n_atoms_of_node):
+        refs = self.param("element_refs", nn.initializers.zeros, (self.n_types,))
+        scale = self.param("scale", nn.initializers.ones, ())
+        shift = self.param("shift", nn.initializers.zeros, ())
+        dt = e.dtype
+        return scale.astype(dt) * e + refs.astype(dt)[types] + shift.astype(dt) / n_atoms_of_node
+
+
+class M3GNet(nn.Module):
+    """Args (all static config, stored in a bundle's ``config.json``):
+      element_types: chemical symbols the model knows; type index = position in this list.
+      dim_node, dim_edge: embedding widths.
+      units: hidden width of the gated MLPs.
+      max_n, max_l: radial / angular basis sizes.
+      nblocks: number of (three-body + graph convolution) blocks.
+      cutoff, threebody_cutoff: Angstrom.
+      rbf_type: "spherical_bessel" (non-smooth, M3GNet-MP-2021.2.8) or "smooth_spherical_bessel".
+      readout_features: widths of the per-atom readout gated MLP (last must be 1).
+
+    ``__call__(graph)`` returns per-atom energies (N,) in eV (zero on padding nodes).
+    """
+
+    element_types: Sequence[str]
+    dim_node: int = 64
+    dim_edge: int = 64
+    units: int = 64
+    max_n: int = 3
+    max_l: int = 3
+    nblocks: int = 3
+    cutoff: float = 5.0
+    threebody_cutoff: float = 4.0
+    rbf_type: str = "spherical_bessel"
+    readout_features: Sequence[int] = (64, 64, 64, 1)
+
+    def type_table(self) -> np.ndarray:
+        """Atomic number -> type index (unknown and padding -> 0; hosts validate species)."""
+        table = np.zeros(119, np.int32)
+        for k, s in enumerate(self.element_types):
+            table[atomic_numbers[s]] = k
+        return table
+
+    def radial(self, r):
+        """Bond basis (E, K): K = max_l*max_n (non-smooth) or max_n (smooth)."""
+        if self.rbf_type == "spherical_bessel":
+            return spherical_bessel(r, self.cutoff, self.max_l, self.max_n)
+        if self.rbf_type == "smooth_spherical_bessel":
+            return smooth_spherical_bessel(r, self.cutoff, self.max_n)
+        raise ValueError(f"unknown rbf_type {self.rbf_type!r}; expected one of {RBF_TYPES}")
+
+    @nn.compact
+    def __call__(self, g: AtomicGraph):
+        G, T = g.graph, g.triplets
+        nodes, send, recv = G.nodes, G.senders, G.receivers
+        n_node, n_edge = nodes["species"].shape[0], send.shape[0]
+        emask = G.edges["mask"]
+        types = jnp.asarray(self.type_table())[nodes["species"]]
+
+        vec = edge_vectors(g)
+        r = masked_norm(vec, emask, fill=0.5 * self.threebody_cutoff)
+        rbf = self.radial(r)
+        dt = rbf.dtype
+
+        # Three-body basis, computed once: radial(r_ik) x Y_l^0(cos theta_jik), cut off smoothly.
+        ij, ik = T.edge_ij, T.edge_ik
+        cos = jnp.sum(vec[ij] * vec[ik], axis=1) / (r[ij] * r[ik])
+        cos = jnp.clip(cos, -1.0 + 1e-7, 1.0 - 1e-7)
+        if self.rbf_type == "spherical_bessel":
+            radial3 = rbf[ik]
+        else:
+            radial3 = smooth_spherical_bessel(r, self.cutoff, self.max_n * self.max_l)[ik]
+        angular = jnp.repeat(real_spherical_harmonics_m0(cos, self.max_l), self.max_n, axis=1)
+        f3 = polynomial_cutoff(r, self.threebody_cutoff) * emask
+        weight = f3[ij] * f3[ik] * T.mask
+        basis3 = radial3 * angular * weight[:, None]  # (T, max_l*max_n)
+        k_atom = recv[ik]
+
+        v = nn.Embed(len(self.element_types), self.dim_node, name="node_embedding")(types).astype(dt)
+        e = jax.nn.silu(nn.Dense(self.dim_edge, name="edge_embedding")(rbf))
+        degree3 = self.max_n * self.max_l
+        hidden = (self.units, self.units)
+        for b in range(self.nblocks):
+            # three-body interaction -> bond update
+            gate = jax.nn.sigmoid(nn.Dense(degree3, name=f"three_body_{b}_atom")(v))
+            m3 = jax.ops.segment_sum(
+                basis3 * gate[k_atom], ij, num_segments=n_edge, indices_are_sorted=True
+            )
+            e = e + GatedMLP((self.dim_edge,), use_bias=False, name=f"three_body_{b}_bond")(m3)
+            # graph convolution: edge update, then node update summed onto the destination atom
+            parts = lambda e_: [(v, send), (v, recv), (e_, None)]  # noqa: E731
+            w_e = nn.Dense(self.dim_edge, use_bias=False, name=f"conv_{b}_edge_weight")(rbf)
+            e = e + GatedMLP(hidden + (self.dim_edge,), name=f"conv_{b}_edge")(parts=parts(e)) * w_e
+            w_v = nn.Dense(self.dim_node, use_bias=False, name=f"conv_{b}_node_weight")(rbf)
+            msg = GatedMLP(hidden + (self.dim_node,), name=f"conv_{b}_node")(parts=parts(e)) * w_v
+            msg = msg * emask[:, None]
+            v = v + jax.ops.segment_sum(msg, recv, num_segments=n_node, indices_are_sorted=True)
+
+        e_atom = GatedMLP(tuple(self.readout_features), activate_last=False, name="readout")(v)[:, 0]
+        n_atoms = G.n_node[nodes["graph_index"]].astype(dt)
+        energy = EnergyScale(len(self.element_types), name="energy_scale")(e_atom, types, n_atoms)
+        return energy * nodes["mask"]

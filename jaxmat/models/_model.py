@@ -1,0 +1,137 @@
+"""``Model``: a Flax module, its parameters and its config; ``load_model`` by name or path."""
+
+from __future__ import annotations
+
+import dataclasses
+from pathlib import Path
+from typing import Any
+
+import flax.linen as nn
+import jax
+import jax.numpy as jnp
+import numpy as np
+from ase.data import chemical_symbols
+
+from jaxmat.models._bundle import BundleError, check_params, read_bundle, save_bundle
+from jaxmat.models._m3gnet import M3GNet
+
+#: Model families a bundle may name in its ``"model"`` field.
+FAMILIES: dict[str, type[nn.Module]] = {"M3GNet": M3GNet}
+
+PRETRAINED_DIR = Path(__file__).resolve().parent.parent / "pretrained"
+DEFAULT_MODEL = "M3GNet-MP-2021.2.8-PES"
+
+
+class UnknownElementError(ValueError):
+    """A structure holds an element the model was not trained on."""
+
+
+@dataclasses.dataclass(frozen=True, eq=False)
+class Model:
+    """A potential: ``apply(params, graph) -> per-atom energies (N,) [eV]``.
+
+    Attributes:
+      family: model family name (key of ``FAMILIES``).
+      hyperparameters: keyword arguments of the Flax module (JSON-serialisable).
+      params: parameter pytree (float32 numpy/jax arrays).
+      metadata: origin, licence, training information.
+    """
+
+    family: str
+    hyperparameters: dict
+    params: Any
+    metadata: dict = dataclasses.field(default_factory=dict)
+
+    @property
+    def module(self) -> nn.Module:
+        kwargs = {k: tuple(v) if isinstance(v, list) else v for k, v in self.hyperparameters.items()}
+        return FAMILIES[self.family](**kwargs)
+
+    def apply(self, params, graph):
+        return self.module.apply({"params": params}, graph)
+
+    @property
+    def cutoff(self) -> float:
+        return float(self.hyperparameters["cutoff"])
+
+    @property
+    def three_body_cutoff(self) -> float | None:
+        tb = self.hyperparameters.get("threebody_cutoff")
+        return None if tb is None else float(tb)
+
+    @property
+    def element_types(self) -> tuple[str, ...]:
+        return tuple(self.hyperparameters["element_types"])
+
+    @property
+    def name(self) -> str:
+        return self.metadata.get("name", self.family)
+
+    def check_species(self, numbers) -> None:
+        """Raise UnknownElementError naming any atomic number the model does not know."""
+        known = set(self.element_types)
+        unknown = sorted({chemical_symbols[int(z)] if 0 < int(z) < len(chemical_symbols) else str(int(z))
+                          for z in np.unique(numbers)} - known)
+        if unknown:
+            raise UnknownElementError(
+                f"element(s) {', '.join(unknown)} not supported by model {self.name} "
+                f"(it knows {len(known)} elements: {' '.join(self.element_types)})"
+            )
+
+    def save(self, path) -> Path:
+        return save_bundle(path, self.family, self.hyperparameters, self.params, self.metadata)
+
+    def init_params(self, graph, seed: int = 0):
+        """Fresh random parameters for this architecture (float32)."""
+        return self.module.init(jax.random.PRNGKey(seed), graph)["params"]
+
+
+def expected_param_shapes(family: str, hyperparameters: dict):
+    """Parameter shapes of a family/hyperparameters pair, from an abstract init on a tiny graph."""
+    from jaxmat.graph import atoms_to_graph, bucket_sizes, graph_sizes, pad_graph
+    import ase
+
+    model = Model(family, hyperparameters, None)
+    sym = model.element_types[0]
+    g = atoms_to_graph(ase.Atoms(sym + "2", positions=[[0, 0, 0], [1.5, 0, 0]]),
+                       model.cutoff, model.three_body_cutoff)
+    g = pad_graph(g, bucket_sizes(graph_sizes(g)))
+    g = jax.tree_util.tree_map(jnp.asarray, g)
+    shapes = jax.eval_shape(lambda: model.module.init(jax.random.PRNGKey(0), g))
+    return shapes["params"]
+
+
+def load_model(name_or_path=DEFAULT_MODEL) -> Model:
+    """Load a model bundle by pretrained name (see ``list_pretrained()``) or folder path.
+
+    Works offline and without torch. Raises BundleError for a missing, corrupt or incompatible
+    bundle.
+    """
+    if isinstance(name_or_path, Model):
+        return name_or_path
+    path = Path(name_or_path)
+    if not path.is_dir():
+        candidate = PRETRAINED_DIR / str(name_or_path)
+        if not candidate.is_dir():
+            raise BundleError(
+                f"no model bundle at {str(name_or_path)!r}; pretrained models: {', '.join(list_pretrained())}"
+            )
+        path = candidate
+    config, params = read_bundle(path)
+    family = config.get("model")
+    if family not in FAMILIES:
+        raise BundleError(f"{path}: unknown model family {family!r}; known: {sorted(FAMILIES)}")
+    hyper = config.get("hyperparameters", {})
+    try:
+        expected = expected_param_shapes(family, hyper)
+    except TypeError as err:
+        raise BundleError(f"{path}: hyperparameters do not fit {family}: {err}") from None
+    check_params(params, expected, str(path))
+    metadata = dict(config.get("metadata", {}))
+    metadata.setdefault("name", path.name)
+    return Model(family, hyper, params, metadata)
+
+
+def list_pretrained() -> list[str]:
+    """Names of the bundles shipped inside the package."""
+    return sorted(p.name for p in PRETRAINED_DIR.iterdir() if (p / "config.json").is_file())

@@ -1,0 +1,73 @@
+"""Energy, forces and stress from a per-atom energy model; the one place they are derived.
+
+Units and signs (used throughout jaxmat):
+
+* energy in eV; forces F = -dE/dR in eV/A;
+* stress sigma = (1/V) dE/d(epsilon) in eV/A^3, where the (non-symmetric) strain epsilon deforms
+  the cell and the positions as ``x -> x @ (I + epsilon)``; this is ASE's sign (negative under
+  compression). Voigt order is (xx, yy, zz, yz, xz, xy), as in ASE.
+"""
+
+from __future__ import annotations
+
+from typing import Callable
+
+import jax
+import jax.numpy as jnp
+
+from jaxmat.graph import AtomicGraph
+
+VOIGT = ((0, 0), (1, 1), (2, 2), (1, 2), (0, 2), (0, 1))
+
+
+def _strained(g: AtomicGraph, strain) -> AtomicGraph:
+    """Apply a per-graph strain (G, 3, 3) to the positions and cells."""
+    G = g.graph
+    deform = jnp.eye(3, dtype=strain.dtype) + strain
+    pos = jnp.einsum("ni,nij->nj", G.nodes["positions"], deform[G.nodes["graph_index"]])
+    cell = jnp.einsum("gij,gjk->gik", G.globals["cell"], deform)
+    graph = G._replace(nodes={**G.nodes, "positions": pos}, globals={**G.globals, "cell": cell})
+    return AtomicGraph(graph, g.triplets)
+
+
+def energy_forces_stress(apply_fn: Callable, params, g: AtomicGraph, compute_stress: bool = True):
+    """Evaluate a model and its derivatives on a padded (batched) graph.
+
+    Args:
+      apply_fn: ``apply_fn(params, graph) -> per-atom energies (N,)`` in eV.
+      params: model parameters.
+      g: padded graph (jax arrays); the float dtype of positions sets the precision.
+      compute_stress: also differentiate with respect to strain.
+
+    Returns a dict with ``energy`` (G,), ``energies`` (N,), ``forces`` (N, 3) and, if
+    ``compute_stress``, ``stress`` (G, 3, 3) in eV/A^3 (zero on padding graphs). Entries of
+    padding graphs/nodes are zero.
+    """
+    G = g.graph
+    dtype = G.nodes["positions"].dtype
+    params = jax.tree_util.tree_map(lambda p: jnp.asarray(p, dtype), params)
+    n_graph = G.n_node.shape[0]
+    strain0 = jnp.zeros((n_graph, 3, 3), dtype)
+
+    def total(positions, strain):
+        gg = g._replace(graph=G._replace(nodes={**G.nodes, "positions": positions}))
+        if compute_stress:
+            gg = _strained(gg, strain)
+        e_atom = apply_fn(params, gg)
+        return jnp.sum(e_atom), e_atom
+
+    argnums = (0, 1) if compute_stress else 0
+    grads, e_atom = jax.grad(total, argnums=argnums, has_aux=True)(G.nodes["positions"], strain0)
+    dE_dpos = grads[0] if compute_stress else grads
+    energy = jax.ops.segment_sum(e_atom, G.nodes["graph_index"], num_segments=n_graph)
+    out = {"energy": energy, "energies": e_atom, "forces": -dE_dpos * G.nodes["mask"][:, None]}
+    if compute_stress:
+        volume = jnp.abs(jnp.linalg.det(G.globals["cell"]))
+        stress = grads[1] / volume[:, None, None]
+        out["stress"] = 0.5 * (stress + jnp.swapaxes(stress, 1, 2)) * G.globals["mask"][:, None, None]
+    return out
+
+
+def to_voigt(stress):
+    """(..., 3, 3) -> (..., 6) in ASE Voigt order (xx, yy, zz, yz, xz, xy)."""
+    return jnp.stack([stress[..., i, j] for i, j in VOIGT], axis=-1)
