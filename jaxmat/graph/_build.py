@@ -22,6 +22,7 @@ def atoms_to_graph(
     cutoff: float,
     three_body_cutoff: float | None = None,
     min_distance: float = DEFAULT_MIN_DISTANCE,
+    neighbor_list=None,
 ) -> AtomicGraph:
     """Build the (unpadded, host/numpy) graph of one ``ase.Atoms``.
 
@@ -30,9 +31,12 @@ def atoms_to_graph(
       cutoff: bond cutoff in Angstrom.
       three_body_cutoff: triplets use bonds no longer than this; None means no triplets.
       min_distance: closer pairs raise ``StructureError`` (overlapping atoms).
+      neighbor_list: optional reusable ``vesin.NeighborList`` for ``cutoff``.
     """
     positions, cell, pbc = check_structure(atoms.positions, atoms.cell.array, atoms.pbc)
-    senders, receivers, shifts, dist = neighbor_edges(positions, cell, pbc, cutoff, min_distance)
+    senders, receivers, shifts, dist = neighbor_edges(
+        positions, cell, pbc, cutoff, min_distance, neighbor_list
+    )
     n = positions.shape[0]
     if three_body_cutoff is None:
         ij = ik = np.zeros(0, np.int32)

@@ -50,7 +50,9 @@ def check_structure(positions, cell, pbc) -> tuple[np.ndarray, np.ndarray, np.nd
     return positions, cell, pbc
 
 
-def neighbor_edges(positions, cell, pbc, cutoff: float, min_distance: float = DEFAULT_MIN_DISTANCE):
+def neighbor_edges(
+    positions, cell, pbc, cutoff: float, min_distance: float = DEFAULT_MIN_DISTANCE, neighbor_list=None
+):
     """Directed edges within ``cutoff`` (both directions, all periodic images).
 
     Args:
@@ -59,12 +61,14 @@ def neighbor_edges(positions, cell, pbc, cutoff: float, min_distance: float = DE
       pbc: (3,) bool.
       cutoff: Angstrom.
       min_distance: raise StructureError if two atoms (or an atom and an image) are closer.
+      neighbor_list: a reusable ``vesin.NeighborList`` with this cutoff (e.g. one with a Verlet
+        skin kept by a calculator between MD steps); a fresh one is made if None.
 
     Returns:
       senders (E,), receivers (E,) int32; shifts (E, 3) int32; distances (E,) float64.
       Edges are sorted by receiver, then sender.
     """
-    nl = vesin.NeighborList(cutoff=float(cutoff), full_list=True)
+    nl = neighbor_list or vesin.NeighborList(cutoff=float(cutoff), full_list=True)
     i, j, shifts, d = nl.compute(positions, cell, pbc, quantities="ijSd")
     close = d < min_distance
     if close.any():
@@ -72,7 +76,6 @@ def neighbor_edges(positions, cell, pbc, cutoff: float, min_distance: float = DE
         raise StructureError(
             f"atoms {int(i[k])} and {int(j[k])} overlap (distance {d[k]:.3g} A < {min_distance} A)"
         )
-    # A periodic atom must not see itself at zero distance (a cell vector of zero length).
     order = np.lexsort((i, j))
     return (
         i[order].astype(np.int32),

@@ -1,0 +1,114 @@
+"""ASE calculator for jaxmat models: energy, free_energy, per-atom energies, forces, stress.
+
+Stress is returned in eV/A^3 with ASE's sign and Voigt order (see ``jaxmat.potential``); it is
+only defined for cells periodic in all three directions.
+"""
+
+from __future__ import annotations
+
+import math
+
+import jax
+import numpy as np
+import vesin
+from ase.calculators.calculator import Calculator, PropertyNotImplementedError, all_changes
+
+from jaxmat.graph import (
+    DEFAULT_MIN_DISTANCE,
+    PadSizes,
+    atoms_to_graph,
+    bucket_sizes,
+    cast_floats,
+    fits,
+    graph_sizes,
+    pad_graph,
+)
+from jaxmat.models import DEFAULT_MODEL, load_model
+from jaxmat.potential import energy_forces_stress, to_voigt
+
+
+class JaxmatCalculator(Calculator):
+    """ASE calculator around a jaxmat model.
+
+    Args:
+      model: pretrained name, bundle folder path or ``jaxmat.Model`` (default: the embedded
+        M3GNet-MP-2021.2.8-PES).
+      dtype: "float32" (default) or "float64". float64 runs inside ``jax.enable_x64`` scoped to
+        this calculator's calls; the global JAX setting is never changed.
+      headroom: padding buckets are allocated at (1 + headroom) x the first structure's sizes.
+      growth: when a structure no longer fits, the overflowing bucket grows by at least this
+        factor, so the number of compilations stays logarithmic in the size range.
+      skin: Verlet skin (A) of the cached vesin neighbour list kept between calls.
+      min_distance: atoms closer than this (A) raise ``StructureError``.
+
+    ``n_compilations`` counts how often the energy/force/stress function was traced and compiled.
+    """
+
+    implemented_properties = ["energy", "free_energy", "energies", "forces", "stress"]
+
+    def __init__(
+        self,
+        model=DEFAULT_MODEL,
+        dtype: str = "float32",
+        headroom: float = 0.15,
+        growth: float = 1.5,
+        skin: float = 1.0,
+        min_distance: float = DEFAULT_MIN_DISTANCE,
+        **kwargs,
+    ):
+        super().__init__(**kwargs)
+        if dtype not in ("float32", "float64"):
+            raise ValueError(f"dtype must be 'float32' or 'float64', got {dtype!r}")
+        self.model = load_model(model)
+        self.dtype = dtype
+        self.headroom, self.growth, self.min_distance = headroom, growth, min_distance
+        self.sizes: PadSizes | None = None
+        self.n_compilations = 0
+        self._nl = vesin.NeighborList(cutoff=self.model.cutoff, full_list=True, skin=skin)
+        self._fn = jax.jit(self._evaluate, static_argnums=2)
+        self._params = None
+
+    def _evaluate(self, params, graph, compute_stress):
+        self.n_compilations += 1  # runs only while tracing
+        return energy_forces_stress(self.model.apply, params, graph, compute_stress)
+
+    def _choose_sizes(self, real: PadSizes) -> PadSizes:
+        """Keep the current buckets while they fit (and are not 4x too large); on overflow grow
+        each overflowing dimension to max(needed x (1 + headroom), old x growth)."""
+        fresh = bucket_sizes(real, 1.0 + self.headroom)
+        old = self.sizes
+        if old is None or old.n_graph != fresh.n_graph or old.n_node > 4 * fresh.n_node:
+            return fresh
+        if fits(real, old):
+            return old
+        return PadSizes(*(o if r < o else max(f, int(math.ceil(o * self.growth))) for r, o, f in zip(real, old, fresh)))
+
+    def calculate(self, atoms=None, properties=("energy",), system_changes=all_changes):
+        super().calculate(atoms, properties, system_changes)
+        atoms = self.atoms
+        periodic = bool(np.all(atoms.pbc))
+        if "stress" in properties and not periodic:
+            raise PropertyNotImplementedError(
+                f"stress needs a cell periodic in all three directions; this structure has pbc={atoms.pbc.tolist()}"
+            )
+        self.model.check_species(atoms.numbers)
+        graph = atoms_to_graph(
+            atoms, self.model.cutoff, self.model.three_body_cutoff, self.min_distance, neighbor_list=self._nl
+        )
+        real = graph_sizes(graph)
+        self.sizes = self._choose_sizes(real)
+        graph = cast_floats(pad_graph(graph, self.sizes), self.dtype)
+        with jax.enable_x64(self.dtype == "float64"):
+            if self._params is None:
+                self._params = jax.tree_util.tree_map(lambda p: jax.numpy.asarray(p, self.dtype), self.model.params)
+            out = jax.device_get(self._fn(self._params, graph, periodic))
+        n = len(atoms)
+        energy = float(out["energy"][0])
+        self.results = {
+            "energy": energy,
+            "free_energy": energy,
+            "energies": np.asarray(out["energies"][:n], np.float64),
+            "forces": np.asarray(out["forces"][:n], np.float64),
+        }
+        if periodic:
+            self.results["stress"] = np.asarray(to_voigt(out["stress"][0]), np.float64)

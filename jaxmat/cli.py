@@ -1,0 +1,110 @@
+"""Command line: ``jaxmat md``, ``jaxmat convert``, ``jaxmat list``."""
+
+from __future__ import annotations
+
+import argparse
+import os
+import sys
+import time
+from pathlib import Path
+
+_T0 = time.perf_counter()
+
+
+def enable_compilation_cache() -> str | None:
+    """Turn on JAX's persistent compilation cache for this process (applications only; the library
+    never does this). Folder: $JAXMAT_CACHE_DIR or ~/.cache/jaxmat/xla; JAXMAT_CACHE_DIR=off disables."""
+    import jax
+
+    folder = os.environ.get("JAXMAT_CACHE_DIR", str(Path.home() / ".cache" / "jaxmat" / "xla"))
+    if folder.lower() in ("off", "0", "none", ""):
+        return None
+    Path(folder).mkdir(parents=True, exist_ok=True)
+    jax.config.update("jax_compilation_cache_dir", folder)
+    jax.config.update("jax_persistent_cache_min_compile_time_secs", 0.0)
+    jax.config.update("jax_persistent_cache_min_entry_size_bytes", 0)
+    return folder
+
+
+def _md(args) -> int:
+    cache = enable_compilation_cache()
+    from jaxmat.calculators import JaxmatCalculator
+    from jaxmat.md import load_structure, run_md
+
+    atoms = load_structure(args.structure, args.supercell)
+    calc = JaxmatCalculator(model=args.model, dtype=args.dtype)
+    print(f"jaxmat md: {atoms.get_chemical_formula()} ({len(atoms)} atoms), model {calc.model.name}, "
+          f"{args.dtype}, {args.ensemble} {args.temperature} K, dt {args.timestep} fs, {args.steps} steps"
+          f"{', XLA cache ' + cache if cache else ''}", flush=True)
+    first = []
+
+    def printer(line):
+        if not first:
+            first.append(time.perf_counter() - _T0)
+            print(f"first step reached {first[0]:.1f} s after start", flush=True)
+        print(line, flush=True)
+
+    run_md(atoms, calc, temperature=args.temperature, timestep_fs=args.timestep, steps=args.steps,
+           ensemble=args.ensemble, friction_per_fs=args.friction, trajectory=args.trajectory,
+           log_every=args.log_every, seed=args.seed, printer=printer)
+    print(f"done in {time.perf_counter() - _T0:.1f} s; {calc.n_compilations} compilation(s); "
+          f"trajectory {args.trajectory}", flush=True)
+    return 0
+
+
+def _convert(args) -> int:
+    from jaxmat.convert import convert_matgl
+
+    model = convert_matgl(args.source, args.destination, name=args.name)
+    print(f"wrote {args.destination} ({model.family}, {len(model.element_types)} elements)")
+    return 0
+
+
+def _list(args) -> int:
+    from jaxmat.models import list_pretrained
+
+    print("\n".join(list_pretrained()))
+    return 0
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(prog="jaxmat", description="JAX universal interatomic potentials")
+    sub = parser.add_subparsers(dest="command", required=True)
+
+    md = sub.add_parser("md", help="molecular dynamics of a structure with a pretrained potential")
+    md.add_argument("structure", help="structure file (any ase.io format) or crystal name, e.g. Si, Cu, NaCl:rocksalt:5.64")
+    md.add_argument("--model", default="M3GNet-MP-2021.2.8-PES", help="pretrained name or bundle folder")
+    md.add_argument("--temperature", type=float, default=300.0, help="K (default 300)")
+    md.add_argument("--timestep", type=float, default=1.0, help="fs (default 1)")
+    md.add_argument("--steps", type=int, default=300)
+    md.add_argument("--ensemble", choices=("langevin", "nve"), default="langevin")
+    md.add_argument("--friction", type=float, default=0.01, help="Langevin friction, 1/fs (default 0.01)")
+    md.add_argument("--supercell", type=int, nargs=3, default=None, help="repeat the cell (default: >= 64 atoms for named crystals)")
+    md.add_argument("--dtype", choices=("float32", "float64"), default="float32")
+    md.add_argument("--trajectory", default="md.traj", help="ASE trajectory output (default md.traj)")
+    md.add_argument("--log-every", type=int, default=10)
+    md.add_argument("--seed", type=int, default=0)
+    md.set_defaults(func=_md)
+
+    cv = sub.add_parser("convert", help="convert a matgl model folder to a jaxmat bundle (needs torch)")
+    cv.add_argument("source")
+    cv.add_argument("destination")
+    cv.add_argument("--name", default=None)
+    cv.set_defaults(func=_convert)
+
+    ls = sub.add_parser("list", help="list the pretrained models shipped with jaxmat")
+    ls.set_defaults(func=_list)
+    return parser
+
+
+def main(argv=None) -> int:
+    args = build_parser().parse_args(argv)
+    try:
+        return args.func(args)
+    except (ValueError, FileNotFoundError) as err:
+        print(f"jaxmat {args.command}: error: {err}", file=sys.stderr)
+        return 2
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,48 @@
+"""Shared fixtures. Every test runs with jax_debug_nans on (as e3nn-jax does), so a NaN anywhere in
+a jitted computation (e.g. from padded zero-length edges) fails the test."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import ase.io
+import jax
+import pytest
+
+FIXTURES = Path(__file__).parent / "fixtures"
+SHARED = Path(__file__).resolve().parents[1].parent / "shared"
+
+
+@pytest.fixture(autouse=True)
+def debug_nans():
+    old = jax.config.jax_debug_nans
+    jax.config.update("jax_debug_nans", True)
+    yield
+    jax.config.update("jax_debug_nans", old)
+
+
+@pytest.fixture(scope="session")
+def reference_frames():
+    """The 12 M3GNet-MP-2021.2.8-PES float64 reference structures (copy of ../shared/reference)."""
+    return {a.info["name"]: a for a in ase.io.read(FIXTURES / "m3gnet_mp2021_dev.extxyz", ":")}
+
+
+@pytest.fixture(scope="session")
+def model():
+    import jaxmat
+
+    return jaxmat.load_model()
+
+
+@pytest.fixture(scope="session")
+def calc64(model):
+    from jaxmat.calculators import JaxmatCalculator
+
+    return JaxmatCalculator(model=model, dtype="float64")
+
+
+@pytest.fixture(scope="session")
+def calc32(model):
+    from jaxmat.calculators import JaxmatCalculator
+
+    return JaxmatCalculator(model=model, dtype="float32")
