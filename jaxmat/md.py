@@ -10,7 +10,7 @@ import numpy as np
 from ase import units
 from ase.build import bulk
 from ase.md.langevin import Langevin
-from ase.md.velocitydistribution import MaxwellBoltzmannDistribution, Stationary
+from ase.md import velocitydistribution
 from ase.md.verlet import VelocityVerlet
 
 
@@ -47,6 +47,16 @@ def load_structure(spec: str, supercell=None, min_atoms: int = 64):
     return atoms
 
 
+def thermalize(atoms, temperature: float, rng) -> None:
+    """Maxwell-Boltzmann momenta at ``temperature`` K with zero total momentum."""
+    vd = velocitydistribution
+    if hasattr(vd, "thermalize_momenta"):  # ASE >= 3.28
+        vd.thermalize_momenta(atoms, temperature_K=temperature, rng=rng)
+    else:  # pragma: no cover - older ASE
+        vd.MaxwellBoltzmannDistribution(atoms, temperature_K=temperature, rng=rng)
+    vd.Stationary(atoms)
+
+
 def run_md(
     atoms,
     calc,
@@ -67,11 +77,10 @@ def run_md(
     """
     atoms.calc = calc
     rng = np.random.default_rng(seed)
-    MaxwellBoltzmannDistribution(atoms, temperature_K=temperature, rng=rng)
-    Stationary(atoms)
+    thermalize(atoms, temperature, rng)
     if ensemble == "langevin":
         dyn = Langevin(atoms, timestep_fs * units.fs, temperature_K=temperature,
-                       friction=friction_per_fs / units.fs, rng=rng)
+                       friction=friction_per_fs / units.fs, rng=rng, fixcm=False)
     elif ensemble == "nve":
         dyn = VelocityVerlet(atoms, timestep_fs * units.fs)
     else:

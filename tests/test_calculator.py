@@ -1,0 +1,65 @@
+"""The ASE calculator: results, global-state hygiene, compilation count during MD, NVE drift."""
+
+import jax
+import numpy as np
+import pytest
+from ase import units
+from ase.build import bulk
+from ase.md.verlet import VelocityVerlet
+
+from jaxmat.calculators import JaxmatCalculator
+from jaxmat.md import thermalize
+
+
+def test_results_and_per_atom_energies(calc32):
+    atoms = bulk("NaCl", "rocksalt", 5.64, cubic=True)
+    atoms.calc = calc32
+    e = atoms.get_potential_energy()
+    assert atoms.calc.results["free_energy"] == e
+    np.testing.assert_allclose(atoms.get_potential_energies().sum(), e, rtol=1e-6)
+    assert atoms.get_stress().shape == (6,)
+    assert -3.6 < e / len(atoms) < -3.1  # NaCl about -3.36 eV/atom (README of shared/)
+
+
+def test_float64_does_not_flip_global_x64():
+    before = jax.config.jax_enable_x64
+    calc = JaxmatCalculator(dtype="float64")
+    atoms = bulk("Si", "diamond", 5.43)
+    atoms.calc = calc
+    atoms.get_potential_energy()
+    assert jax.config.jax_enable_x64 == before
+    assert jax.numpy.ones(1).dtype == (jax.numpy.float64 if before else jax.numpy.float32)
+
+
+def test_compressed_silicon_has_negative_stress(calc64):
+    atoms = bulk("Si", "diamond", 5.2)  # strongly compressed
+    atoms.calc = calc64
+    assert np.all(atoms.get_stress()[:3] < 0)
+
+
+def _nve(atoms, calc, temperature, steps, seed=0):
+    atoms.calc = calc
+    thermalize(atoms, temperature, np.random.default_rng(seed))
+    dyn = VelocityVerlet(atoms, 1.0 * units.fs)
+    etot = []
+    dyn.attach(lambda: etot.append(atoms.get_total_energy()), interval=10)
+    dyn.run(steps)
+    return np.asarray(etot)
+
+
+def test_md_at_1000K_compiles_at_most_3_times():
+    atoms = bulk("Si", "diamond", 5.43, cubic=True).repeat(2)
+    calc = JaxmatCalculator()
+    _nve(atoms, calc, 2000.0, 1000)  # equipartition: starts at 2000 K, settles near 1000 K
+    assert 600 < atoms.get_temperature() < 1600
+    assert calc.n_compilations <= 3, calc.n_compilations
+
+
+def test_nve_energy_drift_si64(calc64):
+    """NVE of Si64 for 1 ps (1000 x 1 fs) from 600 K; the drift is reported in the closing note."""
+    atoms = bulk("Si", "diamond", 5.43, cubic=True).repeat(2)
+    etot = _nve(atoms, calc64, 600.0, 1000, seed=1)
+    drift = abs(etot[-1] - etot[0]) / len(atoms)
+    fluct = etot.std() / len(atoms)
+    print(f"NVE Si64 1 ps: drift {drift * 1e3:.3f} meV/atom, std {fluct * 1e3:.3f} meV/atom")
+    assert drift < 1e-3 and fluct < 1e-3  # < 1 meV/atom over 1 ps

@@ -1,0 +1,25 @@
+"""Smoke test of the main job, ``jaxmat md`` (real model, real ASE MD, a trajectory written)."""
+
+import subprocess
+import sys
+
+import ase.io
+
+
+def test_md_cli(tmp_path):
+    traj = tmp_path / "md.traj"
+    cmd = [sys.executable, "-m", "jaxmat.cli", "md", "Si", "--steps", "20", "--log-every", "10",
+           "--trajectory", str(traj)]
+    env = {"JAXMAT_CACHE_DIR": str(tmp_path / "xla")}
+    import os
+
+    out = subprocess.run(cmd, capture_output=True, text=True, env={**os.environ, **env}, timeout=300)
+    assert out.returncode == 0, out.stderr
+    assert "step     20" in out.stdout and "1 compilation(s)" in out.stdout
+    frames = ase.io.read(traj, ":")
+    assert len(frames) == 3 and len(frames[0]) == 64
+
+
+def test_md_cli_bad_structure(tmp_path):
+    out = subprocess.run([sys.executable, "-m", "jaxmat.cli", "md", "NotACrystal"], capture_output=True, text=True)
+    assert out.returncode == 2 and "error" in out.stderr
