@@ -1,4 +1,4 @@
-"""Command line: ``jaxmat md``, ``jaxmat convert``, ``jaxmat list``."""
+"""Command line: ``jaxmat md``, ``train``, ``evaluate``, ``convert``, ``list``."""
 
 from __future__ import annotations
 
@@ -60,6 +60,36 @@ def _convert(args) -> int:
     return 0
 
 
+def _train(args) -> int:
+    from jaxmat.train import describe, load_config, train_and_evaluate
+
+    if args.describe:
+        print(describe())
+        return 0
+    if not args.config:
+        raise ValueError("a config file is required (jaxmat train --describe lists every field)")
+    cfg = load_config(args.config)
+    workdir = args.workdir or str(Path(args.config).with_suffix(""))
+    print(f"jaxmat train: {args.config} -> {workdir}", flush=True)
+    train_and_evaluate(cfg, workdir, resume=args.resume)
+    print(f"best model: {Path(workdir) / 'best_model'} (use it with JaxmatCalculator(model=...))")
+    return 0
+
+
+def _evaluate(args) -> int:
+    from jaxmat.data import read_frames
+    from jaxmat.models import load_model
+    from jaxmat.train import error_metrics, format_metrics, predict
+
+    model = load_model(args.model)
+    for path in args.data:
+        frames = read_frames(path, require=("energy", "forces"))
+        metrics = error_metrics(predict(model, model.params, frames, args.graphs_per_batch, args.dtype))
+        print(f"{path}  ({len(frames)} structures, model {model.name})")
+        print(format_metrics(metrics))
+    return 0
+
+
 def _list(args) -> int:
     from jaxmat.models import list_pretrained
 
@@ -91,6 +121,20 @@ def build_parser() -> argparse.ArgumentParser:
     cv.add_argument("destination")
     cv.add_argument("--name", default=None)
     cv.set_defaults(func=_convert)
+
+    tr = sub.add_parser("train", help="train or fine-tune a model from a JSON config")
+    tr.add_argument("config", nargs="?", help="JSON config (see --describe)")
+    tr.add_argument("--workdir", default=None, help="output folder (default: config path without .json)")
+    tr.add_argument("--resume", action="store_true", help="continue the checkpoint in workdir")
+    tr.add_argument("--describe", action="store_true", help="print every config field and exit")
+    tr.set_defaults(func=_train)
+
+    ev = sub.add_parser("evaluate", help="error metrics of a model on labelled data files")
+    ev.add_argument("model", help="pretrained name or bundle folder")
+    ev.add_argument("data", nargs="+", help="labelled structure files (any ase.io format)")
+    ev.add_argument("--dtype", choices=("float32", "float64"), default="float32")
+    ev.add_argument("--graphs-per-batch", type=int, default=4)
+    ev.set_defaults(func=_evaluate)
 
     ls = sub.add_parser("list", help="list the pretrained models shipped with jaxmat")
     ls.set_defaults(func=_list)

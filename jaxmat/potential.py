@@ -40,7 +40,8 @@ def energy_forces_stress(apply_fn: Callable, params, g: AtomicGraph, compute_str
       compute_stress: also differentiate with respect to strain.
 
     Returns a dict with ``energy`` (G,), ``energies`` (N,), ``forces`` (N, 3) and, if
-    ``compute_stress``, ``stress`` (G, 3, 3) in eV/A^3 (zero on padding graphs). Entries of
+    ``compute_stress``, ``stress`` (G, 3, 3) in eV/A^3 (zero on padding graphs and on graphs
+    not periodic in all three directions). Entries of
     padding graphs/nodes are zero.
     """
     G = g.graph
@@ -62,9 +63,12 @@ def energy_forces_stress(apply_fn: Callable, params, g: AtomicGraph, compute_str
     energy = jax.ops.segment_sum(e_atom, G.nodes["graph_index"], num_segments=n_graph)
     out = {"energy": energy, "energies": e_atom, "forces": -dE_dpos * G.nodes["mask"][:, None]}
     if compute_stress:
-        volume = jnp.abs(jnp.linalg.det(G.globals["cell"]))
+        # stress only exists for cells periodic in all directions (others, e.g. molecules with a
+        # zero cell, get 0 instead of a division by a zero volume)
+        periodic = jnp.all(G.globals["pbc"], axis=1) & G.globals["mask"]
+        volume = jnp.where(periodic, jnp.abs(jnp.linalg.det(G.globals["cell"])), 1.0)
         stress = grads[1] / volume[:, None, None]
-        out["stress"] = 0.5 * (stress + jnp.swapaxes(stress, 1, 2)) * G.globals["mask"][:, None, None]
+        out["stress"] = 0.5 * (stress + jnp.swapaxes(stress, 1, 2)) * periodic[:, None, None]
     return out
 
 

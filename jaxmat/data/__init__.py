@@ -1,0 +1,27 @@
+"""Datasets: labelled frames from ase.io files and padded batches for training."""
+
+from jaxmat.data._batch import (
+    Batch,
+    Labels,
+    batch_budget,
+    build_graphs,
+    epoch_batches,
+    make_batch,
+    pack,
+    split,
+)
+from jaxmat.data._read import DatasetError, Frame, read_frames
+
+__all__ = [
+    "Batch",
+    "DatasetError",
+    "Frame",
+    "Labels",
+    "batch_budget",
+    "build_graphs",
+    "epoch_batches",
+    "make_batch",
+    "pack",
+    "read_frames",
+    "split",
+]

@@ -1,0 +1,26 @@
+"""Training with Optax: configs, losses, element references, checkpoints, the training loop."""
+
+from jaxmat.train._checkpoint import CheckpointError, load_checkpoint, save_checkpoint
+from jaxmat.train._config import TrainConfig, config_from_dict, describe, load_config
+from jaxmat.train._evaluate import error_metrics, format_metrics, predict
+from jaxmat.train._loss import loss_and_metrics, summarize
+from jaxmat.train._refs import fit_element_refs
+from jaxmat.train._trainer import default_hyperparameters, train_and_evaluate
+
+__all__ = [
+    "CheckpointError",
+    "TrainConfig",
+    "config_from_dict",
+    "default_hyperparameters",
+    "describe",
+    "error_metrics",
+    "fit_element_refs",
+    "format_metrics",
+    "load_checkpoint",
+    "load_config",
+    "loss_and_metrics",
+    "predict",
+    "save_checkpoint",
+    "summarize",
+    "train_and_evaluate",
+]

@@ -1,0 +1,67 @@
+"""Training checkpoints: one msgpack file written atomically (temporary file + rename).
+
+Holds params, EMA params, optimizer state, counters and history, so ``--resume`` continues
+exactly where a killed run stopped. The best model is kept separately as a model bundle.
+"""
+
+from __future__ import annotations
+
+import os
+import shutil
+from pathlib import Path
+
+import flax.serialization
+import jax
+import numpy as np
+
+from jaxmat.models._bundle import _atomic_write
+
+FORMAT = "jaxmat-checkpoint"
+FORMAT_VERSION = 1
+CHECKPOINT_FILE = "checkpoint.msgpack"
+
+
+class CheckpointError(ValueError):
+    """A checkpoint that is corrupt or does not fit the current run."""
+
+
+def save_checkpoint(workdir, state: dict) -> Path:
+    """``state``: dict of pytrees and scalars; numpy-converted and written atomically."""
+    path = Path(workdir) / CHECKPOINT_FILE
+    host = jax.tree_util.tree_map(np.asarray, flax.serialization.to_state_dict(state))
+    blob = flax.serialization.msgpack_serialize({"format": FORMAT, "format_version": FORMAT_VERSION, "state": host})
+    _atomic_write(path, blob)
+    return path
+
+
+def load_checkpoint(workdir, template: dict) -> dict:
+    """Restore into the structure of ``template`` (shapes must match)."""
+    path = Path(workdir) / CHECKPOINT_FILE
+    try:
+        raw = flax.serialization.msgpack_restore(path.read_bytes())
+    except Exception as err:  # noqa: BLE001
+        raise CheckpointError(f"{path} cannot be decoded: {err}") from None
+    if not isinstance(raw, dict) or raw.get("format") != FORMAT:
+        raise CheckpointError(f"{path} is not a jaxmat checkpoint")
+    if raw.get("format_version") != FORMAT_VERSION:
+        raise CheckpointError(f"{path}: checkpoint format {raw.get('format_version')} not supported")
+    try:
+        restored = flax.serialization.from_state_dict(template, raw["state"])
+    except (ValueError, KeyError) as err:
+        raise CheckpointError(f"{path} does not fit this run's model/optimizer: {err}") from None
+    for a, b in zip(jax.tree_util.tree_leaves(template), jax.tree_util.tree_leaves(restored)):
+        if np.shape(a) != np.shape(b):
+            raise CheckpointError(f"{path} does not fit this run: shape {np.shape(b)} != {np.shape(a)}")
+    return restored
+
+
+def replace_dir(tmp: Path, final: Path) -> None:
+    """Swap a fully written folder into place (the old one is removed only afterwards)."""
+    old = final.with_name(final.name + ".old")
+    if old.exists():
+        shutil.rmtree(old)
+    if final.exists():
+        os.replace(final, old)
+    os.replace(tmp, final)
+    if old.exists():
+        shutil.rmtree(old)

@@ -1,0 +1,57 @@
+"""Predictions and error metrics of a model on labelled frames."""
+
+from __future__ import annotations
+
+import jax
+import numpy as np
+
+from jaxmat.data import batch_budget, build_graphs, make_batch, pack
+from jaxmat.potential import energy_forces_stress
+
+
+def predict(model, params, frames, graphs_per_batch: int = 4, dtype: str = "float32", graphs=None) -> dict:
+    """Per-frame predictions and labels: energy per atom (eV/atom), forces (eV/A), stress (eV/A^3)."""
+    graphs = graphs if graphs is not None else build_graphs(frames, model)
+    budget = batch_budget(graphs, graphs_per_batch)
+    out = {k: [] for k in ("e_pred", "e_ref", "f_pred", "f_ref", "s_pred", "s_ref")}
+    with jax.enable_x64(dtype == "float64"):
+        fn = jax.jit(lambda p, g: energy_forces_stress(model.apply, p, g, True))
+        p = jax.tree_util.tree_map(lambda x: np.asarray(x, dtype), params)
+        for idx in pack(np.arange(len(frames)), graphs, budget):
+            batch = make_batch(idx, frames, graphs, budget, dtype)
+            res = jax.device_get(fn(p, batch.graph))
+            start = 0
+            for k, i in enumerate(idx):
+                f, n = frames[i], len(frames[i].atoms)
+                if f.energy is not None:
+                    out["e_pred"].append(res["energy"][k] / n)
+                    out["e_ref"].append(f.energy / n)
+                if f.forces is not None:
+                    out["f_pred"].append(res["forces"][start : start + n])
+                    out["f_ref"].append(f.forces)
+                if f.stress is not None:
+                    out["s_pred"].append(res["stress"][k])
+                    out["s_ref"].append(f.stress)
+                start += n
+    return {k: (np.concatenate(v) if k.startswith("f") else np.asarray(v)) if v else np.zeros(0) for k, v in out.items()}
+
+
+def error_metrics(pred: dict) -> dict:
+    """MAE/RMSE: energy meV/atom, forces eV/A (per component), stress GPa (per component)."""
+    from jaxmat.train._loss import EV_A3_TO_GPA
+
+    out = {}
+    for key, scale in (("e", 1000.0), ("f", 1.0), ("s", EV_A3_TO_GPA)):
+        if pred[f"{key}_ref"].size:
+            err = (np.asarray(pred[f"{key}_pred"]) - np.asarray(pred[f"{key}_ref"])).ravel() * scale
+            out[f"{key}_mae"], out[f"{key}_rmse"] = float(np.abs(err).mean()), float(np.sqrt((err**2).mean()))
+    return out
+
+
+def format_metrics(metrics: dict) -> str:
+    rows = [("energy", "e", "meV/atom"), ("forces", "f", "eV/A"), ("stress", "s", "GPa")]
+    lines = [f"{'quantity':10s} {'MAE':>10s} {'RMSE':>10s}  unit"]
+    for name, k, unit in rows:
+        if f"{k}_mae" in metrics:
+            lines.append(f"{name:10s} {metrics[k + '_mae']:10.4f} {metrics[k + '_rmse']:10.4f}  {unit}")
+    return "\n".join(lines)

@@ -1,0 +1,35 @@
+"""Optax optimizer from the config: clipping, Adam/AdamW, warm-up + cosine decay, frozen parts.
+
+Reduce-on-plateau and early stopping act per epoch on the validation loss in the trainer; the
+plateau factor multiplies the updates (as ``optax.contrib.reduce_on_plateau`` does) and is part
+of the checkpointed state.
+"""
+
+from __future__ import annotations
+
+import jax
+import optax
+
+
+def freeze_labels(params, prefixes):
+    """'frozen' for top-level parameter groups whose name starts with any prefix, else 'train'."""
+    return {k: jax.tree_util.tree_map(lambda _: "frozen" if any(k.startswith(p) for p in prefixes) else "train", v)
+            for k, v in params.items()}
+
+
+def make_optimizer(cfg, steps_per_epoch: int, params) -> optax.GradientTransformation:
+    total = max(1, cfg.epochs * steps_per_epoch)
+    warm = max(1, int(cfg.warmup_epochs * steps_per_epoch))
+    schedule = optax.warmup_cosine_decay_schedule(
+        0.0, cfg.learning_rate, warm, max(total, warm + 1), end_value=cfg.learning_rate * cfg.final_lr_factor
+    )
+    adam = (optax.adamw(schedule, weight_decay=cfg.weight_decay) if cfg.optimizer == "adamw"
+            else optax.adam(schedule))
+    tx = optax.chain(optax.clip_by_global_norm(cfg.clip_norm), adam) if cfg.clip_norm > 0 else adam
+    return tx
+
+
+def with_frozen(tx, params, prefixes):
+    if not prefixes:
+        return tx
+    return optax.multi_transform({"train": tx, "frozen": optax.set_to_zero()}, freeze_labels(params, prefixes))

@@ -1,0 +1,257 @@
+"""``train_and_evaluate(config, workdir)``: the training loop (Flax-examples style)."""
+
+from __future__ import annotations
+
+import csv
+import dataclasses
+import json
+import time
+from pathlib import Path
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+import optax
+from ase.data import atomic_numbers
+
+from jaxmat.data import batch_budget, build_graphs, epoch_batches, read_frames, split
+from jaxmat.models import FAMILIES, Model, load_model
+from jaxmat.train._checkpoint import CHECKPOINT_FILE, load_checkpoint, replace_dir, save_checkpoint
+from jaxmat.train._evaluate import error_metrics, predict
+from jaxmat.train._loss import METRIC_KEYS, loss_and_metrics, summarize
+from jaxmat.train._optim import make_optimizer, with_frozen
+from jaxmat.train._plots import learning_curves, parity_plots
+from jaxmat.train._refs import fit_element_refs
+
+CSV_FIELDS = ["epoch", "step", "lr_scale", "train_loss", "train_e_mae", "train_f_mae", "train_s_mae",
+              "val_loss", "val_e_mae", "val_e_rmse", "val_f_mae", "val_f_rmse", "val_s_mae", "val_s_rmse",
+              "wall_s"]
+
+
+def default_hyperparameters(family: str) -> dict:
+    """The family's constructor defaults as a JSON-able dict (explicit in every bundle)."""
+    fields = dataclasses.fields(FAMILIES[family])
+    out = {}
+    for f in fields:
+        if f.name in ("parent", "name") or f.default is dataclasses.MISSING:
+            continue
+        out[f.name] = list(f.default) if isinstance(f.default, tuple) else f.default
+    return out
+
+
+def _load_data(cfg):
+    d = cfg.data
+    require = ("energy", "forces") + (("stress",) if d.require_stress else ())
+    kw = dict(energy_key=d.energy_key, forces_key=d.forces_key, stress_key=d.stress_key,
+              stress_factor=d.stress_factor, require=require)
+    frames = read_frames(d.train, **kw)
+    if d.valid:
+        return frames, read_frames(d.valid, **kw)
+    tr, va = split(len(frames), d.valid_fraction, cfg.run.seed)
+    if len(va) == 0:
+        raise ValueError("no validation frames: set data.valid or a larger data.valid_fraction")
+    return [frames[i] for i in tr], [frames[i] for i in va]
+
+
+def _make_model(cfg, frames) -> Model:
+    m = cfg.model
+    if m.init_from:
+        return load_model(m.init_from)
+    elements = sorted({s for f in frames for s in f.atoms.get_chemical_symbols()}, key=atomic_numbers.get)
+    hyper = {**default_hyperparameters(m.family), "element_types": elements, **m.hyperparameters}
+    return Model(m.family, hyper, None, {"name": "trained", "origin": "trained with jaxmat train"})
+
+
+def _prepare_params(cfg, model, frames, graphs, budget, first_graph):
+    """Initial parameters: pretrained or fresh; refit element references; scale from data."""
+    params = model.params if model.params is not None else model.init_params(first_graph, cfg.run.seed)
+    params = jax.tree_util.tree_map(np.asarray, params)
+    scale = dict(params["energy_scale"])
+    if model.params is None and cfg.model.scale_from_data:
+        forces = np.concatenate([f.forces.ravel() for f in frames if f.forces is not None])
+        scale["scale"] = np.asarray(np.sqrt(np.mean(forces**2)), np.float32)
+    params = {**params, "energy_scale": scale}
+    if cfg.model.refit_element_refs:
+        tmp = Model(model.family, model.hyperparameters, params, model.metadata)
+        pred = predict(tmp, params, frames, cfg.data.graphs_per_batch, cfg.run.dtype, graphs=graphs)
+        n = np.array([len(f.atoms) for f in frames if f.energy is not None])
+        e_model = pred["e_pred"] * n
+        refs = fit_element_refs([f for f in frames if f.energy is not None], model.element_types,
+                                predicted=e_model, current=scale["element_refs"])
+        params["energy_scale"] = {**scale, "element_refs": refs.astype(np.float32)}
+    return params
+
+
+def train_and_evaluate(cfg, workdir, resume: bool = False, log=print) -> dict:
+    """Train ``cfg`` in ``workdir``: metrics.csv, checkpoint.msgpack, best_model/ (a bundle),
+    learning_curves.png and parity plots. Returns the final metrics of the best model."""
+    workdir = Path(workdir)
+    workdir.mkdir(parents=True, exist_ok=True)
+    has_ckpt = (workdir / CHECKPOINT_FILE).is_file()
+    if has_ckpt and not resume:
+        raise ValueError(f"{workdir} already holds a checkpoint: pass --resume to continue it, or use a new workdir")
+    (workdir / "config.json").write_text(json.dumps(cfg.to_dict(), indent=2) + "\n")
+    dtype = cfg.run.dtype
+    with jax.enable_x64(dtype == "float64"):
+        return _train(cfg, workdir, resume and has_ckpt, dtype, log)
+
+
+def _train(cfg, workdir, resume, dtype, log):
+    train_frames, valid_frames = _load_data(cfg)
+    model = _make_model(cfg, train_frames)
+    g_train, g_valid = build_graphs(train_frames, model), build_graphs(valid_frames, model)
+    budget = batch_budget(g_train + g_valid, cfg.data.graphs_per_batch)
+    first = epoch_batches(train_frames[:1], g_train[:1], budget, 0, 0, False, dtype)[0]
+    lcfg, ema_decay = cfg.loss, cfg.optim.ema_decay
+    steps_per_epoch = len(epoch_batches(train_frames, g_train, budget, cfg.run.seed, 0, True, dtype))
+    tx = make_optimizer(cfg.optim, steps_per_epoch, None)
+
+    def cast(tree):
+        return jax.tree_util.tree_map(lambda x: jnp.asarray(x, dtype), tree)
+
+    # the template fixes the structure for restoring; fresh runs fill it from the prepared params
+    proto = cast(model.params if model.params is not None else model.init_params(first.graph, cfg.run.seed))
+    tx = with_frozen(tx, proto, cfg.model.freeze)
+    state = {"params": proto, "ema": proto, "opt_state": tx.init(proto), "step": 0, "epoch": 0,
+             "batch_in_epoch": 0, "lr_scale": 1.0, "best_val": np.inf, "bad_epochs": 0,
+             "plateau_bad": 0, "epoch_sums": _zero_sums(), "seed": cfg.run.seed}
+    if resume:
+        state = load_checkpoint(workdir, state)
+        log(f"resumed from step {int(state['step'])} (epoch {int(state['epoch'])}, batch {int(state['batch_in_epoch'])})")
+    else:
+        params = cast(_prepare_params(cfg, model, train_frames, g_train, budget, first.graph))
+        ema0 = jax.tree_util.tree_map(jnp.zeros_like, params) if ema_decay > 0 else params
+        state.update(params=params, ema=ema0, opt_state=tx.init(params))
+        with open(workdir / "metrics.csv", "w", newline="") as fh:
+            csv.writer(fh).writerow(CSV_FIELDS)
+    _truncate_csv(workdir / "metrics.csv", int(state["epoch"]))
+
+
+    @jax.jit
+    def train_step(params, opt_state, ema, batch, lr_scale):
+        (loss, sums), grads = jax.value_and_grad(loss_and_metrics, has_aux=True)(params, batch, model.apply, lcfg)
+        updates, opt_state = tx.update(grads, opt_state, params)
+        updates = jax.tree_util.tree_map(lambda u: u * lr_scale, updates)
+        params = optax.apply_updates(params, updates)
+        if ema_decay > 0:  # debiased EMA (as optax.ema(debias=True)): zero start, see ema_params
+            ema = jax.tree_util.tree_map(lambda e, p: ema_decay * e + (1 - ema_decay) * p, ema, params)
+        else:
+            ema = params
+        return params, opt_state, ema, sums
+
+    def ema_params(state):
+        if ema_decay <= 0:
+            return state["ema"]
+        norm = 1.0 - ema_decay ** int(state["step"])
+        return jax.tree_util.tree_map(lambda e: e / norm, state["ema"])
+
+    eval_step = jax.jit(lambda p, b: loss_and_metrics(p, b, model.apply, lcfg)[1])
+    valid_batches = epoch_batches(valid_frames, g_valid, budget, 0, 0, False, dtype)
+    t_start = time.perf_counter()
+    stop = False
+    while int(state["epoch"]) < cfg.optim.epochs and not stop:
+        epoch = int(state["epoch"])
+        batches = epoch_batches(train_frames, g_train, budget, cfg.run.seed, epoch, True, dtype)
+        bar = _progress(cfg, len(batches), epoch)
+        for k, batch in enumerate(batches):
+            if k < int(state["batch_in_epoch"]):
+                continue
+            p, o, e, sums = train_step(state["params"], state["opt_state"], state["ema"], batch,
+                                       jnp.asarray(state["lr_scale"], dtype))
+            sums = jax.device_get(sums)
+            acc = state["epoch_sums"]
+            state.update(params=p, opt_state=o, ema=e, step=int(state["step"]) + 1, batch_in_epoch=k + 1,
+                         epoch_sums={key: float(acc[key]) + float(sums[key]) for key in METRIC_KEYS})
+            if bar is not None:
+                bar.set_postfix(loss=f"{float(sums['loss_sum']):.4g}")
+                bar.update(1)
+            if int(state["step"]) % cfg.run.checkpoint_every_steps == 0:
+                save_checkpoint(workdir, state)
+            over_time = cfg.run.max_wall_minutes and time.perf_counter() - t_start > 60 * cfg.run.max_wall_minutes
+            if (cfg.run.max_steps is not None and int(state["step"]) >= cfg.run.max_steps) or over_time:
+                log(f"stopping at step {int(state['step'])} ({'wall-time budget' if over_time else 'max_steps'}); resume with --resume")
+                stop = True
+                break
+        if bar is not None:
+            bar.close()
+        if stop and int(state["batch_in_epoch"]) < len(batches):
+            save_checkpoint(workdir, state)
+            break
+        # epoch end: validation with the EMA weights, plateau, early stopping, best model
+        val = {}
+        for b in valid_batches:
+            for key, v in jax.device_get(eval_step(ema_params(state), b)).items():
+                val[key] = val.get(key, 0.0) + float(v)
+        val_loss = val["loss_sum"] / len(valid_batches)
+        vm, tm = summarize(val), summarize(state["epoch_sums"])
+        improved = val_loss < float(state["best_val"])
+        state.update(best_val=min(val_loss, float(state["best_val"])),
+                     bad_epochs=0 if improved else int(state["bad_epochs"]) + 1,
+                     plateau_bad=0 if improved else int(state["plateau_bad"]) + 1)
+        if int(state["plateau_bad"]) >= cfg.optim.plateau_patience:
+            state.update(lr_scale=float(state["lr_scale"]) * cfg.optim.plateau_factor, plateau_bad=0)
+        row = {"epoch": epoch + 1, "step": int(state["step"]), "lr_scale": float(state["lr_scale"]),
+               "train_loss": float(state["epoch_sums"]["loss_sum"]) / len(batches), "val_loss": val_loss,
+               **{f"train_{k}": v for k, v in tm.items() if k.endswith("mae")}, **{f"val_{k}": v for k, v in vm.items()},
+               "wall_s": time.perf_counter() - t_start}
+        with open(workdir / "metrics.csv", "a", newline="") as fh:
+            csv.DictWriter(fh, CSV_FIELDS).writerow({k: row.get(k, "") for k in CSV_FIELDS})
+        log(f"epoch {epoch + 1:4d}  train {row['train_loss']:.4g}  val {val_loss:.4g}  "
+            f"E {vm.get('e_mae', float('nan')):.2f} meV/atom  F {vm.get('f_mae', float('nan')):.4f} eV/A"
+            f"{'  *' if improved else ''}")
+        if improved:
+            _save_best(workdir, model, ema_params(state), {"epoch": epoch + 1, **vm})
+        state.update(epoch=epoch + 1, batch_in_epoch=0, epoch_sums=_zero_sums())
+        save_checkpoint(workdir, state)
+        if cfg.optim.early_stopping_patience and int(state["bad_epochs"]) >= cfg.optim.early_stopping_patience:
+            log(f"early stopping after {epoch + 1} epochs")
+            break
+    return _finish(cfg, workdir, dtype, valid_frames, log)
+
+
+def _zero_sums():
+    return {k: 0.0 for k in METRIC_KEYS}
+
+
+def _progress(cfg, total, epoch):
+    if not cfg.run.progress:
+        return None
+    from tqdm.auto import tqdm
+
+    return tqdm(total=total, desc=f"epoch {epoch + 1}", leave=False)
+
+
+def _save_best(workdir, model, params, metrics):
+    tmp = workdir / "best_model.tmp"
+    params32 = jax.tree_util.tree_map(lambda x: np.asarray(x, np.float32), params)
+    Model(model.family, model.hyperparameters, params32, {**model.metadata, "validation": metrics}).save(tmp)
+    replace_dir(tmp, workdir / "best_model")
+
+
+def _truncate_csv(path: Path, epochs_done: int):
+    """Drop metric rows of epochs after the restored checkpoint (a resumed run rewrites them)."""
+    if not path.is_file():
+        return
+    rows = list(csv.reader(open(path)))
+    keep = [rows[0]] + [r for r in rows[1:] if r and int(r[0]) <= epochs_done]
+    with open(path, "w", newline="") as fh:
+        csv.writer(fh).writerows(keep)
+
+
+def _finish(cfg, workdir, dtype, valid_frames, log):
+    best = workdir / "best_model"
+    if not best.is_dir():
+        return {}
+    model = load_model(best)
+    results = {}
+    sets = [("valid", valid_frames)]
+    if cfg.data.test:
+        sets.append(("test", read_frames(cfg.data.test, require=("energy", "forces"))))
+    for name, frames in sets:
+        pred = predict(model, model.params, frames, cfg.data.graphs_per_batch, dtype)
+        results[name] = error_metrics(pred)
+        parity_plots(pred, workdir / f"parity_{name}.png", title=name)
+    learning_curves(workdir / "metrics.csv", workdir / "learning_curves.png")
+    (workdir / "results.json").write_text(json.dumps(results, indent=2) + "\n")
+    log(json.dumps(results))
+    return results

@@ -1,0 +1,213 @@
+"""Training stack: loss masks, element references, end-to-end runs, kill/resume, bad data."""
+
+import json
+import os
+import signal
+import subprocess
+import sys
+import time
+
+import ase.io
+import flax.serialization
+import jax
+import numpy as np
+import pytest
+from ase.build import bulk, molecule
+from ase.calculators.singlepoint import SinglePointCalculator
+
+from conftest import SHARED
+from jaxmat.data import DatasetError, batch_budget, build_graphs, epoch_batches, read_frames
+from jaxmat.train import config_from_dict, fit_element_refs, loss_and_metrics, train_and_evaluate
+from jaxmat.train._config import LossConfig
+
+TINY = {"units": 16, "dim_node": 16, "dim_edge": 16, "nblocks": 1, "readout_features": [16, 16, 1]}
+
+
+@pytest.fixture(scope="module")
+def labelled_file(tmp_path_factory, model):
+    """Rattled Si/SiO-free cells and a molecule-free set labelled by the real pretrained model."""
+    from jaxmat.calculators import JaxmatCalculator
+
+    calc = JaxmatCalculator(model=model, dtype="float64")
+    rng = np.random.default_rng(0)
+    frames = []
+    for k in range(12):
+        a = bulk("Si", "diamond", 5.43 * (1 + 0.02 * rng.normal()), cubic=True)
+        a.rattle(0.08, seed=k)
+        a.calc = calc
+        e, f, s = a.get_potential_energy(), a.get_forces(), a.get_stress()
+        a.calc = SinglePointCalculator(a, energy=e, forces=f, stress=s)
+        frames.append(a)
+    path = tmp_path_factory.mktemp("data") / "si_labelled.extxyz"
+    ase.io.write(path, frames)
+    return path
+
+
+def _config(path, **over):
+    d = {"data": {"train": str(path), "valid_fraction": 0.25, "graphs_per_batch": 2},
+         "model": {"hyperparameters": TINY}, "optim": {"epochs": 2, "learning_rate": 5e-3, "warmup_epochs": 0.5},
+         "run": {"progress": False, "checkpoint_every_steps": 2}}
+    for section, values in over.items():
+        d[section] = {**d.get(section, {}), **values}
+    return d
+
+
+def test_loss_masks(model, labelled_file):
+    frames = read_frames(labelled_file)[:3]
+    mol = molecule("SiH4")
+    mol.calc = SinglePointCalculator(mol, energy=-20.0, forces=np.zeros((5, 3)))
+    frames = frames + [read_frames_from_atoms(mol)]
+    frames[1] = frames[1]._replace(forces=None)  # a frame without forces
+    frames[2] = frames[2]._replace(stress=None)  # a periodic frame without stress
+    graphs = build_graphs(frames, model)
+    budget = batch_budget(graphs, 4)
+    batch = epoch_batches(frames, graphs, budget, 0, 0, shuffle=False, dtype="float64")[0]
+    lab = batch.labels
+    assert lab.energy_mask.sum() == 4 and lab.stress_mask.sum() == 2  # molecule and frame 2: no stress
+    assert lab.forces_mask.sum() == 8 + 8 + 5
+    cfg = LossConfig(kind="mse", stress_weight=1.0)
+    with jax.enable_x64(True):
+        loss, m = loss_and_metrics(model.params, batch, model.apply, cfg)
+        # garbage in masked label slots changes nothing
+        noisy = lab._replace(forces=np.where(lab.forces_mask[:, None], lab.forces, 1e3),
+                             stress=np.where(lab.stress_mask[:, None, None], lab.stress, 1e3))
+        loss2, _ = loss_and_metrics(model.params, batch._replace(labels=noisy), model.apply, cfg)
+    assert float(loss) == pytest.approx(float(loss2), rel=1e-12)
+    assert float(m["n_f"]) == 3 * 21 and float(m["n_s"]) == 9 * 2
+
+
+def read_frames_from_atoms(atoms):
+    from jaxmat.data import Frame
+
+    r = atoms.calc.results
+    return Frame(atoms, r["energy"], r["forces"], None, "memory:0")
+
+
+def test_element_reference_fit(labelled_file):
+    frames = read_frames(labelled_file)
+    rng = np.random.default_rng(1)
+    true = {"Si": -5.4, "O": -7.1}
+    fake = []
+    for k, f in enumerate(frames):
+        a = f.atoms.copy()
+        if k % 2:
+            a.symbols[: 1 + k % 3] = "O"
+        e = sum(true[s] for s in a.get_chemical_symbols()) + 1e-6 * rng.normal()
+        fake.append(f._replace(atoms=a, energy=e))
+    refs = fit_element_refs(fake, ["H", "O", "Si"])
+    assert refs[0] == 0.0  # absent element untouched
+    np.testing.assert_allclose(refs[1:], [true["O"], true["Si"]], atol=1e-5)
+
+
+def test_training_lowers_the_loss_and_model_is_usable(tmp_path, labelled_file):
+    cfg = config_from_dict(_config(labelled_file, optim={"epochs": 8, "learning_rate": 1e-2}))
+    train_and_evaluate(cfg, tmp_path, log=lambda *_: None)
+    rows = [l.split(",") for l in (tmp_path / "metrics.csv").read_text().splitlines()[1:]]
+    train_loss = [float(r[3]) for r in rows]
+    assert train_loss[-1] < 0.8 * train_loss[0], train_loss
+    for name in ("learning_curves.png", "parity_valid.png", "results.json", "best_model/config.json"):
+        assert (tmp_path / name).is_file(), name
+    from jaxmat.calculators import JaxmatCalculator
+
+    a = bulk("Si", "diamond", 5.43, cubic=True)
+    a.calc = JaxmatCalculator(model=str(tmp_path / "best_model"))
+    assert np.isfinite(a.get_potential_energy())
+
+
+@pytest.mark.skipif(not (SHARED / "data" / "mlearn" / "Si_train.extxyz").is_file(),
+                    reason="../shared/data (mlearn) is not available")
+def test_training_on_real_mlearn_subset(tmp_path):
+    frames = ase.io.read(SHARED / "data" / "mlearn" / "Si_train.extxyz", ":12")
+    ase.io.write(tmp_path / "si.extxyz", frames)
+    cfg = config_from_dict(_config(tmp_path / "si.extxyz", optim={"epochs": 8, "learning_rate": 1e-2}))
+    train_and_evaluate(cfg, tmp_path / "run", log=lambda *_: None)
+    rows = [l.split(",") for l in (tmp_path / "run" / "metrics.csv").read_text().splitlines()[1:]]
+    assert float(rows[-1][3]) < 0.9 * float(rows[0][3])  # deterministic seeds: not flaky
+
+
+def _params(workdir):
+    raw = flax.serialization.msgpack_restore((workdir / "checkpoint.msgpack").read_bytes())
+    return raw["state"]
+
+
+def test_sigkill_mid_epoch_then_resume_equals_uninterrupted(tmp_path, labelled_file):
+    cfg = _config(labelled_file, optim={"epochs": 3}, run={"checkpoint_every_steps": 1})
+    (tmp_path / "cfg.json").write_text(json.dumps(cfg))
+    cmd = [sys.executable, "-m", "jaxmat.cli", "train", str(tmp_path / "cfg.json")]
+    env = {**os.environ, "JAX_PLATFORMS": "cpu"}
+    subprocess.run(cmd + ["--workdir", str(tmp_path / "full")], check=True, capture_output=True, env=env, timeout=600)
+
+    proc = subprocess.Popen(cmd + ["--workdir", str(tmp_path / "killed")], stdout=subprocess.DEVNULL,
+                            stderr=subprocess.DEVNULL, env=env)
+    ckpt = tmp_path / "killed" / "checkpoint.msgpack"
+    killed_mid_epoch = False
+    deadline = time.time() + 300
+    while time.time() < deadline and proc.poll() is None:
+        if ckpt.is_file():
+            state = _params(tmp_path / "killed")  # never half-written: always decodes
+            if int(state["epoch"]) >= 1 and int(state["batch_in_epoch"]) > 0:
+                proc.send_signal(signal.SIGKILL)
+                killed_mid_epoch = True
+                break
+        time.sleep(0.05)
+    proc.wait()
+    assert killed_mid_epoch, "the run finished before it could be killed"
+    state = _params(tmp_path / "killed")
+    assert int(state["epoch"]) < 3
+    subprocess.run(cmd + ["--workdir", str(tmp_path / "killed"), "--resume"], check=True,
+                   capture_output=True, env=env, timeout=600)
+    full, resumed = _params(tmp_path / "full"), _params(tmp_path / "killed")
+    assert int(full["step"]) == int(resumed["step"])
+    for a, b in zip(jax.tree_util.tree_leaves(full["params"]), jax.tree_util.tree_leaves(resumed["params"])):
+        np.testing.assert_allclose(np.asarray(a), np.asarray(b), rtol=1e-6, atol=1e-7)
+
+
+def _write(tmp_path, frames, name="bad.extxyz"):
+    path = tmp_path / name
+    ase.io.write(path, frames)
+    return path
+
+
+def test_bad_datasets(tmp_path, labelled_file, model):
+    frames = ase.io.read(labelled_file, ":3")
+    # missing forces in frame 1
+    no_f = [f.copy() for f in frames]
+    for k, a in enumerate(no_f):
+        r = frames[k].calc.results
+        a.calc = SinglePointCalculator(a, energy=r["energy"], **({} if k == 1 else {"forces": r["forces"]}))
+    with pytest.raises(DatasetError, match=r"bad.extxyz:1: required label 'forces' is missing"):
+        read_frames(_write(tmp_path, no_f))
+    # NaN energy in frame 2
+    nan_e = [f.copy() for f in frames]
+    for k, a in enumerate(nan_e):
+        r = frames[k].calc.results
+        a.calc = SinglePointCalculator(a, energy=np.nan if k == 2 else r["energy"], forces=r["forces"])
+    with pytest.raises(DatasetError, match=r"bad.extxyz:2: energy is not finite"):
+        read_frames(_write(tmp_path, nan_e))
+    # unknown element for the model
+    og = frames[0].copy()
+    og.symbols[0] = "Og"
+    og.calc = SinglePointCalculator(og, **frames[0].calc.results)
+    path = _write(tmp_path, [frames[1], og], "unknown.extxyz")
+    with pytest.raises(DatasetError, match=r"unknown.extxyz:1: .*Og"):
+        build_graphs(read_frames(path), model)
+    with pytest.raises(DatasetError, match="does not exist"):
+        read_frames(tmp_path / "nope.extxyz")
+
+
+def test_config_validation(tmp_path, labelled_file):
+    with pytest.raises(ValueError, match="unknown key"):
+        config_from_dict({"data": {"train": "x", "batchsize": 3}})
+    with pytest.raises(ValueError, match="unknown config section"):
+        config_from_dict({"data": {"train": "x"}, "optimiser": {}})
+    with pytest.raises(ValueError, match="loss.kind"):
+        config_from_dict({"data": {"train": "x"}, "loss": {"kind": "l3"}})
+    cfg = config_from_dict(_config(labelled_file))
+    train_and_evaluate(cfg, tmp_path, log=lambda *_: None)
+    with pytest.raises(ValueError, match="already holds a checkpoint"):
+        train_and_evaluate(cfg, tmp_path, log=lambda *_: None)
+    (tmp_path / "checkpoint.msgpack").write_bytes(b"\x00garbage")
+    from jaxmat.train import CheckpointError
+
+    with pytest.raises(CheckpointError):
+        train_and_evaluate(cfg, tmp_path, resume=True, log=lambda *_: None)
