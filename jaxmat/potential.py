@@ -73,5 +73,6 @@ def energy_forces_stress(apply_fn: Callable, params, g: AtomicGraph, compute_str
 
 
 def to_voigt(stress):
-    """(..., 3, 3) -> (..., 6) in ASE Voigt order (xx, yy, zz, yz, xz, xy)."""
-    return jnp.stack([stress[..., i, j] for i, j in VOIGT], axis=-1)
+    """(..., 3, 3) -> (..., 6) in ASE Voigt order (xx, yy, zz, yz, xz, xy); numpy or jax arrays."""
+    rows, cols = zip(*VOIGT)
+    return stress[..., list(rows), list(cols)]

@@ -63,3 +63,19 @@ def test_nve_energy_drift_si64(calc64):
     fluct = etot.std() / len(atoms)
     print(f"NVE Si64 1 ps: drift {drift * 1e3:.3f} meV/atom, std {fluct * 1e3:.3f} meV/atom")
     assert drift < 1e-3 and fluct < 1e-3  # < 1 meV/atom over 1 ps
+
+
+def test_cached_neighbour_list_follows_cell_changes(calc64):
+    """The calculator keeps a skinned vesin list between calls; changing the cell (NPT, cell
+    relaxation) or moving atoms must give the same results as a fresh calculator."""
+    fresh = JaxmatCalculator(dtype="float64", skin=0.0)
+    atoms = bulk("Cu", "fcc", 3.6, cubic=True).repeat(2)
+    for scale in (1.0, 0.97, 1.0004, 1.05):
+        a = atoms.copy()
+        a.set_cell(atoms.cell * scale, scale_atoms=True)
+        a.rattle(0.05, seed=int(scale * 1e4))
+        a.calc = calc64
+        e1, s1 = a.get_potential_energy(), a.get_stress()
+        a.calc = fresh
+        assert a.get_potential_energy() == pytest.approx(e1, abs=1e-9)
+        np.testing.assert_allclose(a.get_stress(), s1, atol=1e-10)

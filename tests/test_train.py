@@ -8,6 +8,7 @@ import sys
 import time
 
 import ase.io
+import ase.units
 import flax.serialization
 import jax
 import numpy as np
@@ -211,3 +212,65 @@ def test_config_validation(tmp_path, labelled_file):
 
     with pytest.raises(CheckpointError):
         train_and_evaluate(cfg, tmp_path, resume=True, log=lambda *_: None)
+
+
+def test_freeze_keeps_parameters_fixed(tmp_path, labelled_file, model):
+    d = _config(labelled_file, model={"init_from": "M3GNet-MP-2021.2.8-PES", "hyperparameters": {},
+                                       "freeze": ["node_embedding", "conv_", "three_body_"]},
+                optim={"epochs": 1, "learning_rate": 1e-3})
+    train_and_evaluate(config_from_dict(d), tmp_path, log=lambda *_: None)
+    state = _params(tmp_path)
+    trained, start = state["params"], model.params
+    for group in ("node_embedding", "conv_0_edge", "three_body_2_bond"):
+        for k, v in start[group].items():
+            np.testing.assert_array_equal(np.asarray(trained[group][k]), np.asarray(v))
+    moved = np.abs(np.asarray(trained["readout"]["layers_0_kernel"]) - start["readout"]["layers_0_kernel"]).max()
+    assert moved > 0  # the unfrozen readout did train
+    # element references were refitted to this data set
+    assert not np.allclose(np.asarray(trained["energy_scale"]["element_refs"]), start["energy_scale"]["element_refs"])
+
+
+def test_reads_other_ase_formats(tmp_path, labelled_file):
+    frames = ase.io.read(labelled_file, ":4")
+    ase.io.write(tmp_path / "set.db", frames)
+    via_db = read_frames(tmp_path / "set.db")
+    via_xyz = read_frames(labelled_file, index=":4")
+    for a, b in zip(via_db, via_xyz):
+        assert a.energy == pytest.approx(b.energy)
+        np.testing.assert_allclose(a.forces, b.forces)
+        np.testing.assert_allclose(a.stress, b.stress)
+
+
+def test_named_keys_and_stress_factor(tmp_path, labelled_file):
+    frames = ase.io.read(labelled_file, ":2")
+    for a in frames:
+        r = a.calc.results
+        a.info["dft_energy"], a.arrays["dft_forces"] = r["energy"], r["forces"]
+        a.info["dft_stress_gpa"] = -r["stress"] / ase.units.GPa  # a source with the opposite sign in GPa
+        a.calc = None
+    ase.io.write(tmp_path / "named.extxyz", frames)
+    got = read_frames(tmp_path / "named.extxyz", energy_key="dft_energy", forces_key="dft_forces",
+                      stress_key="dft_stress_gpa", stress_factor=-ase.units.GPa)
+    ref = read_frames(labelled_file, index=":2")
+    for a, b in zip(got, ref):
+        assert a.energy == pytest.approx(b.energy)
+        np.testing.assert_allclose(a.stress, b.stress, atol=1e-12)
+
+
+@pytest.mark.skipif(not (SHARED / "data" / "mlearn" / "Si_test.extxyz").is_file(),
+                    reason="../shared/data (mlearn) is not available")
+@pytest.mark.parametrize("element", ["Si", "Mo"])
+def test_mlearn_stress_sign_and_units_match_ase_convention(calc32, element):
+    """Per-source check: DFT stresses of mlearn correlate positively, with slope ~1, with the
+    pretrained model's ASE-convention stresses (eV/A^3) on the same structures."""
+    frames = read_frames(SHARED / "data" / "mlearn" / f"{element}_test.extxyz", require=("energy", "forces", "stress"))
+    ref, pred = [], []
+    for f in frames:
+        a = f.atoms.copy()
+        a.calc = calc32
+        pred.append(a.get_stress(voigt=False)[np.diag_indices(3)])
+        ref.append(f.stress[np.diag_indices(3)])
+    ref, pred = np.ravel(ref), np.ravel(pred)
+    assert np.corrcoef(ref, pred)[0, 1] > 0.8
+    slope = np.polyfit(pred, ref, 1)[0]
+    assert 0.5 < slope < 2.0  # same unit (a GPa/eV-A^3 mix-up would be a factor 160)

@@ -19,7 +19,7 @@ from jaxmat.models import FAMILIES, Model, load_model
 from jaxmat.train._checkpoint import CHECKPOINT_FILE, load_checkpoint, replace_dir, save_checkpoint
 from jaxmat.train._evaluate import error_metrics, predict
 from jaxmat.train._loss import METRIC_KEYS, loss_and_metrics, summarize
-from jaxmat.train._optim import make_optimizer, with_frozen
+from jaxmat.train._optim import freeze_labels, make_optimizer, with_frozen
 from jaxmat.train._plots import learning_curves, parity_plots
 from jaxmat.train._refs import fit_element_refs
 
@@ -139,11 +139,15 @@ def _train(cfg, workdir, resume, dtype, log):
             ema = params
         return params, opt_state, ema, sums
 
+    frozen = freeze_labels(proto, cfg.model.freeze)
+
     def ema_params(state):
-        if ema_decay <= 0:
-            return state["ema"]
+        """Debiased EMA of the weights; frozen parameters stay bit-identical."""
+        if ema_decay <= 0 or int(state["step"]) == 0:
+            return state["params"]
         norm = 1.0 - ema_decay ** int(state["step"])
-        return jax.tree_util.tree_map(lambda e: e / norm, state["ema"])
+        return jax.tree_util.tree_map(lambda lab, e, p: p if lab == "frozen" else e / norm,
+                                      frozen, state["ema"], state["params"])
 
     eval_step = jax.jit(lambda p, b: loss_and_metrics(p, b, model.apply, lcfg)[1])
     valid_batches = epoch_batches(valid_frames, g_valid, budget, 0, 0, False, dtype)

@@ -1,0 +1,119 @@
+"""Training throughput on mlearn Si: structures/s and atoms/s per optimizer step (E+F+S loss).
+
+    python experiments/bench_train.py [--epochs 1] [--graphs-per-batch 4]
+
+jaxmat: the same jitted step as ``jaxmat train`` (masked Huber loss through forces and stress,
+AdamW, clipping). matgl (when importable, same process, after jaxmat): its
+``PotentialLightningModule.step`` (energy/force/stress loss) + torch Adam, on the same file and
+batch size, M3GNet of the same size. Times exclude the first (compiling) step. Needs
+../shared/data/mlearn.
+"""
+
+from __future__ import annotations
+
+import argparse
+import time
+from pathlib import Path
+
+import jax
+import numpy as np
+import optax
+
+from jaxmat.data import batch_budget, build_graphs, epoch_batches, read_frames
+from jaxmat.models import Model
+from jaxmat.train import default_hyperparameters, loss_and_metrics
+from jaxmat.train._config import LossConfig
+
+DATA = Path(__file__).resolve().parents[2] / "shared" / "data" / "mlearn" / "Si_train.extxyz"
+
+
+def bench_jaxmat(frames, gpb, epochs):
+    hyper = {**default_hyperparameters("M3GNet"), "element_types": ["Si"]}
+    model = Model("M3GNet", hyper, None)
+    graphs = build_graphs(frames, model)
+    budget = batch_budget(graphs, gpb)
+    batches = epoch_batches(frames, graphs, budget, 0, 0)
+    params = model.init_params(batches[0].graph)
+    tx = optax.chain(optax.clip_by_global_norm(10.0), optax.adamw(1e-3))
+    cfg = LossConfig()
+
+    @jax.jit
+    def step(params, opt_state, batch):
+        (loss, _), grads = jax.value_and_grad(loss_and_metrics, has_aux=True)(params, batch, model.apply, cfg)
+        updates, opt_state = tx.update(grads, opt_state, params)
+        return optax.apply_updates(params, updates), opt_state, loss
+
+    opt_state = tx.init(params)
+    t = time.perf_counter()
+    params, opt_state, loss = jax.block_until_ready(step(params, opt_state, batches[0]))
+    compile_s = time.perf_counter() - t
+    n_struct = n_atoms = 0
+    t = time.perf_counter()
+    for e in range(epochs):
+        for b in epoch_batches(frames, graphs, budget, 0, e):
+            params, opt_state, loss = step(params, opt_state, b)
+            n_struct += int(b.labels.energy_mask.sum())
+            n_atoms += int(b.labels.forces_mask.sum())
+        jax.block_until_ready(loss)
+    dt = time.perf_counter() - t
+    return compile_s, n_struct / dt, n_atoms / dt
+
+
+def bench_matgl(gpb, epochs):
+    try:
+        from functools import partial
+
+        import torch
+        from matgl.graph.data import MGLDataLoader, collate_fn_pes
+        from matgl.models import M3GNet
+        from matgl.utils.training import MGLDatasetLoader, PotentialLightningModule
+    except Exception as err:  # noqa: BLE001
+        return f"not importable ({type(err).__name__})"
+    ds = MGLDatasetLoader.from_extxyz(DATA, cutoff=5.0, element_types=("Si",), save_cache=False)
+    loader, _ = MGLDataLoader(train_data=ds, val_data=ds, batch_size=gpb, shuffle=True, num_workers=0,
+                              collate_fn=partial(collate_fn_pes, include_line_graph=False, include_stress=True))
+    model = M3GNet(element_types=("Si",), is_intensive=False)
+    module = PotentialLightningModule(model=model, stress_weight=0.1, include_line_graph=False)
+    opt = torch.optim.Adam(module.parameters(), lr=1e-3)
+    n_struct = n_atoms = 0
+    first = True
+    t = None
+    for _ in range(epochs + 1):
+        for batch in loader:
+            results, size = module.step(batch)
+            opt.zero_grad()
+            results["Total_Loss"].backward()
+            opt.step()
+            if first:
+                first, t = False, time.perf_counter()
+                continue
+            n_struct += size
+            n_atoms += int(batch[0].num_nodes)
+        if t is not None and n_struct >= epochs * len(ds):
+            break
+    dt = time.perf_counter() - t
+    return n_struct / dt, n_atoms / dt
+
+
+def main(argv=None):
+    p = argparse.ArgumentParser(description=__doc__)
+    p.add_argument("--epochs", type=int, default=1)
+    p.add_argument("--graphs-per-batch", type=int, default=4)
+    p.add_argument("--no-matgl", action="store_true")
+    args = p.parse_args(argv)
+    frames = read_frames(DATA)
+    compile_s, sps, aps = bench_jaxmat(frames, args.graphs_per_batch, args.epochs)
+    print(f"{'trainer':10s} {'structures/s':>13s} {'atoms/s':>9s}  notes")
+    print(f"{'jaxmat':10s} {sps:13.2f} {aps:9.0f}  first step (compile) {compile_s:.1f} s; "
+          f"{len(frames)} structures, {args.graphs_per_batch}/batch, float32")
+    if not args.no_matgl:
+        res = bench_matgl(args.graphs_per_batch, args.epochs)
+        if isinstance(res, str):
+            print(f"{'matgl':10s} {'-':>13s} {'-':>9s}  {res}")
+        else:
+            print(f"{'matgl':10s} {res[0]:13.2f} {res[1]:9.0f}  PotentialLightningModule.step + Adam")
+            print(f"speed-up {sps / res[0]:.2f}x")
+
+
+if __name__ == "__main__":
+    main()
