@@ -69,8 +69,11 @@ def bench_matgl(gpb, epochs):
         from matgl.utils.training import MGLDatasetLoader, PotentialLightningModule
     except Exception as err:  # noqa: BLE001
         return f"not importable ({type(err).__name__})"
-    ds = MGLDatasetLoader.from_extxyz(DATA, cutoff=5.0, element_types=("Si",), save_cache=False)
-    loader, _ = MGLDataLoader(train_data=ds, val_data=ds, batch_size=gpb, shuffle=True, num_workers=0,
+    import tempfile
+
+    root = tempfile.mkdtemp(prefix="matgl-bench-")  # matgl writes processing files under root
+    ds = MGLDatasetLoader.from_extxyz(DATA, cutoff=5.0, element_types=("Si",), save_cache=False, root=root)
+    loader, _ = MGLDataLoader(train_data=ds, val_data=ds, batch_size=gpb, num_workers=0,
                               collate_fn=partial(collate_fn_pes, include_line_graph=False, include_stress=True))
     model = M3GNet(element_types=("Si",), is_intensive=False)
     module = PotentialLightningModule(model=model, stress_weight=0.1, include_line_graph=False)

@@ -7,7 +7,7 @@ from typing import NamedTuple, Sequence
 import numpy as np
 
 from jaxmat.data._read import DatasetError, Frame
-from jaxmat.graph import PadSizes, atoms_to_graph, batch_graphs, graph_sizes, pad_graph
+from jaxmat.graph import PadSizes, atoms_to_graph, batch_graphs, cast_floats, graph_sizes, pad_graph
 
 
 class Labels(NamedTuple):
@@ -69,8 +69,6 @@ def pack(order, graphs, budget: PadSizes) -> list[list[int]]:
 
 def make_batch(indices, frames, graphs, budget: PadSizes, dtype="float32") -> Batch:
     """Pad the graphs ``indices`` into one batch with its labels."""
-    from jaxmat.graph import cast_floats
-
     g = cast_floats(pad_graph(batch_graphs([graphs[i] for i in indices]), budget), dtype)
     G, N = budget.n_graph, budget.n_node
     energy, n_atoms, emask = np.zeros(G), np.ones(G), np.zeros(G, bool)

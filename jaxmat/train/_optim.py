@@ -17,7 +17,7 @@ def freeze_labels(params, prefixes):
             for k, v in params.items()}
 
 
-def make_optimizer(cfg, steps_per_epoch: int, params) -> optax.GradientTransformation:
+def make_optimizer(cfg, steps_per_epoch: int) -> optax.GradientTransformation:
     total = max(1, cfg.epochs * steps_per_epoch)
     warm = max(1, int(cfg.warmup_epochs * steps_per_epoch))
     schedule = optax.warmup_cosine_decay_schedule(

@@ -104,7 +104,7 @@ def _train(cfg, workdir, resume, dtype, log):
     first = epoch_batches(train_frames[:1], g_train[:1], budget, 0, 0, False, dtype)[0]
     lcfg, ema_decay = cfg.loss, cfg.optim.ema_decay
     steps_per_epoch = len(epoch_batches(train_frames, g_train, budget, cfg.run.seed, 0, True, dtype))
-    tx = make_optimizer(cfg.optim, steps_per_epoch, None)
+    tx = make_optimizer(cfg.optim, steps_per_epoch)
 
     def cast(tree):
         return jax.tree_util.tree_map(lambda x: jnp.asarray(x, dtype), tree)
