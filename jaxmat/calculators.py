@@ -77,7 +77,7 @@ class JaxmatCalculator(Calculator):
         each overflowing dimension to max(needed x (1 + headroom), old x growth)."""
         fresh = bucket_sizes(real, 1.0 + self.headroom)
         old = self.sizes
-        if old is None or old.n_graph != fresh.n_graph or old.n_node > 4 * fresh.n_node:
+        if old is None or old.n_node > 4 * fresh.n_node:
             return fresh
         if fits(real, old):
             return old

@@ -90,12 +90,17 @@ def make_batch(indices, frames, graphs, budget: PadSizes, dtype="float32") -> Ba
     return Batch(g, labels)
 
 
+def epoch_groups(graphs, budget, seed: int, epoch: int, shuffle: bool = True) -> list[list[int]]:
+    """Frame indices of each batch of one epoch: order fixed by (seed, epoch)."""
+    order = np.arange(len(graphs))
+    if shuffle:
+        order = np.random.default_rng([seed, epoch]).permutation(len(graphs))
+    return pack(order, graphs, budget)
+
+
 def epoch_batches(frames, graphs, budget, seed: int, epoch: int, shuffle: bool = True, dtype="float32"):
     """The batches of one epoch: order fixed by (seed, epoch), so a resumed run replays it."""
-    order = np.arange(len(frames))
-    if shuffle:
-        order = np.random.default_rng([seed, epoch]).permutation(len(frames))
-    return [make_batch(idx, frames, graphs, budget, dtype) for idx in pack(order, graphs, budget)]
+    return [make_batch(idx, frames, graphs, budget, dtype) for idx in epoch_groups(graphs, budget, seed, epoch, shuffle)]
 
 
 def split(n: int, valid_fraction: float, seed: int):

@@ -27,7 +27,7 @@ class BundleError(ValueError):
     """A model bundle that is missing, corrupt or incompatible with this jaxmat."""
 
 
-def _atomic_write(path: Path, data: bytes) -> None:
+def atomic_write(path: Path, data: bytes) -> None:
     """Write ``data`` to ``path`` via a temporary file in the same folder and an atomic rename."""
     fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
     try:
@@ -49,7 +49,7 @@ def save_bundle(path, family: str, hyperparameters: dict, params, metadata: dict
     path.mkdir(parents=True, exist_ok=True)
     host = jax.tree_util.tree_map(lambda x: np.asarray(x), params)
     blob = flax.serialization.msgpack_serialize(flax.serialization.to_state_dict(host))
-    _atomic_write(path / PARAMS_FILE, blob)
+    atomic_write(path / PARAMS_FILE, blob)
     config = {
         "format": FORMAT,
         "format_version": FORMAT_VERSION,
@@ -58,7 +58,7 @@ def save_bundle(path, family: str, hyperparameters: dict, params, metadata: dict
         "metadata": metadata or {},
         "params_sha256": hashlib.sha256(blob).hexdigest(),
     }
-    _atomic_write(path / CONFIG_FILE, (json.dumps(config, indent=2) + "\n").encode())
+    atomic_write(path / CONFIG_FILE, (json.dumps(config, indent=2) + "\n").encode())
     return path
 
 

@@ -14,7 +14,7 @@ import flax.serialization
 import jax
 import numpy as np
 
-from jaxmat.models._bundle import _atomic_write
+from jaxmat.models._bundle import atomic_write
 
 FORMAT = "jaxmat-checkpoint"
 FORMAT_VERSION = 1
@@ -30,7 +30,7 @@ def save_checkpoint(workdir, state: dict) -> Path:
     path = Path(workdir) / CHECKPOINT_FILE
     host = jax.tree_util.tree_map(np.asarray, flax.serialization.to_state_dict(state))
     blob = flax.serialization.msgpack_serialize({"format": FORMAT, "format_version": FORMAT_VERSION, "state": host})
-    _atomic_write(path, blob)
+    atomic_write(path, blob)
     return path
 
 

@@ -14,7 +14,7 @@ import numpy as np
 import optax
 from ase.data import atomic_numbers
 
-from jaxmat.data import batch_budget, build_graphs, epoch_batches, read_frames, split
+from jaxmat.data import batch_budget, build_graphs, epoch_batches, epoch_groups, read_frames, split
 from jaxmat.models import FAMILIES, Model, load_model
 from jaxmat.train._checkpoint import CHECKPOINT_FILE, load_checkpoint, replace_dir, save_checkpoint
 from jaxmat.train._evaluate import error_metrics, predict
@@ -62,9 +62,8 @@ def _make_model(cfg, frames) -> Model:
     return Model(m.family, hyper, None, {"name": "trained", "origin": "trained with jaxmat train"})
 
 
-def _prepare_params(cfg, model, frames, graphs, budget, first_graph):
-    """Initial parameters: pretrained or fresh; refit element references; scale from data."""
-    params = model.params if model.params is not None else model.init_params(first_graph, cfg.run.seed)
+def _prepare_params(cfg, model, params, frames, graphs):
+    """Initial parameters (pretrained or fresh ``params``): refit element references; scale from data."""
     params = jax.tree_util.tree_map(np.asarray, params)
     scale = dict(params["energy_scale"])
     if model.params is None and cfg.model.scale_from_data:
@@ -103,7 +102,7 @@ def _train(cfg, workdir, resume, dtype, log):
     budget = batch_budget(g_train + g_valid, cfg.data.graphs_per_batch)
     first = epoch_batches(train_frames[:1], g_train[:1], budget, 0, 0, False, dtype)[0]
     lcfg, ema_decay = cfg.loss, cfg.optim.ema_decay
-    steps_per_epoch = len(epoch_batches(train_frames, g_train, budget, cfg.run.seed, 0, True, dtype))
+    steps_per_epoch = len(epoch_groups(g_train, budget, cfg.run.seed, 0))
     tx = make_optimizer(cfg.optim, steps_per_epoch)
 
     def cast(tree):
@@ -119,7 +118,7 @@ def _train(cfg, workdir, resume, dtype, log):
         state = load_checkpoint(workdir, state)
         log(f"resumed from step {int(state['step'])} (epoch {int(state['epoch'])}, batch {int(state['batch_in_epoch'])})")
     else:
-        params = cast(_prepare_params(cfg, model, train_frames, g_train, budget, first.graph))
+        params = cast(_prepare_params(cfg, model, proto, train_frames, g_train))
         ema0 = jax.tree_util.tree_map(jnp.zeros_like, params) if ema_decay > 0 else params
         state.update(params=params, ema=ema0, opt_state=tx.init(params))
         with open(workdir / "metrics.csv", "w", newline="") as fh:
