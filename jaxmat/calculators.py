@@ -14,6 +14,7 @@ import vesin
 from ase.calculators.calculator import Calculator, PropertyNotImplementedError, all_changes
 
 from jaxmat.graph import (
+    CUTOFF_TOLERANCE,
     DEFAULT_MIN_DISTANCE,
     PadSizes,
     atoms_to_graph,
@@ -64,7 +65,7 @@ class JaxmatCalculator(Calculator):
         self.headroom, self.growth, self.min_distance = headroom, growth, min_distance
         self.sizes: PadSizes | None = None
         self.n_compilations = 0
-        self._nl = vesin.NeighborList(cutoff=self.model.cutoff, full_list=True, skin=skin)
+        self._nl = vesin.NeighborList(cutoff=self.model.cutoff + CUTOFF_TOLERANCE, full_list=True, skin=skin)
         self._fn = jax.jit(self._evaluate, static_argnums=2)
         self._params = None
 

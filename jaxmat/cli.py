@@ -1,4 +1,4 @@
-"""Command line: ``jaxmat md``, ``train``, ``evaluate``, ``convert``, ``list``."""
+"""Command line: ``jaxmat md``, ``predict``, ``train``, ``evaluate``, ``convert``, ``list``."""
 
 from __future__ import annotations
 
@@ -83,10 +83,31 @@ def _evaluate(args) -> int:
 
     model = load_model(args.model)
     for path in args.data:
-        frames = read_frames(path, require=("energy", "forces"))
+        require = ("energy",) if model.output_kind == "graph" else ("energy", "forces")
+        frames = read_frames(path, energy_key=args.energy_key, require=require)
         metrics = error_metrics(predict(model, model.params, frames, args.graphs_per_batch, args.dtype))
         print(f"{path}  ({len(frames)} structures, model {model.name})")
         print(format_metrics(metrics))
+    return 0
+
+
+def _predict(args) -> int:
+    import ase.io
+
+    from jaxmat.models import load_model
+
+    model = load_model(args.model)
+    structures, names = [], []
+    for path in args.files:
+        frames = ase.io.read(path, ":")
+        structures += frames
+        names += [path if len(frames) == 1 else f"{path}@{k}" for k in range(len(frames))]
+    values = model.predict(structures, batch_size=args.batch_size, dtype=args.dtype)
+    unit = "eV" if model.output_kind == "atoms" else model.metadata.get("units", {}).get("target", "")
+    what = "energy" if model.output_kind == "atoms" else "prediction"
+    print(f"# model {model.name}: {what} [{unit}]")
+    for name, atoms, value in zip(names, structures, values):
+        print(f"{name}\t{atoms.get_chemical_formula()}\t{value:.6f}")
     return 0
 
 
@@ -116,6 +137,13 @@ def build_parser() -> argparse.ArgumentParser:
     md.add_argument("--seed", type=int, default=0)
     md.set_defaults(func=_md)
 
+    pr = sub.add_parser("predict", help="predict with a model (e.g. MEGNet formation energy) for structure files")
+    pr.add_argument("model", help="pretrained name or bundle folder")
+    pr.add_argument("files", nargs="+", help="structure files (any ase.io format; every frame is used)")
+    pr.add_argument("--dtype", choices=("float32", "float64"), default="float32")
+    pr.add_argument("--batch-size", type=int, default=32)
+    pr.set_defaults(func=_predict)
+
     cv = sub.add_parser("convert", help="convert a matgl model folder to a jaxmat bundle (needs torch)")
     cv.add_argument("source")
     cv.add_argument("destination")
@@ -134,6 +162,8 @@ def build_parser() -> argparse.ArgumentParser:
     ev.add_argument("data", nargs="+", help="labelled structure files (any ase.io format)")
     ev.add_argument("--dtype", choices=("float32", "float64"), default="float32")
     ev.add_argument("--graphs-per-batch", type=int, default=4)
+    ev.add_argument("--energy-key", default=None, help="info key of the label (default: calculator energy), "
+                    "e.g. eform_per_atom for a MEGNet formation-energy model")
     ev.set_defaults(func=_evaluate)
 
     ls = sub.add_parser("list", help="list the pretrained models shipped with jaxmat")

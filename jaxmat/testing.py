@@ -122,3 +122,33 @@ def energy_across_cutoff(calc, symbols: str, cutoff: float, deltas=(1e-3, 1e-5, 
             es.append(_eval(calc, Atoms(symbols, positions=pos))["energy"])
         jumps.append(abs(es[0] - es[1]))
     return np.asarray(jumps)
+
+
+def assert_property_invariant(predict, atoms, rng=None, reps=(2, 1, 2), atol=1e-6):
+    """A structure -> property model (``predict(list_of_atoms) -> array``) is invariant under
+    rotation, translation, permutation, lattice wrapping and (intensive) a periodic supercell.
+    All variants are predicted in one batch, so batch == single is checked too."""
+    rng = rng or np.random.default_rng(0)
+    n = len(atoms)
+    variants = {"identity": atoms.copy()}
+    rot = random_rotation(rng)
+    a = atoms.copy()
+    a.set_cell(atoms.cell.array @ rot.T, scale_atoms=False)
+    a.positions = atoms.positions @ rot.T
+    variants["rotation"] = a
+    a = atoms.copy()
+    a.positions += rng.normal(size=3) * 3.0
+    variants["translation"] = a
+    variants["permutation"] = atoms[rng.permutation(n)]
+    if atoms.pbc.any():
+        a = atoms.copy()
+        a.positions += (rng.integers(-2, 3, size=(n, 3)) * atoms.pbc) @ atoms.cell.array
+        variants["lattice wrapping"] = a
+    if atoms.pbc.all():
+        variants["supercell"] = atoms.repeat(reps)
+    single = float(np.asarray(predict([atoms]))[0])
+    batch = np.asarray(predict(list(variants.values())))
+    worst = {name: abs(float(v) - single) for name, v in zip(variants, batch)}
+    bad = {k: f"{v:.3g}" for k, v in worst.items() if v > atol}
+    assert not bad, f"property changes under {bad} (atol {atol})"
+    return worst

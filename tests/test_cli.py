@@ -23,3 +23,15 @@ def test_md_cli(tmp_path):
 def test_md_cli_bad_structure(tmp_path):
     out = subprocess.run([sys.executable, "-m", "jaxmat.cli", "md", "NotACrystal"], capture_output=True, text=True)
     assert out.returncode == 2 and "error" in out.stderr
+
+
+def test_predict_cli():
+    from conftest import FIXTURES
+
+    out = subprocess.run([sys.executable, "-m", "jaxmat.cli", "predict", "MEGNet-MP-2018.6.1-Eform",
+                          str(FIXTURES / "megnet_eform_dev.extxyz"), "--dtype", "float64"],
+                         capture_output=True, text=True, timeout=300)
+    assert out.returncode == 0, out.stderr
+    lines = out.stdout.splitlines()
+    assert lines[0].startswith("# model MEGNet-MP-2018.6.1-Eform") and len(lines) == 12
+    assert lines[-1].split("\t")[-1] == "-2.272227"

@@ -132,7 +132,8 @@ def _params(workdir):
 
 
 def test_sigkill_mid_epoch_then_resume_equals_uninterrupted(tmp_path, labelled_file):
-    cfg = _config(labelled_file, optim={"epochs": 3}, run={"checkpoint_every_steps": 1})
+    # several epochs give the watcher many mid-epoch windows to catch (it polls the checkpoint)
+    cfg = _config(labelled_file, optim={"epochs": 6}, run={"checkpoint_every_steps": 1})
     (tmp_path / "cfg.json").write_text(json.dumps(cfg))
     cmd = [sys.executable, "-m", "jaxmat.cli", "train", str(tmp_path / "cfg.json")]
     env = {**os.environ, "JAX_PLATFORMS": "cpu"}
@@ -150,11 +151,11 @@ def test_sigkill_mid_epoch_then_resume_equals_uninterrupted(tmp_path, labelled_f
                 proc.send_signal(signal.SIGKILL)
                 killed_mid_epoch = True
                 break
-        time.sleep(0.05)
+        time.sleep(0.01)
     proc.wait()
     assert killed_mid_epoch, "the run finished before it could be killed"
     state = _params(tmp_path / "killed")
-    assert int(state["epoch"]) < 3
+    assert int(state["epoch"]) < 6
     subprocess.run(cmd + ["--workdir", str(tmp_path / "killed"), "--resume"], check=True,
                    capture_output=True, env=env, timeout=600)
     full, resumed = _params(tmp_path / "full"), _params(tmp_path / "killed")

@@ -13,22 +13,21 @@ from pathlib import Path
 
 import numpy as np
 
+from jaxmat.convert._common import ConversionError, load_state_dict
+from jaxmat.convert._megnet import megnet_from_matgl
 from jaxmat.models import Model
 from jaxmat.models._bundle import check_params
 from jaxmat.models._model import expected_param_shapes
 
 
-class ConversionError(ValueError):
-    """The matgl folder cannot be converted (unsupported architecture or unexpected tensors)."""
-
-
-def _load_state_dict(path: Path) -> dict[str, np.ndarray]:
-    try:
-        import torch
-    except ImportError:  # pragma: no cover - depends on the environment
-        raise ConversionError("converting matgl checkpoints needs torch: pip install 'jaxmat[convert]'") from None
-    state = torch.load(path, map_location="cpu", weights_only=True)
-    return {k: v.detach().cpu().numpy() for k, v in state.items() if hasattr(v, "detach")}
+def _family(model_json: dict) -> str:
+    inner = model_json.get("kwargs", {}).get("model", {}) if model_json.get("@class") != "MEGNet" else model_json
+    if model_json.get("@class") == "Potential" and inner.get("@class") == "M3GNet":
+        return "M3GNet"
+    if inner.get("@class") == "MEGNet":
+        return "MEGNet"
+    raise ConversionError(f"unsupported matgl model {model_json.get('@class')}({inner.get('@class')}); "
+                          "supported: Potential(M3GNet), MEGNet, TransformedTargetModel(MEGNet)")
 
 
 def _gated(sd, prefix, n_linear, bias=True):
@@ -95,25 +94,37 @@ def m3gnet_from_matgl(model_json: dict, sd: dict[str, np.ndarray]) -> tuple[dict
     return hyper, p
 
 
+SEMANTICS = {
+    "M3GNet": "DGL-era matgl: node messages summed onto destination atoms; triplets "
+    "(i->j, i->k) within the three-body cutoff, summed onto bond i->j",
+    "MEGNet": "DGL-era matgl: node update averages incoming (destination) bond features; "
+    "output de-normalised by the matgl Normalizer (target_mean, target_std)",
+}
+
+
 def convert_matgl(src, dst, name: str | None = None) -> Model:
     """Convert ``src`` (a matgl pretrained-model folder) into the jaxmat bundle folder ``dst``."""
     src, dst = Path(src), Path(dst)
     model_json = json.loads((src / "model.json").read_text())
     state_file = src / "state.pt"
-    sd = _load_state_dict(state_file)
-    hyper, params = m3gnet_from_matgl(model_json, sd)
-    check_params(params, expected_param_shapes("M3GNet", hyper), str(src))
+    family = _family(model_json)
+    sd = load_state_dict(state_file)
+    try:
+        hyper, params = (m3gnet_from_matgl if family == "M3GNet" else megnet_from_matgl)(model_json, sd)
+    except KeyError as err:
+        raise ConversionError(f"{state_file}: missing tensor {err} for {family}") from None
+    check_params(params, expected_param_shapes(family, hyper), str(src))
     name = name or src.name
     metadata = {
         "name": name,
         "origin": f"matgl pretrained model {src.name} (materialsvirtuallab/matgl), converted by jaxmat",
         "license": "BSD-3-Clause (matgl); see LICENSE in this folder",
         "source_state_sha256": hashlib.sha256(state_file.read_bytes()).hexdigest(),
-        "semantics": "DGL-era matgl: node messages summed onto destination atoms; triplets "
-        "(i->j, i->k) within the three-body cutoff, summed onto bond i->j",
-        "units": {"energy": "eV", "length": "Angstrom"},
+        "semantics": SEMANTICS[family],
+        "units": {"energy": "eV", "length": "Angstrom"} if family == "M3GNet" else
+        {"target": "eV/atom" if "Eform" in src.name else "as trained", "length": "Angstrom"},
     }
-    model = Model("M3GNet", hyper, params, metadata)
+    model = Model(family, hyper, params, metadata)
     model.save(dst)
     for extra, target in (("README.md", "README-matgl.md"),):
         if (src / extra).is_file():

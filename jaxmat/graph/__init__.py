@@ -12,6 +12,7 @@ from jaxmat.graph._build import (
 )
 from jaxmat.graph._geometry import edge_vectors, masked_norm
 from jaxmat.graph._neighbors import (
+    CUTOFF_TOLERANCE,
     DEFAULT_MIN_DISTANCE,
     StructureError,
     build_triplets,
@@ -22,6 +23,7 @@ from jaxmat.graph._types import AtomicGraph, Triplets
 
 __all__ = [
     "AtomicGraph",
+    "CUTOFF_TOLERANCE",
     "DEFAULT_MIN_DISTANCE",
     "PadSizes",
     "StructureError",

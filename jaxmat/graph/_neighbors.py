@@ -50,10 +50,15 @@ def check_structure(positions, cell, pbc) -> tuple[np.ndarray, np.ndarray, np.nd
     return positions, cell, pbc
 
 
+#: bonds up to ``cutoff + CUTOFF_TOLERANCE`` [A] are kept, as pymatgen's find_points_in_spheres
+#: (used by matgl) does: a bond of exactly the cutoff length is a bond (MEGNet is not smooth there).
+CUTOFF_TOLERANCE = 1e-8
+
+
 def neighbor_edges(
     positions, cell, pbc, cutoff: float, min_distance: float = DEFAULT_MIN_DISTANCE, neighbor_list=None
 ):
-    """Directed edges within ``cutoff`` (both directions, all periodic images).
+    """Directed edges of length <= ``cutoff`` (+ ``CUTOFF_TOLERANCE``), both directions, all images.
 
     Args:
       positions: (N, 3) float64, Angstrom.
@@ -61,14 +66,14 @@ def neighbor_edges(
       pbc: (3,) bool.
       cutoff: Angstrom.
       min_distance: raise StructureError if two atoms (or an atom and an image) are closer.
-      neighbor_list: a reusable ``vesin.NeighborList`` with this cutoff (e.g. one with a Verlet
-        skin kept by a calculator between MD steps); a fresh one is made if None.
+      neighbor_list: a reusable ``vesin.NeighborList`` with cutoff ``cutoff + CUTOFF_TOLERANCE``
+        (e.g. one with a Verlet skin kept by a calculator between MD steps); made if None.
 
     Returns:
       senders (E,), receivers (E,) int32; shifts (E, 3) int32; distances (E,) float64.
       Edges are sorted by receiver, then sender.
     """
-    nl = neighbor_list or vesin.NeighborList(cutoff=float(cutoff), full_list=True)
+    nl = neighbor_list or vesin.NeighborList(cutoff=float(cutoff) + CUTOFF_TOLERANCE, full_list=True)
     i, j, shifts, d = nl.compute(positions, cell, pbc, quantities="ijSd")
     close = d < min_distance
     if close.any():

@@ -7,15 +7,13 @@ i->j are summed onto the destination atom j; triplets are ordered pairs of disti
 
 from __future__ import annotations
 
-from typing import Sequence
+from typing import ClassVar, Sequence
 
 import flax.linen as nn
 import jax
 import jax.numpy as jnp
-import numpy as np
-from ase.data import atomic_numbers
-
 from jaxmat.graph import AtomicGraph, edge_vectors, masked_norm
+from jaxmat.models._common import type_table
 from jaxmat.nn import (
     GatedMLP,
     polynomial_cutoff,
@@ -55,6 +53,8 @@ class M3GNet(nn.Module):
     ``__call__(graph)`` returns per-atom energies (N,) in eV (zero on padding nodes).
     """
 
+    output_kind: ClassVar[str] = "atoms"
+
     element_types: Sequence[str]
     dim_node: int = 64
     dim_edge: int = 64
@@ -66,13 +66,6 @@ class M3GNet(nn.Module):
     threebody_cutoff: float = 4.0
     rbf_type: str = "spherical_bessel"
     readout_features: Sequence[int] = (64, 64, 64, 1)
-
-    def type_table(self) -> np.ndarray:
-        """Atomic number -> type index (unknown and padding -> 0; hosts validate species)."""
-        table = np.zeros(119, np.int32)
-        for k, s in enumerate(self.element_types):
-            table[atomic_numbers[s]] = k
-        return table
 
     def radial(self, r):
         """Bond basis (E, K): K = max_l*max_n (non-smooth) or max_n (smooth)."""
@@ -88,7 +81,7 @@ class M3GNet(nn.Module):
         nodes, send, recv = G.nodes, G.senders, G.receivers
         n_node, n_edge = nodes["species"].shape[0], send.shape[0]
         emask = G.edges["mask"]
-        types = jnp.asarray(self.type_table())[nodes["species"]]
+        types = jnp.asarray(type_table(self.element_types))[nodes["species"]]
 
         vec = edge_vectors(g)
         r = masked_norm(vec, emask, fill=0.5 * self.threebody_cutoff)

@@ -14,9 +14,10 @@ from ase.data import chemical_symbols
 
 from jaxmat.models._bundle import BundleError, check_params, read_bundle, save_bundle
 from jaxmat.models._m3gnet import M3GNet
+from jaxmat.models._megnet import MEGNet
 
 #: Model families a bundle may name in its ``"model"`` field.
-FAMILIES: dict[str, type[nn.Module]] = {"M3GNet": M3GNet}
+FAMILIES: dict[str, type[nn.Module]] = {"M3GNet": M3GNet, "MEGNet": MEGNet}
 
 PRETRAINED_DIR = Path(__file__).resolve().parent.parent / "pretrained"
 DEFAULT_MODEL = "M3GNet-MP-2021.2.8-PES"
@@ -28,7 +29,9 @@ class UnknownElementError(ValueError):
 
 @dataclasses.dataclass(frozen=True, eq=False)
 class Model:
-    """A potential: ``apply(params, graph) -> per-atom energies (N,) [eV]``.
+    """A model: ``apply(params, graph)`` -> per-atom energies (N,) [eV] for potentials
+    (``output_kind == "atoms"``, M3GNet) or one value per graph (G,) for structure -> property
+    models (``output_kind == "graph"``, MEGNet).
 
     Attributes:
       family: model family name (key of ``FAMILIES``).
@@ -47,8 +50,23 @@ class Model:
         kwargs = {k: tuple(v) if isinstance(v, list) else v for k, v in self.hyperparameters.items()}
         return FAMILIES[self.family](**kwargs)
 
+    _cache: dict = dataclasses.field(default_factory=dict, repr=False, compare=False)
+
     def apply(self, params, graph):
         return self.module.apply({"params": params}, graph)
+
+    @property
+    def output_kind(self) -> str:
+        return FAMILIES[self.family].output_kind
+
+    def with_params(self, params) -> "Model":
+        return Model(self.family, self.hyperparameters, params, self.metadata)
+
+    def predict(self, structures, batch_size: int = 32, dtype: str = "float32"):
+        """(len(structures),) numpy predictions; see ``jaxmat.models._predict.predict``."""
+        from jaxmat.models._predict import predict
+
+        return predict(self, structures, batch_size, dtype, cache=self._cache)
 
     @property
     def cutoff(self) -> float:

@@ -10,12 +10,15 @@ from jaxmat.potential import energy_forces_stress
 
 
 def predict(model, params, frames, graphs_per_batch: int = 4, dtype: str = "float32", graphs=None) -> dict:
-    """Per-frame predictions and labels: energy per atom (eV/atom), forces (eV/A), stress (eV/A^3)."""
+    """Per-frame predictions and labels: energy per atom (eV/atom), forces (eV/A), stress (eV/A^3);
+    for structure -> property models the target in ``e_pred``/``e_ref`` (forces/stress empty)."""
     graphs = graphs if graphs is not None else build_graphs(frames, model)
     budget = batch_budget(graphs, graphs_per_batch)
     out = {k: [] for k in ("e_pred", "e_ref", "f_pred", "f_ref", "s_pred", "s_ref")}
     with jax.enable_x64(dtype == "float64"):
-        fn = jax.jit(lambda p, g: energy_forces_stress(model.apply, p, g, True))
+        graph_kind = model.output_kind == "graph"
+        fn = jax.jit(lambda p, g: {"energy": model.apply(p, g)} if graph_kind
+                     else energy_forces_stress(model.apply, p, g, True))
         p = jax.tree_util.tree_map(lambda x: np.asarray(x, dtype), params)
         for idx in pack(np.arange(len(frames)), graphs, budget):
             batch = make_batch(idx, frames, graphs, budget, dtype)
@@ -24,8 +27,11 @@ def predict(model, params, frames, graphs_per_batch: int = 4, dtype: str = "floa
             for k, i in enumerate(idx):
                 f, n = frames[i], len(frames[i].atoms)
                 if f.energy is not None:
-                    out["e_pred"].append(res["energy"][k] / n)
-                    out["e_ref"].append(f.energy / n)
+                    per = 1 if graph_kind else n
+                    out["e_pred"].append(res["energy"][k] / per)
+                    out["e_ref"].append(f.energy / per)
+                if graph_kind:
+                    continue
                 if f.forces is not None:
                     out["f_pred"].append(res["forces"][start : start + n])
                     out["f_ref"].append(f.forces)

@@ -18,13 +18,24 @@ def _per_component(err, kind: str, delta: float):
     return err**2 if kind == "mse" else 2.0 * optax.huber_loss(err, delta=delta)
 
 
-def loss_and_metrics(params, batch, apply_fn, cfg):
+def loss_and_metrics(params, batch, apply_fn, cfg, kind: str = "atoms"):
     """Scalar loss and a dict of error sums (for MAE/RMSE over an epoch).
 
-    Terms: energy per atom [eV/atom], force components [eV/A], stress components [GPa]; each is
-    a mean over the labelled entries of the batch (masks remove padding and missing labels).
+    Potentials (``kind="atoms"``): energy per atom [eV/atom], force components [eV/A], stress
+    components [GPa]; each a mean over the labelled entries of the batch (masks remove padding
+    and missing labels). Structure -> property models (``kind="graph"``): the per-structure
+    target (the "energy" label slot, in its own unit), weighted by ``energy_weight``.
     """
     lab = batch.labels
+    if kind == "graph":
+        err = apply_fn(params, batch.graph) - lab.energy
+        em = lab.energy_mask
+        n_e = jnp.sum(em)
+        loss = cfg.energy_weight * jnp.sum(_per_component(err, cfg.kind, cfg.huber_delta) * em) / jnp.maximum(n_e, 1)
+        zero = jnp.zeros(())
+        return loss, {"n_e": n_e, "e_abs": jnp.sum(jnp.abs(err) * em), "e_sq": jnp.sum(err**2 * em),
+                      "n_f": zero, "f_abs": zero, "f_sq": zero, "n_s": zero, "s_abs": zero, "s_sq": zero,
+                      "loss_sum": loss}
     want_stress = cfg.stress_weight > 0
     out = energy_forces_stress(apply_fn, params, batch.graph, compute_stress=want_stress)
     e_err = (out["energy"] - lab.energy) / lab.n_atoms

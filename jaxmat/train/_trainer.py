@@ -39,32 +39,50 @@ def default_hyperparameters(family: str) -> dict:
     return out
 
 
-def _load_data(cfg):
+def output_kind(cfg) -> str:
+    """"atoms" (potential: energy, forces, stress labels) or "graph" (one target per structure)."""
+    if cfg.model.init_from:
+        return load_model(cfg.model.init_from).output_kind
+    if cfg.model.family not in FAMILIES:
+        raise ValueError(f"unknown model family {cfg.model.family!r}; known: {sorted(FAMILIES)}")
+    return FAMILIES[cfg.model.family].output_kind
+
+
+def _read(cfg, path, kind):
     d = cfg.data
-    require = ("energy", "forces") + (("stress",) if d.require_stress else ())
-    kw = dict(energy_key=d.energy_key, forces_key=d.forces_key, stress_key=d.stress_key,
-              stress_factor=d.stress_factor, require=require)
-    frames = read_frames(d.train, **kw)
-    if d.valid:
-        return frames, read_frames(d.valid, **kw)
-    tr, va = split(len(frames), d.valid_fraction, cfg.run.seed)
+    require = ("energy",) if kind == "graph" else ("energy", "forces") + (("stress",) if d.require_stress else ())
+    return read_frames(path, energy_key=d.energy_key, forces_key=d.forces_key, stress_key=d.stress_key,
+                       stress_factor=d.stress_factor, require=require)
+
+
+def _load_data(cfg, kind):
+    frames = _read(cfg, cfg.data.train, kind)
+    if cfg.data.valid:
+        return frames, _read(cfg, cfg.data.valid, kind)
+    tr, va = split(len(frames), cfg.data.valid_fraction, cfg.run.seed)
     if len(va) == 0:
         raise ValueError("no validation frames: set data.valid or a larger data.valid_fraction")
     return [frames[i] for i in tr], [frames[i] for i in va]
 
 
-def _make_model(cfg, frames) -> Model:
+def _make_model(cfg, frames, kind) -> Model:
     m = cfg.model
     if m.init_from:
         return load_model(m.init_from)
     elements = sorted({s for f in frames for s in f.atoms.get_chemical_symbols()}, key=atomic_numbers.get)
-    hyper = {**default_hyperparameters(m.family), "element_types": elements, **m.hyperparameters}
+    hyper = {**default_hyperparameters(m.family), "element_types": elements}
+    if kind == "graph" and m.scale_from_data:  # output de-normalisation from the training targets
+        y = np.array([f.energy for f in frames])
+        hyper.update(target_mean=float(y.mean()), target_std=float(max(y.std(), 1e-6)))
+    hyper.update(m.hyperparameters)
     return Model(m.family, hyper, None, {"name": "trained", "origin": "trained with jaxmat train"})
 
 
 def _prepare_params(cfg, model, params, frames, graphs):
     """Initial parameters (pretrained or fresh ``params``): refit element references; scale from data."""
     params = jax.tree_util.tree_map(np.asarray, params)
+    if "energy_scale" not in params:  # structure -> property models scale through hyperparameters
+        return params
     scale = dict(params["energy_scale"])
     if model.params is None and cfg.model.scale_from_data:
         forces = np.concatenate([f.forces.ravel() for f in frames if f.forces is not None])
@@ -96,8 +114,9 @@ def train_and_evaluate(cfg, workdir, resume: bool = False, log=print) -> dict:
 
 
 def _train(cfg, workdir, resume, dtype, log):
-    train_frames, valid_frames = _load_data(cfg)
-    model = _make_model(cfg, train_frames)
+    kind = output_kind(cfg)
+    train_frames, valid_frames = _load_data(cfg, kind)
+    model = _make_model(cfg, train_frames, kind)
     g_train, g_valid = build_graphs(train_frames, model), build_graphs(valid_frames, model)
     budget = batch_budget(g_train + g_valid, cfg.data.graphs_per_batch)
     first = epoch_batches(train_frames[:1], g_train[:1], budget, 0, 0, False, dtype)[0]
@@ -128,7 +147,7 @@ def _train(cfg, workdir, resume, dtype, log):
 
     @jax.jit
     def train_step(params, opt_state, ema, batch, lr_scale):
-        (loss, sums), grads = jax.value_and_grad(loss_and_metrics, has_aux=True)(params, batch, model.apply, lcfg)
+        (loss, sums), grads = jax.value_and_grad(loss_and_metrics, has_aux=True)(params, batch, model.apply, lcfg, kind)
         updates, opt_state = tx.update(grads, opt_state, params)
         updates = jax.tree_util.tree_map(lambda u: u * lr_scale, updates)
         params = optax.apply_updates(params, updates)
@@ -148,7 +167,7 @@ def _train(cfg, workdir, resume, dtype, log):
         return jax.tree_util.tree_map(lambda lab, e, p: p if lab == "frozen" else e / norm,
                                       frozen, state["ema"], state["params"])
 
-    eval_step = jax.jit(lambda p, b: loss_and_metrics(p, b, model.apply, lcfg)[1])
+    eval_step = jax.jit(lambda p, b: loss_and_metrics(p, b, model.apply, lcfg, kind)[1])
     valid_batches = epoch_batches(valid_frames, g_valid, budget, 0, 0, False, dtype)
     t_start = time.perf_counter()
     stop = False
@@ -249,7 +268,7 @@ def _finish(cfg, workdir, dtype, valid_frames, log):
     results = {}
     sets = [("valid", valid_frames)]
     if cfg.data.test:
-        sets.append(("test", read_frames(cfg.data.test, require=("energy", "forces"))))
+        sets.append(("test", _read(cfg, cfg.data.test, model.output_kind)))
     for name, frames in sets:
         pred = predict(model, model.params, frames, cfg.data.graphs_per_batch, dtype)
         results[name] = error_metrics(pred)
