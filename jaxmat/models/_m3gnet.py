@@ -9,12 +9,14 @@ from __future__ import annotations
 
 from typing import ClassVar, Sequence
 
+import e3nn_jax as e3nn
 import flax.linen as nn
 import jax
 import jax.numpy as jnp
 from jaxmat.graph import AtomicGraph, edge_vectors, masked_norm
 from jaxmat.models._common import type_table
 from jaxmat.nn import (
+    EquivariantInteraction,
     GatedMLP,
     polynomial_cutoff,
     real_spherical_harmonics_m0,
@@ -23,6 +25,9 @@ from jaxmat.nn import (
 )
 
 RBF_TYPES = ("spherical_bessel", "smooth_spherical_bessel")
+#: "three_body": M3GNet (three-body + graph convolution); "two_body": the graph convolution only;
+#: "equivariant": NequIP-style e3nn blocks instead (``jaxmat.nn.EquivariantInteraction``).
+INTERACTIONS = ("three_body", "two_body", "equivariant")
 
 
 class EnergyScale(nn.Module):
@@ -49,6 +54,8 @@ class M3GNet(nn.Module):
       cutoff, threebody_cutoff: Angstrom.
       rbf_type: "spherical_bessel" (non-smooth, M3GNet-MP-2021.2.8) or "smooth_spherical_bessel".
       readout_features: widths of the per-atom readout gated MLP (last must be 1).
+      interaction: one of ``INTERACTIONS`` (ablations swap the block, the rest stays).
+      equivariant_irreps: node irreps of the equivariant blocks (None: "<dim_node>x0e + 16x1o + 8x2e").
 
     ``__call__(graph)`` returns per-atom energies (N,) in eV (zero on padding nodes).
     """
@@ -66,6 +73,8 @@ class M3GNet(nn.Module):
     threebody_cutoff: float = 4.0
     rbf_type: str = "spherical_bessel"
     readout_features: Sequence[int] = (64, 64, 64, 1)
+    interaction: str = "three_body"
+    equivariant_irreps: str | None = None
 
     def radial(self, r):
         """Bond basis (E, K): K = max_l*max_n (non-smooth) or max_n (smooth)."""
@@ -75,44 +84,36 @@ class M3GNet(nn.Module):
             return smooth_spherical_bessel(r, self.cutoff, self.max_n)
         raise ValueError(f"unknown rbf_type {self.rbf_type!r}; expected one of {RBF_TYPES}")
 
-    @nn.compact
-    def __call__(self, g: AtomicGraph):
+    def invariant_blocks(self, g: AtomicGraph, v, vec, r, rbf):
+        """M3GNet blocks: (optional) three-body bond update, then edge and node graph convolution."""
         G, T = g.graph, g.triplets
-        nodes, send, recv = G.nodes, G.senders, G.receivers
-        n_node, n_edge = nodes["species"].shape[0], send.shape[0]
-        emask = G.edges["mask"]
-        types = jnp.asarray(type_table(self.element_types))[nodes["species"]]
+        send, recv, emask = G.senders, G.receivers, G.edges["mask"]
+        n_node, n_edge = v.shape[0], send.shape[0]
+        three_body = self.interaction == "three_body"
+        if three_body:  # three-body basis, computed once: radial(r_ik) x Y_l^0(cos theta_jik), cut off smoothly
+            ij, ik = T.edge_ij, T.edge_ik
+            cos = jnp.sum(vec[ij] * vec[ik], axis=1) / (r[ij] * r[ik])
+            cos = jnp.clip(cos, -1.0 + 1e-7, 1.0 - 1e-7)
+            if self.rbf_type == "spherical_bessel":
+                radial3 = rbf[ik]
+            else:
+                radial3 = smooth_spherical_bessel(r, self.cutoff, self.max_n * self.max_l)[ik]
+            angular = jnp.repeat(real_spherical_harmonics_m0(cos, self.max_l), self.max_n, axis=1)
+            f3 = polynomial_cutoff(r, self.threebody_cutoff) * emask
+            weight = f3[ij] * f3[ik] * T.mask
+            basis3 = radial3 * angular * weight[:, None]  # (T, max_l*max_n)
+            k_atom = recv[ik]
 
-        vec = edge_vectors(g)
-        r = masked_norm(vec, emask, fill=0.5 * self.threebody_cutoff)
-        rbf = self.radial(r)
-        dt = rbf.dtype
-
-        # Three-body basis, computed once: radial(r_ik) x Y_l^0(cos theta_jik), cut off smoothly.
-        ij, ik = T.edge_ij, T.edge_ik
-        cos = jnp.sum(vec[ij] * vec[ik], axis=1) / (r[ij] * r[ik])
-        cos = jnp.clip(cos, -1.0 + 1e-7, 1.0 - 1e-7)
-        if self.rbf_type == "spherical_bessel":
-            radial3 = rbf[ik]
-        else:
-            radial3 = smooth_spherical_bessel(r, self.cutoff, self.max_n * self.max_l)[ik]
-        angular = jnp.repeat(real_spherical_harmonics_m0(cos, self.max_l), self.max_n, axis=1)
-        f3 = polynomial_cutoff(r, self.threebody_cutoff) * emask
-        weight = f3[ij] * f3[ik] * T.mask
-        basis3 = radial3 * angular * weight[:, None]  # (T, max_l*max_n)
-        k_atom = recv[ik]
-
-        v = nn.Embed(len(self.element_types), self.dim_node, name="node_embedding")(types).astype(dt)
         e = jax.nn.silu(nn.Dense(self.dim_edge, name="edge_embedding")(rbf))
         degree3 = self.max_n * self.max_l
         hidden = (self.units, self.units)
         for b in range(self.nblocks):
-            # three-body interaction -> bond update
-            gate = jax.nn.sigmoid(nn.Dense(degree3, name=f"three_body_{b}_atom")(v))
-            m3 = jax.ops.segment_sum(
-                basis3 * gate[k_atom], ij, num_segments=n_edge, indices_are_sorted=True
-            )
-            e = e + GatedMLP((self.dim_edge,), use_bias=False, name=f"three_body_{b}_bond")(m3)
+            if three_body:  # three-body interaction -> bond update
+                gate = jax.nn.sigmoid(nn.Dense(degree3, name=f"three_body_{b}_atom")(v))
+                m3 = jax.ops.segment_sum(
+                    basis3 * gate[k_atom], ij, num_segments=n_edge, indices_are_sorted=True
+                )
+                e = e + GatedMLP((self.dim_edge,), use_bias=False, name=f"three_body_{b}_bond")(m3)
             # graph convolution: edge update, then node update summed onto the destination atom
             parts = lambda e_: [(v, send), (v, recv), (e_, None)]  # noqa: E731
             w_e = nn.Dense(self.dim_edge, use_bias=False, name=f"conv_{b}_edge_weight")(rbf)
@@ -121,6 +122,39 @@ class M3GNet(nn.Module):
             msg = GatedMLP(hidden + (self.dim_node,), name=f"conv_{b}_node")(parts=parts(e)) * w_v
             msg = msg * emask[:, None]
             v = v + jax.ops.segment_sum(msg, recv, num_segments=n_node, indices_are_sorted=True)
+        return v
+
+    def equivariant_blocks(self, v, vec, r, rbf, send, recv, emask):
+        """NequIP-style blocks on (scalar + vector + tensor) node features; returns the scalars."""
+        irreps = self.equivariant_irreps or f"{self.dim_node}x0e + 16x1o + 8x2e"
+        if e3nn.Irreps(irreps).count("0e") != self.dim_node:
+            raise ValueError(f"equivariant_irreps {irreps!r} must hold dim_node={self.dim_node} scalars (0e)")
+        envelope = polynomial_cutoff(r, self.cutoff) * emask
+        h = e3nn.IrrepsArray(f"{self.dim_node}x0e", v)
+        for b in range(self.nblocks):
+            h = EquivariantInteraction(irreps, radial_hidden=(self.units,), name=f"equivariant_{b}")(
+                h, vec, rbf, envelope, send, recv, emask)
+        return h.filter(keep="0e").array
+
+    @nn.compact
+    def __call__(self, g: AtomicGraph):
+        G = g.graph
+        nodes, send, recv = G.nodes, G.senders, G.receivers
+        emask = G.edges["mask"]
+        types = jnp.asarray(type_table(self.element_types))[nodes["species"]]
+
+        vec = edge_vectors(g)
+        r = masked_norm(vec, emask, fill=0.5 * self.threebody_cutoff)
+        rbf = self.radial(r)
+        dt = rbf.dtype
+
+        if self.interaction not in INTERACTIONS:
+            raise ValueError(f"unknown interaction {self.interaction!r}; expected one of {INTERACTIONS}")
+        v = nn.Embed(len(self.element_types), self.dim_node, name="node_embedding")(types).astype(dt)
+        if self.interaction == "equivariant":
+            v = self.equivariant_blocks(v, vec, r, rbf, send, recv, emask)
+        else:
+            v = self.invariant_blocks(g, v, vec, r, rbf)
 
         e_atom = GatedMLP(tuple(self.readout_features), activate_last=False, name="readout")(v)[:, 0]
         n_atoms = G.n_node[nodes["graph_index"]].astype(dt)

@@ -74,8 +74,11 @@ class Model:
 
     @property
     def three_body_cutoff(self) -> float | None:
+        """Triplet cutoff [A]; None when the architecture uses no triplets."""
         tb = self.hyperparameters.get("threebody_cutoff")
-        return None if tb is None else float(tb)
+        if tb is None or self.hyperparameters.get("interaction", "three_body") != "three_body":
+            return None
+        return float(tb)
 
     @property
     def element_types(self) -> tuple[str, ...]:

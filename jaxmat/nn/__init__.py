@@ -8,11 +8,13 @@ from jaxmat.nn._basis import (
     spherical_bessel_roots,
     spherical_jn,
 )
+from jaxmat.nn._equivariant import EquivariantInteraction
 from jaxmat.nn._gated_mlp import GatedMLP
 from jaxmat.nn._mlp import ACTIVATIONS, MLP, activation, softplus2
 from jaxmat.nn._set2set import LSTMCell, Set2Set, segment_softmax
 
 __all__ = [
+    "EquivariantInteraction",
     "ACTIVATIONS",
     "LSTMCell",
     "MLP",
