@@ -65,11 +65,12 @@ def _load_data(cfg, kind):
     return [frames[i] for i in tr], [frames[i] for i in va]
 
 
-def _make_model(cfg, frames, kind) -> Model:
+def _make_model(cfg, frames, kind, valid_frames=()) -> Model:
     m = cfg.model
     if m.init_from:
         return load_model(m.init_from)
-    elements = sorted({s for f in frames for s in f.atoms.get_chemical_symbols()}, key=atomic_numbers.get)
+    symbols = {s for f in list(frames) + list(valid_frames) for s in f.atoms.get_chemical_symbols()}
+    elements = sorted(symbols, key=atomic_numbers.get)
     hyper = {**default_hyperparameters(m.family), "element_types": elements}
     if kind == "graph" and m.scale_from_data:  # output de-normalisation from the training targets
         y = np.array([f.energy for f in frames])
@@ -116,7 +117,7 @@ def train_and_evaluate(cfg, workdir, resume: bool = False, log=print) -> dict:
 def _train(cfg, workdir, resume, dtype, log):
     kind = output_kind(cfg)
     train_frames, valid_frames = _load_data(cfg, kind)
-    model = _make_model(cfg, train_frames, kind)
+    model = _make_model(cfg, train_frames, kind, valid_frames)
     g_train, g_valid = build_graphs(train_frames, model), build_graphs(valid_frames, model)
     budget = batch_budget(g_train + g_valid, cfg.data.graphs_per_batch)
     first = epoch_batches(train_frames[:1], g_train[:1], budget, 0, 0, False, dtype)[0]
