@@ -1,0 +1,152 @@
+"""Composition-vector regressors: ElemNet-style deep MLP, IRNet-style residual MLP, BRNet.
+
+All map (B, F) features -> (B,) predictions (in standardised target units; the fit module
+de-standardises). Hidden layers are Dense -> BatchNorm -> ReLU (-> Dropout where configured).
+"""
+
+from __future__ import annotations
+
+from typing import Sequence
+
+import flax.linen as nn
+import jax.numpy as jnp
+
+#: ElemNet's 17-layer width profile (Jha et al. 2018): 4x1024, 3x512, 3x256, 3x128, 2x64, 1x32 (+ output)
+ELEMNET_WIDTHS = (1024,) * 4 + (512,) * 3 + (256,) * 3 + (128,) * 3 + (64,) * 2 + (32,)
+
+
+def scaled_widths(scale: float, base: Sequence[int] = ELEMNET_WIDTHS) -> tuple[int, ...]:
+    """``base`` widths times ``scale`` (at least 4 units each)."""
+    return tuple(max(4, int(round(w * scale))) for w in base)
+
+
+class _Layer(nn.Module):
+    width: int
+    batch_norm: bool = True
+    dropout: float = 0.0
+
+    @nn.compact
+    def __call__(self, x, train: bool):
+        x = nn.Dense(self.width)(x)
+        if self.batch_norm:
+            x = nn.BatchNorm(use_running_average=not train, momentum=0.9)(x)
+        x = nn.relu(x)
+        if self.dropout:
+            x = nn.Dropout(self.dropout, deterministic=not train)(x)
+        return x
+
+
+class ElemNetMLP(nn.Module):
+    """Plain deep MLP (ElemNet-style): one hidden layer per entry of ``widths``, then Dense(1)."""
+
+    widths: Sequence[int] = ELEMNET_WIDTHS
+    batch_norm: bool = True
+    dropout: float = 0.0
+
+    @nn.compact
+    def __call__(self, x, train: bool = False):
+        for w in self.widths:
+            x = _Layer(w, self.batch_norm, self.dropout)(x, train)
+        return nn.Dense(1)(x)[:, 0]
+
+
+class IRNet(nn.Module):
+    """Residual MLP without branches (IRNet-style, Jha et al. 2019): every hidden layer has a skip
+    connection (a linear projection where the width changes)."""
+
+    widths: Sequence[int] = ELEMNET_WIDTHS
+    batch_norm: bool = True
+    dropout: float = 0.0
+
+    @nn.compact
+    def __call__(self, x, train: bool = False):
+        for w in self.widths:
+            skip = x if x.shape[-1] == w else nn.Dense(w, use_bias=False)(x)
+            x = _Layer(w, self.batch_norm, self.dropout)(x, train) + skip
+        return nn.Dense(1)(x)[:, 0]
+
+
+class BranchedBlock(nn.Module):
+    """A branched residual block: ``n_branches`` parallel stacks of ``depth`` layers of width
+    ``width`` read the same input; their outputs are summed and added to the (projected) input."""
+
+    width: int
+    n_branches: int = 2
+    depth: int = 1
+    batch_norm: bool = True
+    dropout: float = 0.0
+
+    @nn.compact
+    def __call__(self, x, train: bool):
+        skip = x if x.shape[-1] == self.width else nn.Dense(self.width, use_bias=False)(x)
+        joined = 0.0
+        for _ in range(self.n_branches):
+            h = x
+            for _ in range(self.depth):
+                h = _Layer(self.width, self.batch_norm, self.dropout)(h, train)
+            joined = joined + h
+        return joined + skip
+
+
+class BRNet(nn.Module):
+    """BRNet (Gupta et al., Sci. Rep. 2023): a stack of branched residual blocks, one per entry of
+    ``widths``, then Dense(1). iBRNet is BRNet trained with several callbacks at once (see fit)."""
+
+    widths: Sequence[int] = (1024, 512, 256, 128, 64, 32)
+    n_branches: int = 2
+    depth: int = 1
+    batch_norm: bool = True
+    dropout: float = 0.0
+
+    @nn.compact
+    def __call__(self, x, train: bool = False):
+        for w in self.widths:
+            x = BranchedBlock(w, self.n_branches, self.depth, self.batch_norm, self.dropout)(x, train)
+        return nn.Dense(1)(x)[:, 0]
+
+
+ARCHITECTURES = {"elemnet": ElemNetMLP, "irnet": IRNet, "brnet": BRNet}
+
+
+def make_regressor(name: str, **kwargs) -> nn.Module:
+    try:
+        cls = ARCHITECTURES[name]
+    except KeyError:
+        raise ValueError(f"unknown composition model {name!r}; known: {sorted(ARCHITECTURES)}") from None
+    kwargs = {k: tuple(v) if isinstance(v, list) else v for k, v in kwargs.items()}
+    return cls(**kwargs)
+
+
+def count_params(variables) -> int:
+    import jax
+
+    return int(sum(x.size for x in jax.tree_util.tree_leaves(variables["params"])))
+
+
+def predict_fn(model: nn.Module):
+    """(variables, x) -> predictions in inference mode (running batch-norm statistics)."""
+    return lambda variables, x: model.apply(variables, jnp.asarray(x), train=False)
+
+
+#: width profile each architecture is scaled from when matching a parameter budget
+BASE_WIDTHS = {"elemnet": ELEMNET_WIDTHS, "irnet": ELEMNET_WIDTHS, "brnet": (1024, 512, 256, 128, 64, 32)}
+
+
+def match_budget(name: str, n_features: int, budget: int, **kwargs) -> tuple[dict, int]:
+    """Scale the architecture's width profile so its parameter count is closest to ``budget``.
+    Returns (constructor kwargs with ``widths``, parameter count)."""
+    import jax
+
+    def count(scale):
+        kw = {**kwargs, "widths": scaled_widths(scale, BASE_WIDTHS[name])}
+        shapes = jax.eval_shape(lambda: make_regressor(name, **kw).init(jax.random.PRNGKey(0), jnp.zeros((2, n_features))))
+        return kw, count_params(shapes)
+
+    lo, hi = 1e-3, 8.0
+    for _ in range(40):  # geometric bisection on the width scale
+        mid = (lo * hi) ** 0.5
+        if count(mid)[1] < budget:
+            lo = mid
+        else:
+            hi = mid
+    return min((count(lo), count(hi)), key=lambda r: abs(r[1] - budget))
