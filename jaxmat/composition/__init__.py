@@ -7,7 +7,7 @@ from jaxmat.composition._features import (
     magpie_descriptors,
     read_element_table,
 )
-from jaxmat.composition._fit import (
+from jaxmat.arrays import (
     Callback,
     FitConfig,
     FitResult,

@@ -1,4 +1,4 @@
-"""Training of composition regressors with Optax and composable epoch callbacks (iBRNet-style:
+"""Training of array regressors with Optax and composable epoch callbacks (iBRNet-style:
 reduce-on-plateau, early stopping and best-weight restore at once), plus a ridge baseline.
 
 A callback is an optax-style NamedTuple of pure functions: ``init() -> state`` and
