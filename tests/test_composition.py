@@ -10,10 +10,8 @@ import jax
 import numpy as np
 import pytest
 
-from jaxmat.composition import (
-    ELEMNET_ELEMENTS, FitConfig, FormulaError, early_stopping, element_fractions, featurize, fit,
-    make_regressor, parse_formula, reduce_on_plateau, ridge_fit, warmup,
-)
+from jaxmat.arrays import FitConfig, early_stopping, fit, reduce_on_plateau, ridge_fit, warmup
+from jaxmat.composition import ELEMNET_ELEMENTS, FormulaError, element_fractions, featurize, make_regressor, parse_formula
 from jaxmat.composition._models import match_budget
 
 from conftest import FIXTURES, SHARED

@@ -21,7 +21,8 @@ from pathlib import Path
 
 import numpy as np
 
-from jaxmat.composition import FitConfig, FormulaError, element_fractions, featurize, fit, make_regressor, ridge_fit
+from jaxmat.arrays import FitConfig, fit, ridge_fit
+from jaxmat.composition import FormulaError, element_fractions, featurize, make_regressor
 from jaxmat.composition._models import match_budget
 
 HERE = Path(__file__).resolve().parent

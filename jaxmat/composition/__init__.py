@@ -1,4 +1,5 @@
-"""Composition -> property: formula parsing, featurisers, BRNet/iBRNet and baselines, training."""
+"""Composition -> property: formula parsing, featurisers, BRNet/iBRNet and baselines (train them
+with ``jaxmat.arrays.fit``; iBRNet = BRNet + its callbacks)."""
 
 from jaxmat.composition._features import (
     ELEMNET_ELEMENTS,
@@ -6,16 +7,6 @@ from jaxmat.composition._features import (
     featurize,
     magpie_descriptors,
     read_element_table,
-)
-from jaxmat.arrays import (
-    Callback,
-    FitConfig,
-    FitResult,
-    early_stopping,
-    fit,
-    reduce_on_plateau,
-    ridge_fit,
-    warmup,
 )
 from jaxmat.composition._formula import FormulaError, fractions, parse_formula
 from jaxmat.composition._models import (
@@ -29,8 +20,7 @@ from jaxmat.composition._models import (
 )
 
 __all__ = [
-    "ARCHITECTURES", "BRNet", "Callback", "ELEMNET_ELEMENTS", "ElemNetMLP", "FitConfig", "FitResult",
-    "FormulaError", "IRNet", "count_params", "early_stopping", "element_fractions", "featurize", "fit",
-    "fractions", "magpie_descriptors", "make_regressor", "parse_formula", "read_element_table",
-    "reduce_on_plateau", "ridge_fit", "scaled_widths", "warmup",
+    "ARCHITECTURES", "BRNet", "ELEMNET_ELEMENTS", "ElemNetMLP", "FormulaError", "IRNet", "count_params",
+    "element_fractions", "featurize", "fractions", "magpie_descriptors", "make_regressor", "parse_formula",
+    "read_element_table", "scaled_widths",
 ]

@@ -37,33 +37,29 @@ class _Layer(nn.Module):
 
 
 class ElemNetMLP(nn.Module):
-    """Plain deep MLP (ElemNet-style): one hidden layer per entry of ``widths``, then Dense(1)."""
+    """Plain deep MLP (ElemNet-style): one hidden layer per entry of ``widths``, then Dense(1).
+    With ``residual`` every hidden layer gets a skip connection (a linear projection where the
+    width changes): the IRNet-style network."""
 
     widths: Sequence[int] = ELEMNET_WIDTHS
     batch_norm: bool = True
     dropout: float = 0.0
+    residual: bool = False
 
     @nn.compact
     def __call__(self, x, train: bool = False):
         for w in self.widths:
-            x = _Layer(w, self.batch_norm, self.dropout)(x, train)
+            h = _Layer(w, self.batch_norm, self.dropout)(x, train)
+            if self.residual:
+                h = h + (x if x.shape[-1] == w else nn.Dense(w, use_bias=False)(x))
+            x = h
         return nn.Dense(1)(x)[:, 0]
 
 
-class IRNet(nn.Module):
-    """Residual MLP without branches (IRNet-style, Jha et al. 2019): every hidden layer has a skip
-    connection (a linear projection where the width changes)."""
+class IRNet(ElemNetMLP):
+    """Residual MLP without branches (IRNet-style, Jha et al. 2019)."""
 
-    widths: Sequence[int] = ELEMNET_WIDTHS
-    batch_norm: bool = True
-    dropout: float = 0.0
-
-    @nn.compact
-    def __call__(self, x, train: bool = False):
-        for w in self.widths:
-            skip = x if x.shape[-1] == w else nn.Dense(w, use_bias=False)(x)
-            x = _Layer(w, self.batch_norm, self.dropout)(x, train) + skip
-        return nn.Dense(1)(x)[:, 0]
+    residual: bool = True
 
 
 class BranchedBlock(nn.Module):
