@@ -50,9 +50,12 @@ def write_table():
         if not res.is_file():
             continue
         test = json.loads(res.read_text()).get("test", {})
-        rows = (run / "metrics.csv").read_text().splitlines()[1:]
-        last = rows[-1].split(",") if rows else ["0"] * 15
-        lines.append(f"| {run.name} | {last[0]} | {float(last[-1]) / 60:.1f} | {test.get('e_mae', float('nan')):.2f} | "
+        rows = [r.split(",") for r in (run / "metrics.csv").read_text().splitlines()[1:]]
+        walls = [float(r[-1]) for r in rows]
+        # wall_s restarts at every resumed call: total = sum of the last time of each call
+        total = sum(w for w, nxt in zip(walls, walls[1:] + [0.0]) if nxt < w)
+        epochs = rows[-1][0] if rows else "0"
+        lines.append(f"| {run.name} | {epochs} | {total / 60:.1f} | {test.get('e_mae', float('nan')):.2f} | "
                      f"{test.get('f_mae', float('nan')):.3f} | {test.get('s_mae', float('nan')):.3f} |")
     for el, pubs in PUBLISHED.items():
         for method, (e, f) in pubs.items():
