@@ -55,7 +55,8 @@ def run_one(cfg_dict: dict, workdir: Path) -> dict:
 
 
 def write_outputs(table: dict, out: Path, spec: dict) -> None:
-    lines = [f"Budget: {json.dumps(spec['base'].get('optim', {}))}", "",
+    budget = {**spec["base"].get("optim", {}), **spec["base"].get("run", {})}
+    lines = [f"Budget: {json.dumps(budget)} (test-set MAE of the best-validation weights)", "",
              "| dataset | variant | params | test E MAE (meV/atom) | test F MAE (eV/A) | s/step | wall (min) |",
              "|---|---|---|---|---|---|---|"]
     for (ds, var), s in table.items():
