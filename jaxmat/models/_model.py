@@ -44,13 +44,12 @@ class Model:
     hyperparameters: dict
     params: Any
     metadata: dict = dataclasses.field(default_factory=dict)
+    _cache: dict = dataclasses.field(default_factory=dict, repr=False, compare=False)  # jitted predict fns
 
     @property
     def module(self) -> nn.Module:
         kwargs = {k: tuple(v) if isinstance(v, list) else v for k, v in self.hyperparameters.items()}
         return FAMILIES[self.family](**kwargs)
-
-    _cache: dict = dataclasses.field(default_factory=dict, repr=False, compare=False)
 
     def apply(self, params, graph):
         return self.module.apply({"params": params}, graph)
