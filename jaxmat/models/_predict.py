@@ -7,15 +7,16 @@ import jax.numpy as jnp
 import jraph
 import numpy as np
 
-from jaxmat.graph import PadSizes, atoms_to_graph, batch_graphs, cast_floats, graph_sizes, pad_graph
+from jaxmat.graph import PadSizes, atoms_to_graph, batch_graphs, cast_floats, pad_graph
 
 
 def _budget(graphs, batch_size: int) -> PadSizes:
-    """One padding budget (rounded up to powers of two) that holds any ``batch_size`` graphs."""
-    sizes = np.array([tuple(graph_sizes(g))[:3] for g in graphs])
-    top = np.sort(sizes, axis=0)[::-1][:batch_size].sum(axis=0) + 1
+    """``jaxmat.data.batch_budget`` rounded up to powers of two (fewer distinct compilations)."""
+    from jaxmat.data import batch_budget
+
+    b = batch_budget(graphs, batch_size)
     up = lambda x: int(2 ** np.ceil(np.log2(max(int(x), 8))))  # noqa: E731
-    return PadSizes(up(top[0]), up(top[1]), up(top[2]), batch_size + 1)
+    return PadSizes(up(b.n_node), up(b.n_edge), up(b.n_triplet), b.n_graph)
 
 
 def per_graph_outputs(model, graph):
