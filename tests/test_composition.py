@@ -130,3 +130,36 @@ def test_composition_driver_smoke(tmp_path):
     for m in cfg["models"]:
         assert f"| toy | {m} |" in table
     assert (tmp_path / "curves_toy.png").is_file()
+
+
+def _driver():
+    import importlib.util
+
+    spec = importlib.util.spec_from_file_location("composition_run", ROOT / "experiments" / "composition" / "run.py")
+    mod = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(mod)
+    return mod
+
+
+def test_composition_driver_folds_and_dropout_selection(tmp_path):
+    """matbench-style folds give one run per fold with that fold's files; the table's dropout rate
+    is the one with the lowest mean VALIDATION MAE (never the test MAE), among complete rates."""
+    run = _driver()
+    for k in range(2):
+        for split in ("train", "val", "test"):
+            (tmp_path / f"{split}{k}.csv").write_text(f"formula,target\nNaCl,{k}\nMgO,{k + 0.5}\n")
+    runs = run.dataset_runs(tmp_path, {"folds": 2}, seeds=[0, 1, 2])
+    assert [(r[0], r[1]) for r in runs] == [("fold0", 0), ("fold1", 0)]
+    assert runs[1][2]["test"][1].tolist() == [1.0, 1.5]
+    assert [r[:2] for r in run.dataset_runs(tmp_path, {}, seeds=[0, 1])] == [("seed0", 0), ("seed1", 1)]
+    assert [r[:2] for r in run.dataset_runs(tmp_path, {"seeds": [3]}, seeds=[0, 1])] == [("seed3", 3)]
+
+    def res(rate, run_id, val, test):
+        return {"dropout": rate, "run": run_id, "val_mae": val, "test_mae": test}
+
+    results = {"d|m|seed0|dropout=0.0": res(0.0, "seed0", 1.0, 5.0), "d|m|seed1|dropout=0.0": res(0.0, "seed1", 1.2, 5.0),
+               "d|m|seed0|dropout=0.1": res(0.1, "seed0", 0.9, 9.0), "d|m|seed1|dropout=0.1": res(0.1, "seed1", 1.0, 9.0),
+               "d|m|seed0|dropout=0.2": res(0.2, "seed0", 0.1, 0.1)}  # incomplete: never chosen
+    rate, rs = run.select(results, "d", "m", n_runs=2)
+    assert rate == 0.1 and [r["run"] for r in rs] == ["seed0", "seed1"]
+    assert run.select(results, "other", "m", n_runs=2) == (None, [])

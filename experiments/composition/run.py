@@ -4,7 +4,10 @@
         [--max-epochs N] [--max-rows N] [--out DIR]
 
 Datasets are CrabNet-benchmark ``formula,target`` CSVs with train/val/test splits (OQMD-style
-folders with only val/test get a seeded 80/10/10 split of their union). Rows whose formula holds
+folders with only val/test get a seeded 80/10/10 split of their union; a dataset with ``"folds": k``
+reads matbench-style ``train{i}/val{i}/test{i}.csv`` and runs each fold once, seed 0).
+Dropout is a hyperparameter searched over ``dropout_grid`` (config-wide, or per dataset): for each
+dataset and network the table reports the rate with the lowest mean VALIDATION MAE. Rows whose formula holds
 an element outside the 86-element ElemNet vector are dropped and counted. Features are cached in
 ``<out>/cache``. Finished (dataset, model, seed) results in ``<out>/results.json`` are reused.
 Writes ``results.md`` (test MAE mean +- std over seeds, parameters, training time) and
@@ -50,10 +53,18 @@ def load_splits(folder: Path, seed: int = 0) -> dict:
     return {s: ([formulas[i] for i in idx], y[idx]) for s, idx in parts.items()}
 
 
+def dataset_runs(folder: Path, spec: dict, seeds) -> list[tuple[str, int, dict | None]]:
+    """[(run id, seed, splits or None = the dataset's own split)]: one per seed, or one per fold."""
+    if spec.get("folds"):
+        return [(f"fold{k}", 0, {s: read_csv(folder / f"{s}{k}.csv") for s in ("train", "val", "test")})
+                for k in range(spec["folds"])]
+    return [(f"seed{seed}", seed, None) for seed in spec.get("seeds", seeds)]
+
+
 def features(name, splits, cfg, root, cache: Path, max_rows=None):
     """Featurised splits; rows with an element outside the input vector are dropped (counted)."""
     cache.mkdir(parents=True, exist_ok=True)
-    file = cache / f"{name}_{cfg['features'].replace('+', '_')}{'_' + str(max_rows) if max_rows else ''}.npz"
+    file = cache / f"{name.replace('/', '_')}_{cfg['features'].replace('+', '_')}{'_' + str(max_rows) if max_rows else ''}.npz"
     if file.is_file():
         z = np.load(file)
         return {s: (z[f"x_{s}"], z[f"y_{s}"]) for s in ("train", "val", "test")}, json.loads(str(z["dropped"]))
@@ -75,50 +86,66 @@ def features(name, splits, cfg, root, cache: Path, max_rows=None):
     return out, dropped
 
 
-def run_model(spec, data, budget, fit_cfg, seed):
+def run_model(spec, data, budget, fit_cfg, seed, dropout=0.0):
     (xt, yt), (xv, yv), (xs, ys) = data["train"], data["val"], data["test"]
     t0 = time.perf_counter()
     if spec["arch"] == "ridge":
         predict, alpha, n_params = ridge_fit(xt, yt, xv, yv)
-        return {"test_mae": float(np.mean(np.abs(predict(xs) - ys))), "params": n_params,
-                "train_s": time.perf_counter() - t0, "epochs": 0, "curve": [], "alpha": alpha}
-    kwargs = {k: v for k, v in spec.items() if k != "arch"}
+        return {"test_mae": float(np.mean(np.abs(predict(xs) - ys))), "val_mae": float(np.mean(np.abs(predict(xv) - yv))),
+                "params": n_params, "train_s": time.perf_counter() - t0, "epochs": 0, "curve": [], "alpha": alpha}
+    kwargs = {**{k: v for k, v in spec.items() if k != "arch"}, **({"dropout": dropout} if dropout else {})}
     kwargs, n_params = match_budget(spec["arch"], xt.shape[1], budget, **kwargs)
     model = make_regressor(spec["arch"], **kwargs)
     res = fit(model, xt, yt, xv, yv, FitConfig(**{**fit_cfg, "seed": seed}))
-    return {"test_mae": float(np.mean(np.abs(res.predict(model, xs) - ys))), "params": n_params,
-            "train_s": res.train_seconds, "epochs": len(res.history), "best_epoch": res.best_epoch,
+    return {"test_mae": float(np.mean(np.abs(res.predict(model, xs) - ys))), "val_mae": min(h["val_mae"] for h in res.history),
+            "params": n_params, "train_s": res.train_seconds, "epochs": len(res.history), "best_epoch": res.best_epoch,
             "curve": [h["val_mae"] for h in res.history], "widths": list(kwargs["widths"])}
 
 
-def write_outputs(results, cfg, out: Path):
+def select(results, ds, m, n_runs):
+    """Runs of (dataset, model) at the dropout rate with the lowest mean validation MAE, among the
+    rates with all ``n_runs`` runs finished. Returns (dropout, runs) or (None, [])."""
+    by_rate = {}
+    for k, r in results.items():
+        if k.startswith(f"{ds}|{m}|"):
+            by_rate.setdefault(r.get("dropout", 0.0), []).append(r)
+    full = {d: rs for d, rs in by_rate.items() if len(rs) >= n_runs}
+    if not full:
+        return None, []
+    best = min(full, key=lambda d: np.mean([r["val_mae"] for r in full[d]]))
+    return best, sorted(full[best], key=lambda r: r["run"])
+
+
+def write_outputs(results, cfg, out: Path, n_runs: dict):
     from jaxmat.train._plots import _plt
 
-    lines = [f"Parameter budget {cfg['param_budget']:,}; features {cfg['features']}; fit {json.dumps(cfg['fit'])}", "",
-             "| dataset | model | test MAE (mean +- std) | seeds | params | train time (s) | epochs |", "|---|---|---|---|---|---|---|"]
+    lines = [f"Parameter budget {cfg['param_budget']:,}; features {cfg['features']}; fit {json.dumps(cfg['fit'])}; "
+             f"dropout chosen per dataset and model on the mean validation MAE from {cfg.get('dropout_grid', [0.0])} "
+             "(or the dataset's own grid)", "",
+             "| dataset | model | test MAE (mean +- std) | runs | dropout | params | train time (s) | epochs |",
+             "|---|---|---|---|---|---|---|---|"]
     plt = _plt()
     for ds, spec in cfg["datasets"].items():
-        entries = {m: [results[k] for k in results if k.startswith(f"{ds}|{m}|")] for m in cfg["models"]}
-        if not any(entries.values()):
+        chosen = {m: select(results, ds, m, n_runs.get(ds, 1)) for m in cfg["models"]}
+        if not any(rs for _, rs in chosen.values()):
             continue
-        for m, rs in entries.items():
+        for m, (rate, rs) in chosen.items():
             if not rs:
                 continue
             maes = np.array([r["test_mae"] for r in rs])
             lines.append(f"| {ds} | {m} | {maes.mean():.4g} +- {maes.std():.2g} {spec['unit']} | {len(rs)} | "
-                         f"{rs[0]['params']:,} | {np.mean([r['train_s'] for r in rs]):.0f} | "
-                         f"{np.mean([r['epochs'] for r in rs]):.0f} |")
+                         f"{'-' if cfg['models'][m]['arch'] == 'ridge' else rate} | {rs[0]['params']:,} | "
+                         f"{np.mean([r['train_s'] for r in rs]):.0f} | {np.mean([r['epochs'] for r in rs]):.0f} |")
         for name, v in spec.get("published", {}).items():
-            lines.append(f"| {ds} | {name} (published) | {v} {spec['unit']} | | | | |")
+            lines.append(f"| {ds} | {name} (published) | {v} {spec['unit']} | | | | | |")
         fig, ax = plt.subplots(figsize=(5.5, 4))
-        for m, rs in entries.items():
-            seed0 = [r for r in rs if r.get("seed") == 0 and r["curve"]]
-            if seed0:
-                ax.plot(np.arange(1, len(seed0[0]["curve"]) + 1), seed0[0]["curve"], label=m)
-        ax.set(xlabel="epoch", ylabel=f"validation MAE ({spec['unit']})", title=ds, yscale="log")
+        for m, (rate, rs) in chosen.items():
+            if rs and rs[0]["curve"]:
+                ax.plot(np.arange(1, len(rs[0]["curve"]) + 1), rs[0]["curve"], label=f"{m} (dropout {rate})")
+        ax.set(xlabel="epoch", ylabel=f"validation MAE ({spec['unit']})", title=f"{ds} ({rs[0]['run']})", yscale="log")
         ax.legend()
         fig.tight_layout()
-        fig.savefig(out / f"curves_{ds}.png", dpi=110)
+        fig.savefig(out / f"curves_{ds.replace('/', '_')}.png", dpi=110)
         plt.close(fig)
     (out / "results.md").write_text("\n".join(lines) + "\n")
     print("\n".join(lines))
@@ -142,27 +169,34 @@ def main(argv=None):
     res_file = out / "results.json"
     results = json.loads(res_file.read_text()) if res_file.is_file() else {}
     fit_cfg = {**cfg["fit"], **({"max_epochs": args.max_epochs} if args.max_epochs else {})}
-    for ds in cfg["datasets"]:
-        if args.datasets and ds not in args.datasets:
-            continue
+    n_runs = {}
+    for ds, spec in cfg["datasets"].items():
         if not (root / ds).is_dir():
             print(f"skipping {ds}: {root / ds} not found")
             continue
-        data, dropped = features(ds, load_splits(root / ds), cfg, root, out / "cache", args.max_rows)
-        print(f"== {ds}: " + ", ".join(f"{s} {len(v[1])}" for s, v in data.items()) + f"; dropped {dropped}", flush=True)
-        for m, spec in cfg["models"].items():
-            if args.models and m not in args.models:
-                continue
-            for seed in (args.seeds if args.seeds is not None else cfg["seeds"]):
-                key = f"{ds}|{m}|{seed}"
-                if key in results:
+        runs = dataset_runs(root / ds, spec, args.seeds if args.seeds is not None else cfg["seeds"])
+        n_runs[ds] = len(runs)
+        if args.datasets and ds not in args.datasets:
+            continue
+        for run_id, seed, splits in runs:
+            tag = f"{ds}_{run_id}" if spec.get("folds") else ds
+            data, dropped = features(tag, splits or load_splits(root / ds), cfg, root, out / "cache", args.max_rows)
+            print(f"== {ds} {run_id}: " + ", ".join(f"{s} {len(v[1])}" for s, v in data.items()) + f"; dropped {dropped}",
+                  flush=True)
+            for m, mspec in cfg["models"].items():
+                if args.models and m not in args.models:
                     continue
-                r = run_model(spec, data, cfg["param_budget"], fit_cfg, seed)
-                results[key] = {**r, "seed": seed, "dropped": dropped}
-                print(f"   {m:16s} seed {seed}: test MAE {r['test_mae']:.4g}, {r['params']:,} params, "
-                      f"{r['train_s']:.0f} s, {r['epochs']} epochs", flush=True)
-                res_file.write_text(json.dumps(results, indent=1) + "\n")
-    write_outputs(results, cfg, out)
+                grid = [0.0] if mspec["arch"] == "ridge" else spec.get("dropout_grid", cfg.get("dropout_grid", [0.0]))
+                for rate in grid:
+                    key = f"{ds}|{m}|{run_id}|dropout={rate}"
+                    if key in results:
+                        continue
+                    r = run_model(mspec, data, cfg["param_budget"], fit_cfg, seed, rate)
+                    results[key] = {**r, "run": run_id, "seed": seed, "dropout": rate, "dropped": dropped}
+                    print(f"   {m:16s} {run_id} dropout {rate}: test MAE {r['test_mae']:.4g} (val {r['val_mae']:.4g}), "
+                          f"{r['params']:,} params, {r['train_s']:.0f} s, {r['epochs']} epochs", flush=True)
+                    res_file.write_text(json.dumps(results, indent=1) + "\n")
+    write_outputs(results, cfg, out, n_runs)
 
 
 if __name__ == "__main__":

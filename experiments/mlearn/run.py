@@ -22,6 +22,10 @@ PUBLISHED = {  # Zuo et al., J. Phys. Chem. A 124, 731 (2020): test MAE energy m
     "Si": {"GAP": (2.91, 0.07), "MTP": (2.21, 0.06)},
     "Mo": {"GAP": (2.24, 0.09), "MTP": (2.83, 0.09)},
 }
+HISTORY = {  # changes made to a config while its run was under way (the run resumed with the new file)
+    "si_scratch": "epochs 1-109 ran with a 300-epoch cosine horizon (optim.epochs 300); resumed at epoch 109 "
+                  "with the horizon shortened to 220 epochs to fit the CPU budget (the learning rate drops by ~0.7x there)",
+}
 
 
 def main(argv=None):
@@ -60,6 +64,7 @@ def write_table():
     for el, pubs in PUBLISHED.items():
         for method, (e, f) in pubs.items():
             lines.append(f"| {el} {method} (Zuo et al. 2020) | | | {e} | {f} | |")
+    lines += [""] + [f"* {name}: {text}" for name, text in HISTORY.items()]
     (HERE / "results.md").write_text("\n".join(lines) + "\n")
     print("\n".join(lines))
 
