@@ -163,3 +163,21 @@ def test_composition_driver_folds_and_dropout_selection(tmp_path):
     rate, rs = run.select(results, "d", "m", n_runs=2)
     assert rate == 0.1 and [r["run"] for r in rs] == ["seed0", "seed1"]
     assert run.select(results, "other", "m", n_runs=2) == (None, [])
+
+
+def test_inputs_outside_the_training_range_are_clipped():
+    """A feature that is almost constant in training must not blow up a prediction (z-score 1e7)."""
+    rng = np.random.default_rng(0)
+    x = rng.normal(size=(400, 3))
+    x[:, 2] = 1e-7 * rng.normal(size=400)
+    y = x[:, 0] + 0.5 * x[:, 1]
+    x_new = np.array([[0.3, -0.2, 1.0]])
+    truth = 0.3 - 0.1
+    predict, _, _ = ridge_fit(x[:300], y[:300], x[300:], y[300:])
+    assert abs(predict(x_new)[0] - truth) < 0.05
+    unclipped, _, _ = ridge_fit(x[:300], y[:300], x[300:], y[300:], clip_inputs=False)
+    assert abs(unclipped(x_new)[0] - truth) > 1.0  # the failure mode the clipping removes
+    kw, _ = match_budget("brnet", 3, 3000)
+    model = make_regressor("brnet", **kw)
+    res = fit(model, x[:300], y[:300], x[300:], y[300:], FitConfig(max_epochs=30, batch_size=64, seed=0))
+    assert abs(res.predict(model, x_new)[0] - truth) < 0.5

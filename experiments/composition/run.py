@@ -90,7 +90,7 @@ def run_model(spec, data, budget, fit_cfg, seed, dropout=0.0):
     (xt, yt), (xv, yv), (xs, ys) = data["train"], data["val"], data["test"]
     t0 = time.perf_counter()
     if spec["arch"] == "ridge":
-        predict, alpha, n_params = ridge_fit(xt, yt, xv, yv)
+        predict, alpha, n_params = ridge_fit(xt, yt, xv, yv, clip_inputs=fit_cfg.get("clip_inputs", True))
         return {"test_mae": float(np.mean(np.abs(predict(xs) - ys))), "val_mae": float(np.mean(np.abs(predict(xv) - yv))),
                 "params": n_params, "train_s": time.perf_counter() - t0, "epochs": 0, "curve": [], "alpha": alpha}
     kwargs = {**{k: v for k, v in spec.items() if k != "arch"}, **({"dropout": dropout} if dropout else {})}
@@ -121,7 +121,8 @@ def write_outputs(results, cfg, out: Path, n_runs: dict):
 
     lines = [f"Parameter budget {cfg['param_budget']:,}; features {cfg['features']}; fit {json.dumps(cfg['fit'])}; "
              f"dropout chosen per dataset and model on the mean validation MAE from {cfg.get('dropout_grid', [0.0])} "
-             "(or the dataset's own grid)", "",
+             "(or the dataset's own grid)", ""] + [
+             f"* {ds}: fit overrides {json.dumps(spec['fit'])}" for ds, spec in cfg["datasets"].items() if spec.get("fit")] + ["",
              "| dataset | model | test MAE (mean +- std) | runs | dropout | params | train time (s) | epochs |",
              "|---|---|---|---|---|---|---|---|"]
     plt = _plt()
@@ -191,7 +192,7 @@ def main(argv=None):
                     key = f"{ds}|{m}|{run_id}|dropout={rate}"
                     if key in results:
                         continue
-                    r = run_model(mspec, data, cfg["param_budget"], fit_cfg, seed, rate)
+                    r = run_model(mspec, data, cfg["param_budget"], {**fit_cfg, **spec.get("fit", {})}, seed, rate)
                     results[key] = {**r, "run": run_id, "seed": seed, "dropout": rate, "dropped": dropped}
                     print(f"   {m:16s} {run_id} dropout {rate}: test MAE {r['test_mae']:.4g} (val {r['val_mae']:.4g}), "
                           f"{r['params']:,} params, {r['train_s']:.0f} s, {r['epochs']} epochs", flush=True)

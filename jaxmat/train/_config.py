@@ -26,7 +26,7 @@ class DataConfig:
 
 @dataclasses.dataclass
 class ModelConfig:
-    init_from: str | None = None  #: pretrained name or bundle folder to fine-tune; None: from scratch
+    init_from: str | None = None  #: pretrained name or bundle folder (relative to the config file) to fine-tune; None: from scratch
     family: str = "M3GNet"  #: model family for training from scratch
     hyperparameters: dict = dataclasses.field(default_factory=dict)  #: overrides of the family defaults
     freeze: list = dataclasses.field(default_factory=list)  #: parameter-name prefixes kept fixed
@@ -102,6 +102,9 @@ def config_from_dict(d: dict, base: Path | None = None) -> TrainConfig:
             value = getattr(cfg.data, key)
             if value and not Path(value).is_absolute():
                 setattr(cfg.data, key, str((base / value).resolve()))
+        init = cfg.model.init_from  # a bundle folder next to the config (a pretrained name stays a name)
+        if init and not Path(init).is_absolute() and (base / init).is_dir():
+            cfg.model.init_from = str((base / init).resolve())
     _check(cfg)
     return cfg
 
