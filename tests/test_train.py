@@ -18,7 +18,7 @@ from ase.calculators.singlepoint import SinglePointCalculator
 
 from conftest import SHARED
 from jaxmat.data import DatasetError, batch_budget, build_graphs, epoch_batches, read_frames
-from jaxmat.train import config_from_dict, fit_element_refs, loss_and_metrics, train_and_evaluate
+from jaxmat.train import config_from_dict, fit_element_refs, load_config, loss_and_metrics, train_and_evaluate
 from jaxmat.train._config import LossConfig
 
 TINY = {"units": 16, "dim_node": 16, "dim_edge": 16, "nblocks": 1, "readout_features": [16, 16, 1]}
@@ -213,6 +213,18 @@ def test_config_validation(tmp_path, labelled_file):
 
     with pytest.raises(CheckpointError):
         train_and_evaluate(cfg, tmp_path, resume=True, log=lambda *_: None)
+
+
+def test_config_paths_are_relative_to_the_config_file(tmp_path):
+    (tmp_path / "cfgs").mkdir()
+    (tmp_path / "runs" / "stage1" / "best_model").mkdir(parents=True)
+    cfg_file = tmp_path / "cfgs" / "c.json"
+    for init, expected in (("../runs/stage1/best_model", str(tmp_path / "runs" / "stage1" / "best_model")),
+                           ("M3GNet-MP-2021.2.8-PES", "M3GNet-MP-2021.2.8-PES")):  # a name stays a name
+        cfg_file.write_text(json.dumps({"data": {"train": "../d/train.xyz"}, "model": {"init_from": init}}))
+        cfg = load_config(cfg_file)
+        assert cfg.model.init_from == expected
+        assert cfg.data.train == str(tmp_path / "d" / "train.xyz")
 
 
 def test_freeze_keeps_parameters_fixed(tmp_path, labelled_file, model):
