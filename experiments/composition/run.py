@@ -9,9 +9,9 @@ reads matbench-style ``train{i}/val{i}/test{i}.csv`` and runs each fold once, se
 Dropout is a hyperparameter searched over ``dropout_grid`` (config-wide, or per dataset): for each
 dataset and network the table reports the rate with the lowest mean VALIDATION MAE. Rows whose formula holds
 an element outside the 86-element ElemNet vector are dropped and counted. Features are cached in
-``<out>/cache``. Finished (dataset, model, seed) results in ``<out>/results.json`` are reused.
+``<out>/cache``. Finished (dataset, model, run, dropout) results in ``<out>/results.json`` are reused.
 Writes ``results.md`` (test MAE mean +- std over seeds, parameters, training time) and
-``curves_<dataset>.png`` (validation MAE per epoch, seed 0).
+``curves_<dataset>.png`` (validation MAE per epoch of the first run, at the chosen dropout).
 """
 
 from __future__ import annotations
@@ -140,10 +140,11 @@ def write_outputs(results, cfg, out: Path, n_runs: dict):
         for name, v in spec.get("published", {}).items():
             lines.append(f"| {ds} | {name} (published) | {v} {spec['unit']} | | | | | |")
         fig, ax = plt.subplots(figsize=(5.5, 4))
+        first_run = next(rs[0]["run"] for _, rs in chosen.values() if rs)
         for m, (rate, rs) in chosen.items():
             if rs and rs[0]["curve"]:
                 ax.plot(np.arange(1, len(rs[0]["curve"]) + 1), rs[0]["curve"], label=f"{m} (dropout {rate})")
-        ax.set(xlabel="epoch", ylabel=f"validation MAE ({spec['unit']})", title=f"{ds} ({rs[0]['run']})", yscale="log")
+        ax.set(xlabel="epoch", ylabel=f"validation MAE ({spec['unit']})", title=f"{ds} ({first_run})", yscale="log")
         ax.legend()
         fig.tight_layout()
         fig.savefig(out / f"curves_{ds.replace('/', '_')}.png", dpi=110)
