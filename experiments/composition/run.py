@@ -90,7 +90,7 @@ def run_model(spec, data, budget, fit_cfg, seed, dropout=0.0):
     (xt, yt), (xv, yv), (xs, ys) = data["train"], data["val"], data["test"]
     t0 = time.perf_counter()
     if spec["arch"] == "ridge":
-        predict, alpha, n_params = ridge_fit(xt, yt, xv, yv, clip_inputs=fit_cfg.get("clip_inputs", True))
+        predict, alpha, n_params = ridge_fit(xt, yt, xv, yv, clip_inputs=FitConfig(**fit_cfg).clip_inputs)
         return {"test_mae": float(np.mean(np.abs(predict(xs) - ys))), "val_mae": float(np.mean(np.abs(predict(xv) - yv))),
                 "params": n_params, "train_s": time.perf_counter() - t0, "epochs": 0, "curve": [], "alpha": alpha}
     kwargs = {**{k: v for k, v in spec.items() if k != "arch"}, **({"dropout": dropout} if dropout else {})}
@@ -180,9 +180,13 @@ def main(argv=None):
         n_runs[ds] = len(runs)
         if args.datasets and ds not in args.datasets:
             continue
+        shared = None  # seeded runs share the dataset's one split: read and featurise it once
         for run_id, seed, splits in runs:
-            tag = f"{ds}_{run_id}" if spec.get("folds") else ds
-            data, dropped = features(tag, splits or load_splits(root / ds), cfg, root, out / "cache", args.max_rows)
+            if splits is not None:
+                data, dropped = features(f"{ds}_{run_id}", splits, cfg, root, out / "cache", args.max_rows)
+            else:
+                shared = shared or features(ds, load_splits(root / ds), cfg, root, out / "cache", args.max_rows)
+                data, dropped = shared
             print(f"== {ds} {run_id}: " + ", ".join(f"{s} {len(v[1])}" for s, v in data.items()) + f"; dropped {dropped}",
                   flush=True)
             for m, mspec in cfg["models"].items():

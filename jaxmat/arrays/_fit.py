@@ -88,8 +88,8 @@ class FitResult(NamedTuple):
         return np.concatenate(out) * self.y_std + self.y_mean
 
 
-def standardize(x, mean, std, low=None, high=None) -> np.ndarray:
-    """(x - mean) / std as float32, after clipping x to [low, high] when given.
+def standardize(x, mean, std, low=None, high=None, dtype=np.float32) -> np.ndarray:
+    """(x - mean) / std as ``dtype``, after clipping x to [low, high] when given.
 
     Why clip: a feature that is nearly constant on the training rows (std 1e-7, e.g. a statistic
     non-zero for 3 of 3,300 compositions) turns an ordinary value in a new row into a z-score of
@@ -99,7 +99,7 @@ def standardize(x, mean, std, low=None, high=None) -> np.ndarray:
     x = np.asarray(x, np.float64)
     if low is not None:
         x = np.clip(x, low, high)
-    return ((x - mean) / std).astype(np.float32)
+    return ((x - mean) / std).astype(dtype)
 
 
 def fit(model, x_train, y_train, x_val, y_val, cfg: FitConfig = FitConfig(), callbacks=None, log=None) -> FitResult:
@@ -188,11 +188,7 @@ def ridge_fit(x_train, y_train, x_val, y_val, alphas=(1e-3, 1e-2, 1e-1, 1.0, 10.
     mu, sd = x_train.mean(0), x_train.std(0)
     sd = np.where(sd > 0, sd, 1.0)
     low, high = (x_train.min(0), x_train.max(0)) if clip_inputs else (None, None)
-
-    def z(x):
-        x = np.asarray(x, np.float64)
-        return np.c_[((np.clip(x, low, high) if clip_inputs else x) - mu) / sd, np.ones(len(x))]
-
+    z = lambda x: np.c_[standardize(x, mu, sd, low, high, np.float64), np.ones(len(x))]  # noqa: E731
     zt, y_mean = z(x_train), float(np.mean(y_train))
     best = None
     for a in alphas:
