@@ -122,6 +122,7 @@ def test_composition_driver_smoke(tmp_path):
     cfg.update(data_root=str(tmp_path / "data"), element_table="el.csv", param_budget=5000,
                datasets={"toy": {"unit": "u", "published": {}}})
     cfg["fit"].update(batch_size=32)
+    cfg["models"]["brnet_branched"]["dropout_grid"] = [0.2]  # a model's own grid beats the config-wide one
     (tmp_path / "cfg.json").write_text(json.dumps(cfg))
     out = subprocess.run([sys.executable, str(ROOT / "experiments" / "composition" / "run.py"), str(tmp_path / "cfg.json"),
                           "--seeds", "0", "--max-epochs", "2"], capture_output=True, text=True, timeout=600)
@@ -130,6 +131,10 @@ def test_composition_driver_smoke(tmp_path):
     for m in cfg["models"]:
         assert f"| toy | {m} |" in table
     assert (tmp_path / "curves_toy.png").is_file()
+    keys = json.loads((tmp_path / "results.json").read_text())
+    assert sorted(k for k in keys if "|brnet_branched|" in k) == ["toy|brnet_branched|seed0|dropout=0.2"]
+    assert sorted(k for k in keys if "|irnet_residual|" in k) == [
+        f"toy|irnet_residual|seed0|dropout={r}" for r in cfg["dropout_grid"]]
 
 
 def _driver():

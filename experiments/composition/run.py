@@ -6,10 +6,10 @@
 Datasets are CrabNet-benchmark ``formula,target`` CSVs with train/val/test splits (OQMD-style
 folders with only val/test get a seeded 80/10/10 split of their union; a dataset with ``"folds": k``
 reads matbench-style ``train{i}/val{i}/test{i}.csv`` and runs each fold once, seed 0).
-Dropout is a hyperparameter searched over ``dropout_grid`` (config-wide, or per dataset): for each
-dataset and network the table reports the rate with the lowest mean VALIDATION MAE. Rows whose formula holds
-an element outside the 86-element ElemNet vector are dropped and counted. Features are cached in
-``<out>/cache``. Finished (dataset, model, run, dropout) results in ``<out>/results.json`` are reused.
+Dropout is a hyperparameter searched over ``dropout_grid`` (config-wide, per dataset, or per model;
+the most specific wins): for each dataset and network the table reports the rate with the lowest
+mean VALIDATION MAE. Rows whose formula holds an element outside the 86-element ElemNet vector are
+dropped and counted. Features are cached in ``<out>/cache``. Finished (dataset, model, run, dropout) results in ``<out>/results.json`` are reused.
 Writes ``results.md`` (test MAE mean +- std over seeds, parameters, training time) and
 ``curves_<dataset>.png`` (validation MAE per epoch of the first run, at the chosen dropout).
 """
@@ -93,7 +93,7 @@ def run_model(spec, data, budget, fit_cfg, seed, dropout=0.0):
         predict, alpha, n_params = ridge_fit(xt, yt, xv, yv, clip_inputs=FitConfig(**fit_cfg).clip_inputs)
         return {"test_mae": float(np.mean(np.abs(predict(xs) - ys))), "val_mae": float(np.mean(np.abs(predict(xv) - yv))),
                 "params": n_params, "train_s": time.perf_counter() - t0, "epochs": 0, "curve": [], "alpha": alpha}
-    kwargs = {**{k: v for k, v in spec.items() if k != "arch"}, **({"dropout": dropout} if dropout else {})}
+    kwargs = {**{k: v for k, v in spec.items() if k not in ("arch", "dropout_grid")}, **({"dropout": dropout} if dropout else {})}
     kwargs, n_params = match_budget(spec["arch"], xt.shape[1], budget, **kwargs)
     model = make_regressor(spec["arch"], **kwargs)
     res = fit(model, xt, yt, xv, yv, FitConfig(**{**fit_cfg, "seed": seed}))
@@ -121,7 +121,8 @@ def write_outputs(results, cfg, out: Path, n_runs: dict):
 
     lines = [f"Parameter budget {cfg['param_budget']:,}; features {cfg['features']}; fit {json.dumps(cfg['fit'])}; "
              f"dropout chosen per dataset and model on the mean validation MAE from {cfg.get('dropout_grid', [0.0])} "
-             "(or the dataset's own grid)", ""] + [
+             "(or the dataset's or model's own grid)", ""] + (
+             [cfg["notes"], ""] if cfg.get("notes") else []) + [
              f"* {ds}: fit overrides {json.dumps(spec['fit'])}" for ds, spec in cfg["datasets"].items() if spec.get("fit")] + ["",
              "| dataset | model | test MAE (mean +- std) | runs | dropout | params | train time (s) | epochs |",
              "|---|---|---|---|---|---|---|---|"]
@@ -192,7 +193,8 @@ def main(argv=None):
             for m, mspec in cfg["models"].items():
                 if args.models and m not in args.models:
                     continue
-                grid = [0.0] if mspec["arch"] == "ridge" else spec.get("dropout_grid", cfg.get("dropout_grid", [0.0]))
+                grid = [0.0] if mspec["arch"] == "ridge" else mspec.get(
+                    "dropout_grid", spec.get("dropout_grid", cfg.get("dropout_grid", [0.0])))
                 for rate in grid:
                     key = f"{ds}|{m}|{run_id}|dropout={rate}"
                     if key in results:
