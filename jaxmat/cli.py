@@ -79,7 +79,7 @@ def _train(args) -> int:
 def _evaluate(args) -> int:
     from jaxmat.data import read_frames
     from jaxmat.models import load_model
-    from jaxmat.train import error_metrics, format_metrics, predict
+    from jaxmat.train import error_metrics, format_metrics, format_metrics_by_group, metrics_by_group, predict
 
     model = load_model(args.model)
     for path in args.data:
@@ -88,6 +88,10 @@ def _evaluate(args) -> int:
         metrics = error_metrics(predict(model, model.params, frames, args.graphs_per_batch, args.dtype))
         print(f"{path}  ({len(frames)} structures, model {model.name})")
         print(format_metrics(metrics))
+        if args.group_key:
+            table = metrics_by_group(model, model.params, frames, args.group_key, args.graphs_per_batch, args.dtype)
+            print(f"by info[{args.group_key!r}]:")
+            print(format_metrics_by_group(table))
     return 0
 
 
@@ -164,6 +168,8 @@ def build_parser() -> argparse.ArgumentParser:
     ev.add_argument("--graphs-per-batch", type=int, default=4)
     ev.add_argument("--energy-key", default=None, help="info key of the label (default: calculator energy), "
                     "e.g. eform_per_atom for a MEGNet formation-energy model")
+    ev.add_argument("--group-key", default=None, help="also print metrics per value of this info key "
+                    "(e.g. group for mlearn: AIMD-NVT, Elastic, Surface, Vacancy)")
     ev.set_defaults(func=_evaluate)
 
     ls = sub.add_parser("list", help="list the pretrained models shipped with jaxmat")

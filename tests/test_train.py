@@ -287,3 +287,21 @@ def test_mlearn_stress_sign_and_units_match_ase_convention(calc32, element):
     assert np.corrcoef(ref, pred)[0, 1] > 0.8
     slope = np.polyfit(pred, ref, 1)[0]
     assert 0.5 < slope < 2.0  # same unit (a GPa/eV-A^3 mix-up would be a factor 160)
+
+
+def test_metrics_by_group_routes_each_frame_to_its_group(model, labelled_file):
+    from jaxmat.train import error_metrics, format_metrics_by_group, metrics_by_group, predict
+
+    frames = read_frames(labelled_file)
+    for k, f in enumerate(frames[:8]):
+        f.atoms.info["group"] = "shifted" if k % 2 else "exact"
+    # a known error on one group only: +0.1 eV/atom on the "shifted" labels
+    frames = [f._replace(energy=f.energy + 0.1 * len(f.atoms)) if f.atoms.info.get("group") == "shifted" else f
+              for f in frames]
+    table = metrics_by_group(model, model.params, frames, "group")
+    assert {g: m["n"] for g, m in table.items()} == {"(none)": 4, "exact": 4, "shifted": 4}
+    assert abs(table["shifted"]["e_mae"] - 100.0) < 0.1  # meV/atom
+    assert table["exact"]["e_mae"] < 0.1 and table["(none)"]["e_mae"] < 0.1
+    overall = error_metrics(predict(model, model.params, frames))  # equal-size frames: plain mean of groups
+    assert np.isclose(overall["f_mae"], np.mean([m["f_mae"] for m in table.values()]), rtol=1e-5)
+    assert "shifted" in format_metrics_by_group(table)

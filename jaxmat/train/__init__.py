@@ -2,7 +2,7 @@
 
 from jaxmat.train._checkpoint import CheckpointError, load_checkpoint, save_checkpoint
 from jaxmat.train._config import TrainConfig, config_from_dict, describe, load_config
-from jaxmat.train._evaluate import error_metrics, format_metrics, predict
+from jaxmat.train._evaluate import error_metrics, format_metrics, format_metrics_by_group, metrics_by_group, predict
 from jaxmat.train._loss import loss_and_metrics, summarize
 from jaxmat.train._refs import fit_element_refs
 from jaxmat.train._trainer import default_hyperparameters, train_and_evaluate
@@ -16,9 +16,11 @@ __all__ = [
     "error_metrics",
     "fit_element_refs",
     "format_metrics",
+    "format_metrics_by_group",
     "load_checkpoint",
     "load_config",
     "loss_and_metrics",
+    "metrics_by_group",
     "predict",
     "save_checkpoint",
     "summarize",

@@ -54,6 +54,26 @@ def error_metrics(pred: dict) -> dict:
     return out
 
 
+def metrics_by_group(model, params, frames, key: str, graphs_per_batch: int = 4, dtype: str = "float32") -> dict:
+    """``error_metrics`` per value of ``atoms.info[key]`` (e.g. mlearn's ``group``: AIMD-NVT,
+    Elastic, Surface, Vacancy), each with ``n`` structures; frames without the key form "(none)"."""
+    groups: dict[str, list] = {}
+    for f in frames:
+        groups.setdefault(str(f.atoms.info.get(key, "(none)")), []).append(f)
+    return {g: {"n": len(fs), **error_metrics(predict(model, params, fs, graphs_per_batch, dtype))}
+            for g, fs in sorted(groups.items())}
+
+
+def format_metrics_by_group(table: dict) -> str:
+    """One row per group: structures, MAE of energy (meV/atom), forces (eV/A), stress (GPa)."""
+    lines = [f"{'group':16s} {'n':>4s} {'E MAE':>9s} {'F MAE':>8s} {'S MAE':>8s}",
+             f"{'':16s} {'':>4s} {'meV/atom':>9s} {'eV/A':>8s} {'GPa':>8s}"]
+    for g, m in table.items():
+        cells = [f"{m[k]:{w}.{d}f}" if k in m else f"{'-':>{w}s}" for k, w, d in (("e_mae", 9, 2), ("f_mae", 8, 3), ("s_mae", 8, 3))]
+        lines.append(f"{g[:16]:16s} {m['n']:4d} " + " ".join(cells))
+    return "\n".join(lines)
+
+
 def format_metrics(metrics: dict) -> str:
     rows = [("energy", "e", "meV/atom"), ("forces", "f", "eV/A"), ("stress", "s", "GPa")]
     lines = [f"{'quantity':10s} {'MAE':>10s} {'RMSE':>10s}  unit"]
