@@ -25,6 +25,8 @@ PUBLISHED = {  # Zuo et al., J. Phys. Chem. A 124, 731 (2020): test MAE energy m
 HISTORY = {  # changes made to a config while its run was under way (the run resumed with the new file)
     "si_scratch": "epochs 1-109 ran with a 300-epoch cosine horizon (optim.epochs 300); resumed at epoch 109 "
                   "with the horizon shortened to 220 epochs to fit the CPU budget (the learning rate drops by ~0.7x there)",
+    "mo_scratch": "epochs 1-55 ran with a 300-epoch cosine horizon (optim.epochs 300); resumed at epoch 55 (next session) "
+                  "with the horizon shortened to 200 epochs to fit the CPU budget (the learning rate drops by ~0.9x there)",
 }
 
 
@@ -46,6 +48,28 @@ def main(argv=None):
     write_table()
 
 
+GROUPS = ("AIMD-NVT", "Elastic", "Surface", "Vacancy")
+
+
+def groups_table(run: Path) -> dict | None:
+    """Test metrics per mlearn ``group`` of the run's best model (cached in test_by_group.json)."""
+    from jaxmat.data import read_frames
+    from jaxmat.models import load_model
+    from jaxmat.train import metrics_by_group
+
+    cache, best = run / "test_by_group.json", run / "best_model"
+    if cache.is_file() and (not best.is_dir() or cache.stat().st_mtime >= (best / "config.json").stat().st_mtime):
+        return json.loads(cache.read_text())
+    cfg_file = HERE / "configs" / f"{run.name}.json"
+    if not (best.is_dir() and cfg_file.is_file()):
+        return None
+    model = load_model(best)
+    frames = read_frames(load_config(cfg_file).data.test)
+    table = metrics_by_group(model, model.params, frames, "group")
+    cache.write_text(json.dumps(table, indent=1) + "\n")
+    return table
+
+
 def write_table():
     lines = ["| run | epochs | wall (min) | test E MAE (meV/atom) | test F MAE (eV/A) | test stress MAE (GPa) |",
              "|---|---|---|---|---|---|"]
@@ -65,6 +89,14 @@ def write_table():
         for method, (e, f) in pubs.items():
             lines.append(f"| {el} {method} (Zuo et al. 2020) | | | {e} | {f} | |")
     lines += [""] + [f"* {name}: {text}" for name, text in HISTORY.items()]
+    lines += ["", "Test MAE by mlearn group (energy meV/atom / forces eV/A; structures per group in brackets):", "",
+              "| run | " + " | ".join(GROUPS) + " |", "|---|" + "---|" * len(GROUPS)]
+    for run in sorted((HERE / "runs").glob("*")):
+        table = groups_table(run)
+        if table:
+            lines.append(f"| {run.name} | " + " | ".join(
+                f"{table[g]['e_mae']:.2f} / {table[g]['f_mae']:.3f} ({table[g]['n']})" if g in table else "-"
+                for g in GROUPS) + " |")
     (HERE / "results.md").write_text("\n".join(lines) + "\n")
     print("\n".join(lines))
 
