@@ -119,9 +119,11 @@ def select(results, ds, m, n_runs):
 def write_outputs(results, cfg, out: Path, n_runs: dict):
     from jaxmat.train._plots import _plt
 
+    own = {**{ds: s["dropout_grid"] for ds, s in cfg["datasets"].items() if "dropout_grid" in s},
+           **{m: s["dropout_grid"] for m, s in cfg["models"].items() if "dropout_grid" in s}}
     lines = [f"Parameter budget {cfg['param_budget']:,}; features {cfg['features']}; fit {json.dumps(cfg['fit'])}; "
-             f"dropout chosen per dataset and model on the mean validation MAE from {cfg.get('dropout_grid', [0.0])} "
-             "(or the dataset's or model's own grid)", ""] + (
+             f"dropout chosen per dataset and model on the mean validation MAE from {cfg.get('dropout_grid', [0.0])}"
+             + (f"; own grids (a model's wins over a dataset's) {json.dumps(own)}" if own else ""), ""] + (
              [cfg["notes"], ""] if cfg.get("notes") else []) + [
              f"* {ds}: fit overrides {json.dumps(spec['fit'])}" for ds, spec in cfg["datasets"].items() if spec.get("fit")] + ["",
              "| dataset | model | test MAE (mean +- std) | runs | dropout | params | train time (s) | epochs |",
