@@ -241,6 +241,11 @@ def test_freeze_keeps_parameters_fixed(tmp_path, labelled_file, model):
     assert moved > 0  # the unfrozen readout did train
     # element references were refitted to this data set
     assert not np.allclose(np.asarray(trained["energy_scale"]["element_refs"]), start["energy_scale"]["element_refs"])
+    # the fine-tuned bundle is named after its run and records what it started from
+    from jaxmat.models import load_model
+
+    best = load_model(tmp_path / "best_model")
+    assert best.name == tmp_path.name and best.metadata["init_from"] == "M3GNet-MP-2021.2.8-PES"
 
 
 def test_reads_other_ase_formats(tmp_path, labelled_file):

@@ -247,7 +247,11 @@ def _progress(cfg, total, epoch):
 def _save_best(workdir, model, params, metrics):
     tmp = workdir / "best_model.tmp"
     params32 = jax.tree_util.tree_map(lambda x: np.asarray(x, np.float32), params)
-    Model(model.family, model.hyperparameters, params32, {**model.metadata, "validation": metrics}).save(tmp)
+    # the trained model is named after its run; a fine-tuned one records the model it started from
+    meta = {**model.metadata, "validation": metrics, "name": Path(workdir).resolve().name}
+    if "name" in model.metadata:
+        meta["init_from"] = model.metadata["name"]
+    Model(model.family, model.hyperparameters, params32, meta).save(tmp)
     replace_dir(tmp, workdir / "best_model")
 
 
