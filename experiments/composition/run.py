@@ -9,7 +9,8 @@ reads matbench-style ``train{i}/val{i}/test{i}.csv`` and runs each fold once, se
 Dropout is a hyperparameter searched over ``dropout_grid`` (config-wide, per dataset, or per model;
 the most specific wins): for each dataset and network the table reports the rate with the lowest
 mean VALIDATION MAE. Rows whose formula holds an element outside the 86-element ElemNet vector are
-dropped and counted. Features are cached in ``<out>/cache``. Finished (dataset, model, run, dropout) results in ``<out>/results.json`` are reused.
+dropped and counted. Features are cached in ``<out>/cache``. Finished (dataset, model, run,
+dropout) results in ``<out>/results.json`` are reused.
 Writes ``results.md`` (test MAE mean +- std over seeds, parameters, training time) and
 ``curves_<dataset>.png`` (validation MAE per epoch of the first run, at the chosen dropout).
 """
@@ -93,7 +94,8 @@ def run_model(spec, data, budget, fit_cfg, seed, dropout=0.0):
         predict, alpha, n_params = ridge_fit(xt, yt, xv, yv, clip_inputs=FitConfig(**fit_cfg).clip_inputs)
         return {"test_mae": float(np.mean(np.abs(predict(xs) - ys))), "val_mae": float(np.mean(np.abs(predict(xv) - yv))),
                 "params": n_params, "train_s": time.perf_counter() - t0, "epochs": 0, "curve": [], "alpha": alpha}
-    kwargs = {**{k: v for k, v in spec.items() if k not in ("arch", "dropout_grid")}, **({"dropout": dropout} if dropout else {})}
+    kwargs = {k: v for k, v in spec.items() if k not in ("arch", "dropout_grid")}  # network hyperparameters
+    kwargs.update({"dropout": dropout} if dropout else {})
     kwargs, n_params = match_budget(spec["arch"], xt.shape[1], budget, **kwargs)
     model = make_regressor(spec["arch"], **kwargs)
     res = fit(model, xt, yt, xv, yv, FitConfig(**{**fit_cfg, "seed": seed}))
