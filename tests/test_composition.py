@@ -57,6 +57,24 @@ def test_featurisers():
     assert mag[2, 0, 1] == 0.0  # no deviation for an element
 
 
+def test_composition_attributes_by_hand():
+    """Ward et al.'s attributes for NaCl: 2 elements, L2 norm 1/sqrt(2); valence electrons
+    Na 3s1 and Cl 3s2 3p5 give s and p fractions 3/8 and 5/8; chi(Na) 0.93, chi(Cl) 3.16."""
+    from jaxmat.composition._features import ATTRIBUTE_NAMES
+
+    a = dict(zip(ATTRIBUTE_NAMES, featurize(["NaCl", "Si"], "attributes", TABLE).T))
+    assert a["n_elements"].tolist() == [2.0, 1.0]
+    assert a["stoich_l2"][0] == pytest.approx(0.5**0.5) and a["stoich_l10"][1] == pytest.approx(1.0)
+    assert [a[f"frac_{o}_valence"][0] for o in "spdf"] == pytest.approx([3 / 8, 5 / 8, 0, 0])
+    ionic = 1 - np.exp(-0.25 * (3.16 - 0.93) ** 2)
+    assert a["max_ionic_char"][0] == pytest.approx(ionic, rel=1e-5)
+    assert a["mean_ionic_char"][0] == pytest.approx(2 * 0.25 * ionic, rel=1e-5)  # ordered pairs
+    assert a["max_ionic_char"][1] == 0.0
+    assert featurize(["NaCl"], "fractions+magpie+attributes", TABLE).shape == (1, 86 + 132 + 12)
+    with pytest.raises(ValueError, match="each at most once"):
+        featurize(["NaCl"], "fractions+fractions", TABLE)
+
+
 @pytest.mark.parametrize("arch", ["elemnet", "irnet", "brnet"])
 def test_parameter_budget_is_matched(arch):
     kw, n = match_budget(arch, 218, 60_000)
@@ -186,3 +204,4 @@ def test_inputs_outside_the_training_range_are_clipped():
     model = make_regressor("brnet", **kw)
     res = fit(model, x[:300], y[:300], x[300:], y[300:], FitConfig(max_epochs=30, batch_size=64, seed=0))
     assert abs(res.predict(model, x_new)[0] - truth) < 0.5
+

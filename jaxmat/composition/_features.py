@@ -1,4 +1,5 @@
-"""Composition featurisers: ElemNet element fractions and Magpie-style descriptor statistics."""
+"""Composition featurisers: ElemNet element fractions, Magpie-style descriptor statistics and
+Magpie composition attributes (stoichiometry norms, valence-orbital fractions, ionic character)."""
 
 from __future__ import annotations
 
@@ -70,16 +71,68 @@ def magpie_descriptors(formulas: Sequence[str], table: dict[str, np.ndarray]) ->
     return out
 
 
+#: composition attributes of Ward et al. (npj Comput. Mater. 2016) beyond the property statistics
+ATTRIBUTE_NAMES = (
+    ("n_elements",) + tuple(f"stoich_l{p}" for p in (2, 3, 5, 7, 10))
+    + tuple(f"frac_{o}_valence" for o in "spdf") + ("max_ionic_char", "mean_ionic_char")
+)
+_VALENCE_COLUMNS = ("NsValence", "NpValence", "NdValence", "NfValence")
+
+
+def composition_attributes(formulas: Sequence[str], table: dict[str, np.ndarray], names: Sequence[str]) -> np.ndarray:
+    """(n, 12) Magpie composition attributes (Ward et al. 2016) that the property statistics miss:
+    the number of elements and the L2/L3/L5/L7/L10 norms of the fractions; the fraction of valence
+    electrons in s, p, d and f orbitals (sum_i x_i N_o,i / sum_i x_i N_valence,i; 0 if no valence
+    electrons); the maximum pairwise ionic character 1 - exp(-(chi_i - chi_j)^2 / 4) and its
+    fraction-weighted mean over ordered pairs. ``names``: the table's column names, which must
+    include Electronegativity and the four N*Valence columns."""
+    missing = [c for c in _VALENCE_COLUMNS + ("Electronegativity",) if c not in names]
+    if missing:
+        raise ValueError(f"element table lacks the column(s) {', '.join(missing)} needed for composition attributes")
+    val = [list(names).index(c) for c in _VALENCE_COLUMNS]
+    chi = list(names).index("Electronegativity")
+    out = np.zeros((len(formulas), len(ATTRIBUTE_NAMES)), np.float32)
+    for i, f in enumerate(formulas):
+        fr = fractions(f)
+        missing = [el for el in fr if el not in table]
+        if missing:
+            raise FormulaError(f"formula {f!r}: no element properties for {', '.join(missing)}")
+        x = np.array(list(fr.values()))
+        p = np.stack([table[el] for el in fr])
+        shells = x @ p[:, val]  # (4,) fraction-weighted s, p, d, f valence electrons
+        total = shells.sum()
+        ionic = 1.0 - np.exp(-0.25 * (p[:, chi][:, None] - p[:, chi][None, :]) ** 2)
+        out[i] = np.concatenate([
+            [len(x)], [np.sum(x**q) ** (1.0 / q) for q in (2, 3, 5, 7, 10)],
+            shells / total if total > 0 else np.zeros(4),
+            [ionic.max(), x @ ionic @ x],
+        ])
+    return out
+
+
+FEATURE_PARTS = ("fractions", "magpie", "attributes")
+
+
 def featurize(formulas: Sequence[str], kind: str = "fractions", table_path=None) -> np.ndarray:
-    """``kind``: "fractions" (86 ElemNet fractions), "magpie" (descriptor statistics of the table at
-    ``table_path``) or "fractions+magpie" (both, concatenated)."""
-    parts = []
-    if kind not in ("fractions", "magpie", "fractions+magpie"):
-        raise ValueError(f"unknown featurisation {kind!r}; expected fractions, magpie or fractions+magpie")
-    if "fractions" in kind:
-        parts.append(element_fractions(formulas))
-    if "magpie" in kind:
+    """``kind``: parts joined by "+", concatenated in the order given: "fractions" (86 ElemNet
+    fractions), "magpie" (6 statistics of every property of the table at ``table_path``),
+    "attributes" (the 12 composition attributes of ``composition_attributes``; needs a Magpie
+    table). E.g. "fractions+magpie" or "fractions+magpie+attributes"."""
+    parts = kind.split("+")
+    bad = [k for k in parts if k not in FEATURE_PARTS] or ([] if parts and len(set(parts)) == len(parts) else [kind])
+    if bad:
+        raise ValueError(f"unknown featurisation {kind!r}; expected parts of {'+'.join(FEATURE_PARTS)}, each at most once")
+    table = None
+    if "magpie" in parts or "attributes" in parts:
         if table_path is None or not Path(table_path).is_file():
             raise FileNotFoundError(f"element property table {table_path} not found")
-        parts.append(magpie_descriptors(formulas, read_element_table(table_path)[0]))
-    return np.concatenate(parts, axis=1)
+        table = read_element_table(table_path)
+    out = []
+    for k in parts:
+        if k == "fractions":
+            out.append(element_fractions(formulas))
+        elif k == "magpie":
+            out.append(magpie_descriptors(formulas, table[0]))
+        else:
+            out.append(composition_attributes(formulas, *table))
+    return np.concatenate(out, axis=1)
