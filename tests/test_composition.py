@@ -141,6 +141,7 @@ def test_composition_driver_smoke(tmp_path):
                datasets={"toy": {"unit": "u", "published": {}}})
     cfg["fit"].update(batch_size=32)
     cfg["models"]["brnet_branched"]["dropout_grid"] = [0.2]  # a model's own grid beats the config-wide one
+    cfg["models"]["brnet_branched"]["weight_decay_grid"] = [0.0, 0.5]
     (tmp_path / "cfg.json").write_text(json.dumps(cfg))
     out = subprocess.run([sys.executable, str(ROOT / "experiments" / "composition" / "run.py"), str(tmp_path / "cfg.json"),
                           "--seeds", "0", "--max-epochs", "2"], capture_output=True, text=True, timeout=600)
@@ -150,7 +151,10 @@ def test_composition_driver_smoke(tmp_path):
         assert f"| toy | {m} |" in table
     assert (tmp_path / "curves_toy.png").is_file()
     keys = json.loads((tmp_path / "results.json").read_text())
-    assert sorted(k for k in keys if "|brnet_branched|" in k) == ["toy|brnet_branched|seed0|dropout=0.2"]
+    assert sorted(k for k in keys if "|brnet_branched|" in k) == [
+        "toy|brnet_branched|seed0|dropout=0.2", "toy|brnet_branched|seed0|dropout=0.2|wd=0.5"]
+    assert keys["toy|brnet_branched|seed0|dropout=0.2|wd=0.5"]["weight_decay"] == 0.5
+    assert "dropout, weight decay" in table
     assert sorted(k for k in keys if "|irnet_residual|" in k) == [
         f"toy|irnet_residual|seed0|dropout={r}" for r in cfg["dropout_grid"]]
 
@@ -184,7 +188,10 @@ def test_composition_driver_folds_and_dropout_selection(tmp_path):
                "d|m|seed0|dropout=0.1": res(0.1, "seed0", 0.9, 9.0), "d|m|seed1|dropout=0.1": res(0.1, "seed1", 1.0, 9.0),
                "d|m|seed0|dropout=0.2": res(0.2, "seed0", 0.1, 0.1)}  # incomplete: never chosen
     rate, rs = run.select(results, "d", "m", n_runs=2)
-    assert rate == 0.1 and [r["run"] for r in rs] == ["seed0", "seed1"]
+    assert rate == (0.1, 0.0) and [r["run"] for r in rs] == ["seed0", "seed1"]
+    results.update({f"d|m|seed{k}|dropout=0.1|wd=2.0": {**res(0.1, f"seed{k}", 0.5, 7.0), "weight_decay": 2.0}
+                    for k in range(2)})
+    assert run.select(results, "d", "m", n_runs=2)[0] == (0.1, 2.0)  # weight decay is part of the choice
     assert run.select(results, "other", "m", n_runs=2) == (None, [])
 
 

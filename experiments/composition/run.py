@@ -6,13 +6,14 @@
 Datasets are CrabNet-benchmark ``formula,target`` CSVs with train/val/test splits (OQMD-style
 folders with only val/test get a seeded 80/10/10 split of their union; a dataset with ``"folds": k``
 reads matbench-style ``train{i}/val{i}/test{i}.csv`` and runs each fold once, seed 0).
-Dropout is a hyperparameter searched over ``dropout_grid`` (config-wide, per dataset, or per model;
-the most specific wins): for each dataset and network the table reports the rate with the lowest
-mean VALIDATION MAE. Rows whose formula holds an element outside the 86-element ElemNet vector are
+Dropout and AdamW weight decay are hyperparameters searched over ``dropout_grid`` and
+``weight_decay_grid`` (each config-wide, per dataset, or per model; the most specific wins; all
+pairs are tried): for each dataset and network the table reports the pair with the lowest mean
+VALIDATION MAE. Rows whose formula holds an element outside the 86-element ElemNet vector are
 dropped and counted. Features are cached in ``<out>/cache``. Finished (dataset, model, run,
-dropout) results in ``<out>/results.json`` are reused.
+dropout, weight decay) results in ``<out>/results.json`` are reused.
 Writes ``results.md`` (test MAE mean +- std over seeds, parameters, training time) and
-``curves_<dataset>.png`` (validation MAE per epoch of the first run, at the chosen dropout).
+``curves_<dataset>.png`` (validation MAE per epoch of the first run, at the chosen pair).
 """
 
 from __future__ import annotations
@@ -94,7 +95,7 @@ def run_model(spec, data, budget, fit_cfg, seed, dropout=0.0):
         predict, alpha, n_params = ridge_fit(xt, yt, xv, yv, clip_inputs=FitConfig(**fit_cfg).clip_inputs)
         return {"test_mae": float(np.mean(np.abs(predict(xs) - ys))), "val_mae": float(np.mean(np.abs(predict(xv) - yv))),
                 "params": n_params, "train_s": time.perf_counter() - t0, "epochs": 0, "curve": [], "alpha": alpha}
-    kwargs = {k: v for k, v in spec.items() if k not in ("arch", "dropout_grid")}  # network hyperparameters
+    kwargs = {k: v for k, v in spec.items() if k not in ("arch", *GRIDS)}  # network hyperparameters
     kwargs.update({"dropout": dropout} if dropout else {})
     kwargs, n_params = match_budget(spec["arch"], xt.shape[1], budget, **kwargs)
     model = make_regressor(spec["arch"], **kwargs)
@@ -104,13 +105,34 @@ def run_model(spec, data, budget, fit_cfg, seed, dropout=0.0):
             "curve": [h["val_mae"] for h in res.history], "widths": list(kwargs["widths"])}
 
 
+GRIDS = ("dropout_grid", "weight_decay_grid")
+
+
+def grid(name, cfg, ds, m) -> list:
+    """The values of ``name`` (a key of GRIDS) to try for dataset ``ds`` and model ``m``: the
+    model's own grid, else the dataset's, else the config's, else the fit setting alone."""
+    default = [0.0] if name == "dropout_grid" else [
+        {**cfg["fit"], **cfg["datasets"][ds].get("fit", {})}.get("weight_decay", 0.0)]
+    if cfg["models"][m]["arch"] == "ridge":
+        return [0.0]
+    return cfg["models"][m].get(name, cfg["datasets"][ds].get(name, cfg.get(name, default)))
+
+
+def run_key(ds, m, run_id, rate, wd) -> str:
+    return f"{ds}|{m}|{run_id}|dropout={rate}" + (f"|wd={wd}" if wd else "")
+
+
+def label(rate, wd) -> str:
+    return f"{rate}" + (f", wd {wd}" if wd else "")
+
+
 def select(results, ds, m, n_runs):
-    """Runs of (dataset, model) at the dropout rate with the lowest mean validation MAE, among the
-    rates with all ``n_runs`` runs finished. Returns (dropout, runs) or (None, [])."""
+    """Runs of (dataset, model) at the (dropout, weight decay) pair with the lowest mean validation
+    MAE, among the pairs with all ``n_runs`` runs finished. Returns (pair, runs) or (None, [])."""
     by_rate = {}
     for k, r in results.items():
         if k.startswith(f"{ds}|{m}|"):
-            by_rate.setdefault(r.get("dropout", 0.0), []).append(r)
+            by_rate.setdefault((r.get("dropout", 0.0), r.get("weight_decay", 0.0)), []).append(r)
     full = {d: rs for d, rs in by_rate.items() if len(rs) >= n_runs}
     if not full:
         return None, []
@@ -121,14 +143,18 @@ def select(results, ds, m, n_runs):
 def write_outputs(results, cfg, out: Path, n_runs: dict):
     from jaxmat.train._plots import _plt
 
-    own = {**{ds: s["dropout_grid"] for ds, s in cfg["datasets"].items() if "dropout_grid" in s},
-           **{m: s["dropout_grid"] for m, s in cfg["models"].items() if "dropout_grid" in s}}
+    own = {g: {**{ds: s[g] for ds, s in cfg["datasets"].items() if g in s},
+               **{m: s[g] for m, s in cfg["models"].items() if g in s}} for g in GRIDS}
+    own = {g: v for g, v in own.items() if v}
+    wd_grid = cfg.get("weight_decay_grid") or own.get("weight_decay_grid")
     lines = [f"Parameter budget {cfg['param_budget']:,}; features {cfg['features']}; fit {json.dumps(cfg['fit'])}; "
-             f"dropout chosen per dataset and model on the mean validation MAE from {cfg.get('dropout_grid', [0.0])}"
+             f"dropout{' and weight decay' if wd_grid else ''} chosen per dataset and model on the mean validation MAE "
+             f"from {cfg.get('dropout_grid', [0.0])}" + (f" x {cfg.get('weight_decay_grid', [0.0])}" if wd_grid else "")
              + (f"; own grids (a model's wins over a dataset's) {json.dumps(own)}" if own else ""), ""] + (
              [cfg["notes"], ""] if cfg.get("notes") else []) + [
              f"* {ds}: fit overrides {json.dumps(spec['fit'])}" for ds, spec in cfg["datasets"].items() if spec.get("fit")] + ["",
-             "| dataset | model | test MAE (mean +- std) | runs | dropout | params | train time (s) | epochs |",
+             f"| dataset | model | test MAE (mean +- std) | runs | dropout{', weight decay' if wd_grid else ''} | params | "
+             "train time (s) | epochs |",
              "|---|---|---|---|---|---|---|---|"]
     plt = _plt()
     for ds, spec in cfg["datasets"].items():
@@ -140,7 +166,7 @@ def write_outputs(results, cfg, out: Path, n_runs: dict):
                 continue
             maes = np.array([r["test_mae"] for r in rs])
             lines.append(f"| {ds} | {m} | {maes.mean():.4g} +- {maes.std():.2g} {spec['unit']} | {len(rs)} | "
-                         f"{'-' if cfg['models'][m]['arch'] == 'ridge' else rate} | {rs[0]['params']:,} | "
+                         f"{'-' if cfg['models'][m]['arch'] == 'ridge' else label(*rate)} | {rs[0]['params']:,} | "
                          f"{np.mean([r['train_s'] for r in rs]):.0f} | {np.mean([r['epochs'] for r in rs]):.0f} |")
         for name, v in spec.get("published", {}).items():
             lines.append(f"| {ds} | {name} (published) | {v} {spec['unit']} | | | | | |")
@@ -148,7 +174,7 @@ def write_outputs(results, cfg, out: Path, n_runs: dict):
         first_run = next(rs[0]["run"] for _, rs in chosen.values() if rs)
         for m, (rate, rs) in chosen.items():
             if rs and rs[0]["curve"]:
-                ax.plot(np.arange(1, len(rs[0]["curve"]) + 1), rs[0]["curve"], label=f"{m} (dropout {rate})")
+                ax.plot(np.arange(1, len(rs[0]["curve"]) + 1), rs[0]["curve"], label=f"{m} (dropout {label(*rate)})")
         ax.set(xlabel="epoch", ylabel=f"validation MAE ({spec['unit']})", title=f"{ds} ({first_run})", yscale="log")
         ax.legend()
         fig.tight_layout()
@@ -197,15 +223,15 @@ def main(argv=None):
             for m, mspec in cfg["models"].items():
                 if args.models and m not in args.models:
                     continue
-                grid = [0.0] if mspec["arch"] == "ridge" else mspec.get(
-                    "dropout_grid", spec.get("dropout_grid", cfg.get("dropout_grid", [0.0])))
-                for rate in grid:
-                    key = f"{ds}|{m}|{run_id}|dropout={rate}"
+                pairs = [(rate, wd) for rate in grid("dropout_grid", cfg, ds, m) for wd in grid("weight_decay_grid", cfg, ds, m)]
+                for rate, wd in pairs:
+                    key = run_key(ds, m, run_id, rate, wd)
                     if key in results:
                         continue
-                    r = run_model(mspec, data, cfg["param_budget"], {**fit_cfg, **spec.get("fit", {})}, seed, rate)
-                    results[key] = {**r, "run": run_id, "seed": seed, "dropout": rate, "dropped": dropped}
-                    print(f"   {m:16s} {run_id} dropout {rate}: test MAE {r['test_mae']:.4g} (val {r['val_mae']:.4g}), "
+                    fit_run = {**fit_cfg, **spec.get("fit", {}), **({"weight_decay": wd} if mspec["arch"] != "ridge" else {})}
+                    r = run_model(mspec, data, cfg["param_budget"], fit_run, seed, rate)
+                    results[key] = {**r, "run": run_id, "seed": seed, "dropout": rate, "weight_decay": wd, "dropped": dropped}
+                    print(f"   {m:16s} {run_id} dropout {label(rate, wd)}: test MAE {r['test_mae']:.4g} (val {r['val_mae']:.4g}), "
                           f"{r['params']:,} params, {r['train_s']:.0f} s, {r['epochs']} epochs", flush=True)
                     res_file.write_text(json.dumps(results, indent=1) + "\n")
     write_outputs(results, cfg, out, n_runs)
