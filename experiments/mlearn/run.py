@@ -27,6 +27,9 @@ HISTORY = {  # changes made to a config while its run was under way (the run res
                   "with the horizon shortened to 220 epochs to fit the CPU budget (the learning rate drops by ~0.7x there)",
     "mo_scratch": "epochs 1-55 ran with a 300-epoch cosine horizon (optim.epochs 300); resumed at epoch 55 (next session) "
                   "with the horizon shortened to 200 epochs to fit the CPU budget (the learning rate drops by ~0.9x there)",
+    "mo_scratch_maxn6": "epochs 1-23 ran with a 300-epoch cosine horizon (the same schedule as mo_scratch, to compare "
+                        "the two epoch by epoch); resumed at epoch 23 with the horizon shortened to 130 epochs to fit "
+                        "the CPU budget (the learning rate drops by ~0.95x there)",
 }
 
 
