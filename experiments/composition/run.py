@@ -149,7 +149,8 @@ def write_outputs(results, cfg, out: Path, n_runs: dict):
     wd_grid = cfg.get("weight_decay_grid") or own.get("weight_decay_grid")
     lines = [f"Parameter budget {cfg['param_budget']:,}; features {cfg['features']}; fit {json.dumps(cfg['fit'])}; "
              f"dropout{' and weight decay' if wd_grid else ''} chosen per dataset and model on the mean validation MAE "
-             f"from {cfg.get('dropout_grid', [0.0])}" + (f" x {cfg.get('weight_decay_grid', [0.0])}" if wd_grid else "")
+             f"from the config-wide grid {cfg.get('dropout_grid', [0.0])}"
+             + (f" x {cfg.get('weight_decay_grid', [0.0])}" if wd_grid else "")
              + (f"; own grids (a model's wins over a dataset's) {json.dumps(own)}" if own else ""), ""] + (
              [cfg["notes"], ""] if cfg.get("notes") else []) + [
              f"* {ds}: fit overrides {json.dumps(spec['fit'])}" for ds, spec in cfg["datasets"].items() if spec.get("fit")] + ["",
