@@ -52,6 +52,16 @@ def descriptor_names(property_names: Sequence[str]) -> list[str]:
     return [f"{stat}_{p}" for p in property_names for stat in STATS]
 
 
+def _fractions_and_properties(formula: str, table: dict[str, np.ndarray]) -> tuple[np.ndarray, np.ndarray]:
+    """(n_el,) atomic fractions and (n_el, n_props) element properties of ``formula``. Raises
+    FormulaError for an element the table lacks."""
+    fr = fractions(formula)
+    missing = [el for el in fr if el not in table]
+    if missing:
+        raise FormulaError(f"formula {formula!r}: no element properties for {', '.join(missing)}")
+    return np.array(list(fr.values())), np.stack([table[el] for el in fr])
+
+
 def magpie_descriptors(formulas: Sequence[str], table: dict[str, np.ndarray]) -> np.ndarray:
     """(n, 6 * n_props) Magpie-style statistics: fraction-weighted mean, mean absolute deviation,
     min, max, range, and the value of the most abundant element. Raises FormulaError for an
@@ -59,12 +69,7 @@ def magpie_descriptors(formulas: Sequence[str], table: dict[str, np.ndarray]) ->
     n_props = len(next(iter(table.values())))
     out = np.zeros((len(formulas), n_props * len(STATS)), np.float32)
     for i, f in enumerate(formulas):
-        fr = fractions(f)
-        missing = [el for el in fr if el not in table]
-        if missing:
-            raise FormulaError(f"formula {f!r}: no element properties for {', '.join(missing)}")
-        w = np.array(list(fr.values()))
-        p = np.stack([table[el] for el in fr])  # (n_el, n_props)
+        w, p = _fractions_and_properties(f, table)
         mean = w @ p
         stats = [mean, w @ np.abs(p - mean), p.min(0), p.max(0), p.max(0) - p.min(0), p[np.argmax(w)]]
         out[i] = np.stack(stats, axis=1).ravel()
@@ -93,12 +98,7 @@ def composition_attributes(formulas: Sequence[str], table: dict[str, np.ndarray]
     chi = list(names).index("Electronegativity")
     out = np.zeros((len(formulas), len(ATTRIBUTE_NAMES)), np.float32)
     for i, f in enumerate(formulas):
-        fr = fractions(f)
-        missing = [el for el in fr if el not in table]
-        if missing:
-            raise FormulaError(f"formula {f!r}: no element properties for {', '.join(missing)}")
-        x = np.array(list(fr.values()))
-        p = np.stack([table[el] for el in fr])
+        x, p = _fractions_and_properties(f, table)
         shells = x @ p[:, val]  # (4,) fraction-weighted s, p, d, f valence electrons
         total = shells.sum()
         ionic = 1.0 - np.exp(-0.25 * (p[:, chi][:, None] - p[:, chi][None, :]) ** 2)
@@ -119,8 +119,7 @@ def featurize(formulas: Sequence[str], kind: str = "fractions", table_path=None)
     "attributes" (the 12 composition attributes of ``composition_attributes``; needs a Magpie
     table). E.g. "fractions+magpie" or "fractions+magpie+attributes"."""
     parts = kind.split("+")
-    bad = [k for k in parts if k not in FEATURE_PARTS] or ([] if parts and len(set(parts)) == len(parts) else [kind])
-    if bad:
+    if any(k not in FEATURE_PARTS for k in parts) or len(set(parts)) != len(parts):
         raise ValueError(f"unknown featurisation {kind!r}; expected parts of {'+'.join(FEATURE_PARTS)}, each at most once")
     table = None
     if "magpie" in parts or "attributes" in parts:
