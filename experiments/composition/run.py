@@ -229,7 +229,7 @@ def main(argv=None):
                     key = run_key(ds, m, run_id, rate, wd)
                     if key in results:
                         continue
-                    fit_run = {**fit_cfg, **spec.get("fit", {}), **({"weight_decay": wd} if mspec["arch"] != "ridge" else {})}
+                    fit_run = {**fit_cfg, **spec.get("fit", {}), "weight_decay": wd}  # (ridge: wd is always 0)
                     r = run_model(mspec, data, cfg["param_budget"], fit_run, seed, rate)
                     results[key] = {**r, "run": run_id, "seed": seed, "dropout": rate, "weight_decay": wd, "dropped": dropped}
                     print(f"   {m:16s} {run_id} dropout {label(rate, wd)}: test MAE {r['test_mae']:.4g} (val {r['val_mae']:.4g}), "
