@@ -67,6 +67,9 @@ class FitConfig:
     max_minutes: float | None = None  #: wall-time cap
     seed: int = 0  #: initialisation, shuffling and dropout seed
     clip_inputs: bool = True  #: clip validation/prediction inputs to the per-feature training range
+    #: "none", or "log": train on log(y) (every target must be > 0) and predict exp of the output; for
+    #: positive, right-skewed targets such as bulk moduli. Validation MAE stays in target units.
+    target_transform: str = "none"
 
 
 class FitResult(NamedTuple):
@@ -80,12 +83,17 @@ class FitResult(NamedTuple):
     x_std: np.ndarray
     x_low: np.ndarray | None  # (F,) training minimum and maximum of each feature: inputs outside are
     x_high: np.ndarray | None  # clipped to them (None: no clipping)
+    target_transform: str = "none"  # FitConfig.target_transform the model was trained with
 
     def predict(self, model, x, batch_size: int = 4096) -> np.ndarray:
         fn = jax.jit(lambda v, xb: model.apply(v, xb, train=False))
         z = standardize(x, self.x_mean, self.x_std, self.x_low, self.x_high)
         out = [np.asarray(fn(self.variables, jnp.asarray(z[i : i + batch_size]))) for i in range(0, len(z), batch_size)]
-        return np.concatenate(out) * self.y_std + self.y_mean
+        return _TRANSFORMS[self.target_transform][1](np.concatenate(out) * self.y_std + self.y_mean)
+
+
+#: target transform name -> (forward, inverse), applied to targets before standardisation
+_TRANSFORMS = {"none": (np.asarray, np.asarray), "log": (np.log, np.exp)}
 
 
 def standardize(x, mean, std, low=None, high=None, dtype=np.float32) -> np.ndarray:
@@ -111,8 +119,14 @@ def fit(model, x_train, y_train, x_val, y_val, cfg: FitConfig = FitConfig(), cal
     """
     if len(x_train) < cfg.batch_size:
         raise ValueError(f"{len(x_train)} training rows < batch_size {cfg.batch_size}")
-    y_mean, y_std = float(np.mean(y_train)), float(np.std(y_train) or 1.0)
-    yt = ((np.asarray(y_train) - y_mean) / y_std).astype(np.float32)
+    if cfg.target_transform not in _TRANSFORMS:
+        raise ValueError(f"target_transform {cfg.target_transform!r}: expected one of {sorted(_TRANSFORMS)}")
+    forward, inverse = _TRANSFORMS[cfg.target_transform]
+    if cfg.target_transform == "log" and not np.all(np.asarray(y_train) > 0):
+        raise ValueError(f"target_transform 'log' needs positive training targets; minimum is {np.min(y_train)}")
+    y_fit = forward(np.asarray(y_train, np.float64))
+    y_mean, y_std = float(np.mean(y_fit)), float(np.std(y_fit) or 1.0)
+    yt = ((y_fit - y_mean) / y_std).astype(np.float32)
     x_mean, x_std = np.mean(x_train, axis=0), np.std(x_train, axis=0)
     x_std = np.where(x_std > 1e-12, x_std, 1.0)
     x_low, x_high = (np.min(x_train, axis=0), np.max(x_train, axis=0)) if cfg.clip_inputs else (None, None)
@@ -143,7 +157,7 @@ def fit(model, x_train, y_train, x_val, y_val, cfg: FitConfig = FitConfig(), cal
 
     def val_mae(v):
         pred = np.concatenate([np.asarray(eval_fn(v, jnp.asarray(x_val[i : i + 4096]))) for i in range(0, len(x_val), 4096)])
-        return float(np.mean(np.abs(pred * y_std + y_mean - y_val)))
+        return float(np.mean(np.abs(inverse(pred * y_std + y_mean) - y_val)))
 
     cb_states = [cb.init() for cb in callbacks]
     rng = np.random.default_rng(cfg.seed)
@@ -178,7 +192,7 @@ def fit(model, x_train, y_train, x_val, y_val, cfg: FitConfig = FitConfig(), cal
         if stop or (cfg.max_minutes and time.perf_counter() - t0 > 60 * cfg.max_minutes):
             break
     return FitResult(best_vars, history, best_epoch, time.perf_counter() - t0, y_mean, y_std, x_mean, x_std,
-                     x_low, x_high)
+                     x_low, x_high, cfg.target_transform)
 
 
 def ridge_fit(x_train, y_train, x_val, y_val, alphas=(1e-3, 1e-2, 1e-1, 1.0, 10.0, 100.0), clip_inputs=True):
