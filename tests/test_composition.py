@@ -133,7 +133,7 @@ def test_composition_driver_smoke(tmp_path):
     data = tmp_path / "data" / "toy"
     data.mkdir(parents=True)
     formulas, y = (["NaCl", "KCl", "MgO", "CaO", "Fe2O3", "Al2O3", "SiO2", "TiO2"] * 40,
-                   np.linspace(0, 1, 320))
+                   np.linspace(0.1, 1.1, 320))
     for split in ("train", "val", "test"):
         (data / f"{split}.csv").write_text("formula,target\n" + "".join(f"{f},{t}\n" for f, t in zip(formulas, y)))
     (tmp_path / "data" / "el.csv").write_text(TABLE.read_text())
@@ -142,6 +142,7 @@ def test_composition_driver_smoke(tmp_path):
     cfg["fit"].update(batch_size=32)
     cfg["models"]["brnet_branched"]["dropout_grid"] = [0.2]  # a model's own grid beats the config-wide one
     cfg["models"]["brnet_branched"]["weight_decay_grid"] = [0.0, 0.5]
+    cfg["models"]["irnet_residual"]["target_transform_grid"] = ["none", "log"]
     (tmp_path / "cfg.json").write_text(json.dumps(cfg))
     out = subprocess.run([sys.executable, str(ROOT / "experiments" / "composition" / "run.py"), str(tmp_path / "cfg.json"),
                           "--seeds", "0", "--max-epochs", "2"], capture_output=True, text=True, timeout=600)
@@ -154,9 +155,10 @@ def test_composition_driver_smoke(tmp_path):
     assert sorted(k for k in keys if "|brnet_branched|" in k) == [
         "toy|brnet_branched|seed0|dropout=0.2", "toy|brnet_branched|seed0|dropout=0.2|wd=0.5"]
     assert keys["toy|brnet_branched|seed0|dropout=0.2|wd=0.5"]["weight_decay"] == 0.5
-    assert "dropout, weight decay" in table
-    assert sorted(k for k in keys if "|irnet_residual|" in k) == [
-        f"toy|irnet_residual|seed0|dropout={r}" for r in cfg["dropout_grid"]]
+    assert "dropout, weight decay, target transform" in table
+    assert sorted(k for k in keys if "|irnet_residual|" in k) == sorted(
+        f"toy|irnet_residual|seed0|dropout={r}{t}" for r in cfg["dropout_grid"] for t in ("", "|log"))
+    assert keys["toy|irnet_residual|seed0|dropout=0.0|log"]["target_transform"] == "log"
 
 
 def _driver():
@@ -188,10 +190,13 @@ def test_composition_driver_folds_and_dropout_selection(tmp_path):
                "d|m|seed0|dropout=0.1": res(0.1, "seed0", 0.9, 9.0), "d|m|seed1|dropout=0.1": res(0.1, "seed1", 1.0, 9.0),
                "d|m|seed0|dropout=0.2": res(0.2, "seed0", 0.1, 0.1)}  # incomplete: never chosen
     rate, rs = run.select(results, "d", "m", n_runs=2)
-    assert rate == (0.1, 0.0) and [r["run"] for r in rs] == ["seed0", "seed1"]
+    assert rate == (0.1, 0.0, "none") and [r["run"] for r in rs] == ["seed0", "seed1"]
     results.update({f"d|m|seed{k}|dropout=0.1|wd=2.0": {**res(0.1, f"seed{k}", 0.5, 7.0), "weight_decay": 2.0}
                     for k in range(2)})
-    assert run.select(results, "d", "m", n_runs=2)[0] == (0.1, 2.0)  # weight decay is part of the choice
+    assert run.select(results, "d", "m", n_runs=2)[0] == (0.1, 2.0, "none")  # weight decay is part of the choice
+    results.update({f"d|m|seed{k}|dropout=0.0|log": {**res(0.0, f"seed{k}", 0.4, 6.0), "target_transform": "log"}
+                    for k in range(2)})
+    assert run.select(results, "d", "m", n_runs=2)[0] == (0.0, 0.0, "log")  # and so is the target transform
     assert run.select(results, "other", "m", n_runs=2) == (None, [])
 
 
@@ -212,3 +217,24 @@ def test_inputs_outside_the_training_range_are_clipped():
     res = fit(model, x[:300], y[:300], x[300:], y[300:], FitConfig(max_epochs=30, batch_size=64, seed=0))
     assert abs(res.predict(model, x_new)[0] - truth) < 0.5
 
+
+
+def test_log_target_transform():
+    """Training on log(y): predictions come back in target units (positive), the validation MAE the
+    callbacks saw is the MAE of those predictions, and targets that are not all positive are refused."""
+    rng = np.random.default_rng(0)
+    x = rng.normal(size=(1000, 4))
+    y = 100.0 * np.exp(0.6 * x[:, 0] - 0.3 * x[:, 1])  # positive, right-skewed like a bulk modulus
+    tr, va = slice(0, 800), slice(800, None)
+    kw, _ = match_budget("irnet", 4, 5_000)
+    model = make_regressor("irnet", **kw)
+    res = fit(model, x[tr], y[tr], x[va], y[va], FitConfig(max_epochs=20, batch_size=64, seed=0, target_transform="log"))
+    pred = res.predict(model, x[va])
+    assert np.all(pred > 0) and res.target_transform == "log"
+    assert res.y_mean == pytest.approx(np.mean(np.log(y[tr])))
+    assert np.mean(np.abs(pred - y[va])) == pytest.approx(min(h["val_mae"] for h in res.history), rel=1e-4)
+    assert min(h["val_mae"] for h in res.history) < 0.3 * np.mean(np.abs(y[va] - np.median(y[tr])))
+    with pytest.raises(ValueError, match="positive training targets"):
+        fit(model, x[tr], y[tr] - 100.0, x[va], y[va], FitConfig(max_epochs=1, batch_size=64, target_transform="log"))
+    with pytest.raises(ValueError, match="target_transform 'sqrt'"):
+        fit(model, x[tr], y[tr], x[va], y[va], FitConfig(max_epochs=1, batch_size=64, target_transform="sqrt"))

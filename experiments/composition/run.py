@@ -6,12 +6,12 @@
 Datasets are CrabNet-benchmark ``formula,target`` CSVs with train/val/test splits (OQMD-style
 folders with only val/test get a seeded 80/10/10 split of their union; a dataset with ``"folds": k``
 reads matbench-style ``train{i}/val{i}/test{i}.csv`` and runs each fold once, seed 0).
-Dropout and AdamW weight decay are hyperparameters searched over ``dropout_grid`` and
-``weight_decay_grid`` (each config-wide, per dataset, or per model; the most specific wins; all
-pairs are tried): for each dataset and network the table reports the pair with the lowest mean
-VALIDATION MAE. Rows whose formula holds an element outside the 86-element ElemNet vector are
+Dropout, AdamW weight decay and the target transform ("none" or "log") are hyperparameters searched
+over ``dropout_grid``, ``weight_decay_grid`` and ``target_transform_grid`` (each config-wide, per
+dataset, or per model; the most specific wins; all combinations are tried): for each dataset and
+network the table reports the combination with the lowest mean VALIDATION MAE. Rows whose formula holds an element outside the 86-element ElemNet vector are
 dropped and counted. Features are cached in ``<out>/cache``. Finished (dataset, model, run,
-dropout, weight decay) results in ``<out>/results.json`` are reused.
+settings) results in ``<out>/results.json`` are reused.
 Writes ``results.md`` (test MAE mean +- std over seeds, parameters, training time) and
 ``curves_<dataset>.png`` (validation MAE per epoch of the first run, at the chosen pair).
 """
@@ -20,6 +20,7 @@ from __future__ import annotations
 
 import argparse
 import csv
+import itertools
 import json
 import time
 from pathlib import Path
@@ -89,6 +90,7 @@ def features(name, splits, cfg, root, cache: Path, max_rows=None):
 
 
 def run_model(spec, data, budget, fit_cfg, seed, dropout=0.0):
+    """Train and test one model on one split; ``fit_cfg`` holds FitConfig fields."""
     (xt, yt), (xv, yv), (xs, ys) = data["train"], data["val"], data["test"]
     t0 = time.perf_counter()
     if spec["arch"] == "ridge":
@@ -105,34 +107,42 @@ def run_model(spec, data, budget, fit_cfg, seed, dropout=0.0):
             "curve": [h["val_mae"] for h in res.history], "widths": list(kwargs["widths"])}
 
 
-GRIDS = ("dropout_grid", "weight_decay_grid")
+#: searched hyperparameters: grid name -> (result field, value when not searched)
+GRIDS = {"dropout_grid": ("dropout", 0.0), "weight_decay_grid": ("weight_decay", 0.0),
+         "target_transform_grid": ("target_transform", "none")}
 
 
 def grid(name, cfg, ds, m) -> list:
     """The values of ``name`` (a key of GRIDS) to try for dataset ``ds`` and model ``m``: the
     model's own grid, else the dataset's, else the config's, else the fit setting alone."""
-    default = [0.0] if name == "dropout_grid" else [
-        {**cfg["fit"], **cfg["datasets"][ds].get("fit", {})}.get("weight_decay", 0.0)]
+    field, default = GRIDS[name]
     if cfg["models"][m]["arch"] == "ridge":
-        return [0.0]
-    return cfg["models"][m].get(name, cfg["datasets"][ds].get(name, cfg.get(name, default)))
+        return [default]
+    fallback = [default] if name == "dropout_grid" else [{**cfg["fit"], **cfg["datasets"][ds].get("fit", {})}.get(field, default)]
+    return cfg["models"][m].get(name, cfg["datasets"][ds].get(name, cfg.get(name, fallback)))
 
 
-def run_key(ds, m, run_id, rate, wd) -> str:
-    return f"{ds}|{m}|{run_id}|dropout={rate}" + (f"|wd={wd}" if wd else "")
+def settings_of(r) -> tuple:
+    """(dropout, weight decay, target transform) of a result (older results lack the later fields)."""
+    return tuple(r.get(field, default) for field, default in GRIDS.values())
 
 
-def label(rate, wd) -> str:
-    return f"{rate}" + (f", wd {wd}" if wd else "")
+def run_key(ds, m, run_id, rate, wd, transform="none") -> str:
+    return f"{ds}|{m}|{run_id}|dropout={rate}" + (f"|wd={wd}" if wd else "") + (f"|{transform}" if transform != "none" else "")
+
+
+def label(rate, wd, transform="none") -> str:
+    return f"{rate}" + (f", wd {wd}" if wd else "") + (f", {transform} target" if transform != "none" else "")
 
 
 def select(results, ds, m, n_runs):
-    """Runs of (dataset, model) at the (dropout, weight decay) pair with the lowest mean validation
-    MAE, among the pairs with all ``n_runs`` runs finished. Returns (pair, runs) or (None, [])."""
+    """Runs of (dataset, model) at the settings (dropout, weight decay, target transform) with the
+    lowest mean validation MAE, among those with all ``n_runs`` runs finished. Returns (settings,
+    runs) or (None, [])."""
     by_rate = {}
     for k, r in results.items():
         if k.startswith(f"{ds}|{m}|"):
-            by_rate.setdefault((r.get("dropout", 0.0), r.get("weight_decay", 0.0)), []).append(r)
+            by_rate.setdefault(settings_of(r), []).append(r)
     full = {d: rs for d, rs in by_rate.items() if len(rs) >= n_runs}
     if not full:
         return None, []
@@ -146,15 +156,15 @@ def write_outputs(results, cfg, out: Path, n_runs: dict):
     own = {g: {**{ds: s[g] for ds, s in cfg["datasets"].items() if g in s},
                **{m: s[g] for m, s in cfg["models"].items() if g in s}} for g in GRIDS}
     own = {g: v for g, v in own.items() if v}
-    wd_grid = cfg.get("weight_decay_grid") or own.get("weight_decay_grid")
+    searched = [g for g in GRIDS if g == "dropout_grid" or cfg.get(g) or own.get(g)]
+    names = ", ".join(GRIDS[g][0].replace("_", " ") for g in searched)
     lines = [f"Parameter budget {cfg['param_budget']:,}; features {cfg['features']}; fit {json.dumps(cfg['fit'])}; "
-             f"dropout{' and weight decay' if wd_grid else ''} chosen per dataset and model on the mean validation MAE "
-             f"from the config-wide grid {cfg.get('dropout_grid', [0.0])}"
-             + (f" x {cfg.get('weight_decay_grid', [0.0])}" if wd_grid else "")
+             f"{names} chosen per dataset and model on the mean validation MAE from the config-wide grid "
+             + " x ".join(str(cfg.get(g, [GRIDS[g][1]])) for g in searched)
              + (f"; own grids (a model's wins over a dataset's) {json.dumps(own)}" if own else ""), ""] + (
              [cfg["notes"], ""] if cfg.get("notes") else []) + [
              f"* {ds}: fit overrides {json.dumps(spec['fit'])}" for ds, spec in cfg["datasets"].items() if spec.get("fit")] + ["",
-             f"| dataset | model | test MAE (mean +- std) | runs | dropout{', weight decay' if wd_grid else ''} | params | "
+             f"| dataset | model | test MAE (mean +- std) | runs | {names} | params | "
              "train time (s) | epochs |",
              "|---|---|---|---|---|---|---|---|"]
     plt = _plt()
@@ -224,15 +234,17 @@ def main(argv=None):
             for m, mspec in cfg["models"].items():
                 if args.models and m not in args.models:
                     continue
-                pairs = [(rate, wd) for rate in grid("dropout_grid", cfg, ds, m) for wd in grid("weight_decay_grid", cfg, ds, m)]
-                for rate, wd in pairs:
-                    key = run_key(ds, m, run_id, rate, wd)
+                combos = itertools.product(*(grid(g, cfg, ds, m) for g in GRIDS))
+                for rate, wd, transform in combos:
+                    key = run_key(ds, m, run_id, rate, wd, transform)
                     if key in results:
                         continue
-                    fit_run = {**fit_cfg, **spec.get("fit", {}), "weight_decay": wd}  # (ridge: wd is always 0)
+                    # (ridge: weight decay 0 and no transform, always)
+                    fit_run = {**fit_cfg, **spec.get("fit", {}), "weight_decay": wd, "target_transform": transform}
                     r = run_model(mspec, data, cfg["param_budget"], fit_run, seed, rate)
-                    results[key] = {**r, "run": run_id, "seed": seed, "dropout": rate, "weight_decay": wd, "dropped": dropped}
-                    print(f"   {m:16s} {run_id} dropout {label(rate, wd)}: test MAE {r['test_mae']:.4g} (val {r['val_mae']:.4g}), "
+                    results[key] = {**r, "run": run_id, "seed": seed, "dropout": rate, "weight_decay": wd,
+                                    "target_transform": transform, "dropped": dropped}
+                    print(f"   {m:16s} {run_id} dropout {label(rate, wd, transform)}: test MAE {r['test_mae']:.4g} (val {r['val_mae']:.4g}), "
                           f"{r['params']:,} params, {r['train_s']:.0f} s, {r['epochs']} epochs", flush=True)
                     res_file.write_text(json.dumps(results, indent=1) + "\n")
     write_outputs(results, cfg, out, n_runs)
