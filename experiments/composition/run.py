@@ -10,8 +10,9 @@ Dropout, AdamW weight decay and the target transform ("none" or "log") are hyper
 over ``dropout_grid``, ``weight_decay_grid`` and ``target_transform_grid`` (each config-wide, per
 dataset, or per model; the most specific wins; all combinations are tried): for each dataset and
 network the table reports the combination with the lowest mean VALIDATION MAE. Rows whose formula
-holds an element outside the 86-element ElemNet vector are dropped and counted. Features are cached in ``<out>/cache``. Finished (dataset, model, run,
-settings) results in ``<out>/results.json`` are reused.
+holds an element outside the 86-element ElemNet vector are dropped and counted. Features are cached
+in ``<out>/cache``. Finished (dataset, model, run, settings) results in ``<out>/results.json`` are
+reused.
 Writes ``results.md`` (test MAE mean +- std over seeds, parameters, training time) and
 ``curves_<dataset>.png`` (validation MAE per epoch of the first run, at the chosen settings).
 """
