@@ -50,19 +50,21 @@ def _nve(atoms, calc, temperature, steps, seed=0):
 def test_md_at_1000K_compiles_at_most_3_times():
     atoms = bulk("Si", "diamond", 5.43, cubic=True).repeat(2)
     calc = JaxmatCalculator()
-    _nve(atoms, calc, 2000.0, 1000)  # equipartition: starts at 2000 K, settles near 1000 K
+    _nve(atoms, calc, 2000.0, 400)  # equipartition: starts at 2000 K, settles near 1000 K within ~100 fs
     assert 600 < atoms.get_temperature() < 1600
     assert calc.n_compilations <= 3, calc.n_compilations
 
 
-def test_nve_energy_drift_si64(calc64):
-    """NVE of Si64 for 1 ps (1000 x 1 fs) from 600 K; the drift is reported in the closing note."""
+@pytest.mark.parametrize("steps", [300, pytest.param(1000, marks=pytest.mark.slow)])
+def test_nve_energy_drift_si64(calc64, steps):
+    """NVE of Si64 from 600 K, 1 fs steps: 0.3 ps by default, 1 ps with ``-m slow`` (the drift
+    is reported in the closing note). Total energy within 1 meV/atom of the start throughout."""
     atoms = bulk("Si", "diamond", 5.43, cubic=True).repeat(2)
-    etot = _nve(atoms, calc64, 600.0, 1000, seed=1)
-    drift = abs(etot[-1] - etot[0]) / len(atoms)
+    etot = _nve(atoms, calc64, 600.0, steps, seed=1)
+    drift = np.abs(etot - etot[0]).max() / len(atoms)
     fluct = etot.std() / len(atoms)
-    print(f"NVE Si64 1 ps: drift {drift * 1e3:.3f} meV/atom, std {fluct * 1e3:.3f} meV/atom")
-    assert drift < 1e-3 and fluct < 1e-3  # < 1 meV/atom over 1 ps
+    print(f"NVE Si64 {steps} fs: max drift {drift * 1e3:.3f} meV/atom, std {fluct * 1e3:.3f} meV/atom")
+    assert drift < 1e-3 and fluct < 1e-3
 
 
 def test_cached_neighbour_list_follows_cell_changes(calc64):

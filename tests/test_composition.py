@@ -140,6 +140,7 @@ def test_composition_driver_smoke(tmp_path):
     cfg.update(data_root=str(tmp_path / "data"), element_table="el.csv", param_budget=5000,
                datasets={"toy": {"unit": "u", "published": {}}})
     cfg["fit"].update(batch_size=32)
+    cfg["dropout_grid"] = [0.0]  # one config-wide rate keeps the smoke short; the model grids below test the search
     cfg["models"]["brnet_branched"]["dropout_grid"] = [0.2]  # a model's own grid beats the config-wide one
     cfg["models"]["brnet_branched"]["weight_decay_grid"] = [0.0, 0.5]
     cfg["models"]["irnet_residual"]["target_transform_grid"] = ["none", "log"]
