@@ -30,6 +30,9 @@ HISTORY = {  # changes made to a config while its run was under way (the run res
     "mo_scratch_maxn6": "epochs 1-23 ran with a 300-epoch cosine horizon (the same schedule as mo_scratch, to compare "
                         "the two epoch by epoch); resumed at epoch 23 with the horizon shortened to 130 epochs to fit "
                         "the CPU budget (the learning rate drops by ~0.95x there)",
+    "mo_scratch_equivariant": "epochs 1-25 ran with a 200-epoch cosine horizon (a 22-minute probe against mo_scratch); "
+                              "resumed at epoch 25 with the horizon shortened to 100 epochs to fit the CPU budget "
+                              "(the learning rate drops by ~0.9x there)",
 }
 
 
