@@ -219,7 +219,6 @@ def test_inputs_outside_the_training_range_are_clipped():
     assert abs(res.predict(model, x_new)[0] - truth) < 0.5
 
 
-
 def test_log_target_transform():
     """Training on log(y): predictions come back in target units (positive), the validation MAE the
     callbacks saw is the MAE of those predictions, and targets that are not all positive are refused."""

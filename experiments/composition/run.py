@@ -119,7 +119,7 @@ def grid(name, cfg, ds, m) -> list:
     field, default = GRIDS[name]
     if cfg["models"][m]["arch"] == "ridge":
         return [default]
-    fallback = [default] if name == "dropout_grid" else [{**cfg["fit"], **cfg["datasets"][ds].get("fit", {})}.get(field, default)]
+    fallback = [{**cfg["fit"], **cfg["datasets"][ds].get("fit", {})}.get(field, default)]  # (dropout is never a fit field)
     return cfg["models"][m].get(name, cfg["datasets"][ds].get(name, cfg.get(name, fallback)))
 
 
