@@ -12,6 +12,7 @@ import pytest
 
 from jaxmat.arrays import FitConfig, early_stopping, fit, reduce_on_plateau, ridge_fit, warmup
 from jaxmat.composition import ELEMNET_ELEMENTS, FormulaError, element_fractions, featurize, make_regressor, parse_formula
+from jaxmat.composition._attention import ElementAttention
 from jaxmat.composition._models import match_budget
 
 from conftest import FIXTURES, SHARED
@@ -137,7 +138,7 @@ def test_composition_driver_smoke(tmp_path):
     for split in ("train", "val", "test"):
         (data / f"{split}.csv").write_text("formula,target\n" + "".join(f"{f},{t}\n" for f, t in zip(formulas, y)))
     (tmp_path / "data" / "el.csv").write_text(TABLE.read_text())
-    cfg.update(data_root=str(tmp_path / "data"), element_table="el.csv", param_budget=5000,
+    cfg.update(data_root=str(tmp_path / "data"), element_table="el.csv", element_embedding="el.csv", param_budget=5000,
                datasets={"toy": {"unit": "u", "published": {}}})
     cfg["fit"].update(batch_size=32)
     cfg["dropout_grid"] = [0.0]  # one config-wide rate keeps the smoke short; the model grids below test the search
@@ -160,6 +161,8 @@ def test_composition_driver_smoke(tmp_path):
     assert sorted(k for k in keys if "|irnet_residual|" in k) == sorted(
         f"toy|irnet_residual|seed0|dropout={r}{t}" for r in cfg["dropout_grid"] for t in ("", "|log"))
     assert keys["toy|irnet_residual|seed0|dropout=0.0|log"]["target_transform"] == "log"
+    attention = [r for k, r in keys.items() if "|attention_elements|" in k]
+    assert attention and all(abs(r["params"] - 5000) < 1500 and r["dim"] % 4 == 0 for r in attention)
 
 
 def _driver():
@@ -238,3 +241,34 @@ def test_log_target_transform():
         fit(model, x[tr], y[tr] - 100.0, x[va], y[va], FitConfig(max_epochs=1, batch_size=64, target_transform="log"))
     with pytest.raises(ValueError, match="target_transform 'sqrt'"):
         fit(model, x[tr], y[tr], x[va], y[va], FitConfig(max_epochs=1, batch_size=64, target_transform="sqrt"))
+
+
+def test_element_attention_slots_and_overflow():
+    """Token slots beyond a row's elements are masked: the same weights give the same prediction with
+    4 or 8 slots; a row with more elements than slots gives NaN, never a silently truncated formula."""
+    x = element_fractions(["NaCl", "Fe2O3", "LiFePO4", "BaTiO3", "CaMgSiAlO"])
+    table = np.random.default_rng(0).normal(size=(86, 5))
+    wide = ElementAttention(dim=16, heads=2, n_layers=2, max_elements=8, element_table=table)
+    variables = wide.init(jax.random.PRNGKey(0), x)
+    out8 = np.asarray(wide.apply(variables, x))
+    with jax.debug_nans(False):  # the NaN below is the intended answer
+        out4 = np.asarray(wide.clone(max_elements=4).apply(variables, x))
+    np.testing.assert_allclose(out4[:4], out8[:4], rtol=1e-5, atol=1e-6)
+    assert np.all(np.isfinite(out8)) and np.isnan(out4[4])  # CaMgSiAlO has 5 elements
+    assert len(set(np.round(out8, 6))) == 5  # different compositions, different predictions
+
+
+def test_element_attention_learns_real_bulk_moduli():
+    """Raw fractions reach the attention model unstandardised (``raw_columns``), the standardised
+    descriptor columns after them; it learns real bulk moduli well beyond the mean predictor."""
+    formulas, y = _real_rows()
+    x = featurize(formulas, "fractions+magpie", TABLE)
+    tr, va = slice(0, 1200), slice(1200, None)
+    model = ElementAttention(dim=32, heads=4, n_layers=2, max_elements=8, use_descriptors=True)
+    res = fit(model, x[tr], y[tr], x[va], y[va], FitConfig(max_epochs=25, batch_size=64, seed=0, raw_columns=86))
+    assert np.all(res.x_mean[:86] == 0) and np.all(res.x_std[:86] == 1) and np.all(np.isinf(res.x_low[:86]))
+    assert res.x_std[86:].std() > 0  # the descriptors are still standardised
+    baseline = np.mean(np.abs(y[va] - y[tr].mean()))
+    assert min(h["val_mae"] for h in res.history) < 0.6 * baseline, (res.history[-1], baseline)
+    pred = res.predict(model, x[va])
+    assert np.mean(np.abs(pred - y[va])) == pytest.approx(min(h["val_mae"] for h in res.history), rel=1e-4)

@@ -70,6 +70,9 @@ class FitConfig:
     #: "none", or "log": train on log(y) (every target must be > 0) and predict exp of the output; for
     #: positive, right-skewed targets such as bulk moduli. Validation MAE stays in target units.
     target_transform: str = "none"
+    #: the first ``raw_columns`` input columns are passed as they are: neither standardised nor
+    #: clipped (raw element fractions for ``ElementAttention``, which needs to see which are zero)
+    raw_columns: int = 0
 
 
 class FitResult(NamedTuple):
@@ -130,6 +133,11 @@ def fit(model, x_train, y_train, x_val, y_val, cfg: FitConfig = FitConfig(), cal
     x_mean, x_std = np.mean(x_train, axis=0), np.std(x_train, axis=0)
     x_std = np.where(x_std > 1e-12, x_std, 1.0)
     x_low, x_high = (np.min(x_train, axis=0), np.max(x_train, axis=0)) if cfg.clip_inputs else (None, None)
+    if cfg.raw_columns:
+        n = cfg.raw_columns
+        x_mean, x_std = np.r_[np.zeros(n), x_mean[n:]], np.r_[np.ones(n), x_std[n:]]
+        if x_low is not None:
+            x_low, x_high = np.r_[np.full(n, -np.inf), x_low[n:]], np.r_[np.full(n, np.inf), x_high[n:]]
     x_train, x_val = standardize(x_train, x_mean, x_std), standardize(x_val, x_mean, x_std, x_low, x_high)
     callbacks = callbacks if callbacks is not None else (
         ([warmup(cfg.warmup_epochs)] if cfg.warmup_epochs else [])

@@ -48,6 +48,18 @@ def read_element_table(path) -> tuple[dict[str, np.ndarray], list[str]]:
     return dict(zip(symbols, vals)), names
 
 
+def element_embedding_table(path, elements: Sequence[str] = ELEMNET_ELEMENTS) -> np.ndarray:
+    """(len(elements), E) element embedding (e.g. mat2vec) read from an element table, rows in
+    ``elements`` order, each column standardised to zero mean and unit std (for ``ElementAttention``).
+    Raises ValueError naming the elements the table lacks."""
+    table, _ = read_element_table(path)
+    missing = [el for el in elements if el not in table]
+    if missing:
+        raise ValueError(f"{path}: no embedding for {', '.join(missing)}")
+    t = np.stack([table[el] for el in elements])
+    return (t - t.mean(0)) / np.where(t.std(0) > 0, t.std(0), 1.0)
+
+
 def descriptor_names(property_names: Sequence[str]) -> list[str]:
     return [f"{stat}_{p}" for p in property_names for stat in STATS]
 

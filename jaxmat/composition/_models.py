@@ -101,7 +101,9 @@ class BRNet(nn.Module):
         return nn.Dense(1)(x)[:, 0]
 
 
-ARCHITECTURES = {"elemnet": ElemNetMLP, "irnet": IRNet, "brnet": BRNet}
+from jaxmat.composition._attention import ElementAttention  # noqa: E402 (after the MLPs it is compared with)
+
+ARCHITECTURES = {"elemnet": ElemNetMLP, "irnet": IRNet, "brnet": BRNet, "attention": ElementAttention}
 
 
 def make_regressor(name: str, **kwargs) -> nn.Module:
@@ -130,13 +132,21 @@ BASE_WIDTHS = {"elemnet": ELEMNET_WIDTHS, "irnet": ELEMNET_WIDTHS, "brnet": (102
 
 def match_budget(name: str, n_features: int, budget: int, **kwargs) -> tuple[dict, int]:
     """Scale the architecture's width profile so its parameter count is closest to ``budget``.
-    Returns (constructor kwargs with ``widths``, parameter count)."""
+    Returns (constructor kwargs with ``widths``, parameter count). For ``attention`` the token
+    width ``dim`` (a multiple of the head count) is chosen instead."""
     import jax
+
+    def shapes_of(kw):
+        return jax.eval_shape(lambda: make_regressor(name, **kw).init(jax.random.PRNGKey(0), jnp.zeros((2, n_features))))
+
+    if name == "attention":
+        heads = kwargs.get("heads", ElementAttention.heads)
+        counts = [({**kwargs, "dim": d}, count_params(shapes_of({**kwargs, "dim": d}))) for d in range(heads, 1025, heads)]
+        return min(counts, key=lambda r: abs(r[1] - budget))
 
     def count(scale):
         kw = {**kwargs, "widths": scaled_widths(scale, BASE_WIDTHS[name])}
-        shapes = jax.eval_shape(lambda: make_regressor(name, **kw).init(jax.random.PRNGKey(0), jnp.zeros((2, n_features))))
-        return kw, count_params(shapes)
+        return kw, count_params(shapes_of(kw))
 
     lo, hi = 1e-3, 8.0
     for _ in range(24):  # geometric bisection on the width scale (ratio 8000 -> 1 + 5e-7)
