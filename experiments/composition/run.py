@@ -10,7 +10,11 @@ Dropout, AdamW weight decay and the target transform ("none" or "log") are hyper
 over ``dropout_grid``, ``weight_decay_grid`` and ``target_transform_grid`` (each config-wide, per
 dataset, or per model; the most specific wins; all combinations are tried): for each dataset and
 network the table reports the combination with the lowest mean VALIDATION MAE. Rows whose formula
-holds an element outside the 86-element ElemNet vector are dropped and counted. Features are cached
+holds an element outside the 86-element ElemNet vector are dropped and counted. An ``attention``
+model (``ElementAttention``) reads the 86 fractions at the start of the features unstandardised,
+takes its fixed element embedding from ``element_embedding`` (a table under the data root) and gets
+as many token slots as the dataset's largest formula has elements. A model's ``fit`` entry
+overrides the fit settings for that model. Features are cached
 in ``<out>/cache``. Finished (dataset, model, run, settings) results in ``<out>/results.json`` are
 reused.
 Writes ``results.md`` (test MAE mean +- std over seeds, parameters, training time) and
@@ -29,7 +33,8 @@ from pathlib import Path
 import numpy as np
 
 from jaxmat.arrays import FitConfig, fit, ridge_fit
-from jaxmat.composition import FormulaError, element_fractions, featurize, make_regressor
+from jaxmat.composition import (ELEMNET_ELEMENTS, FormulaError, element_embedding_table, element_fractions,
+                                featurize, make_regressor)
 from jaxmat.composition._models import match_budget
 
 HERE = Path(__file__).resolve().parent
@@ -90,7 +95,7 @@ def features(name, splits, cfg, root, cache: Path, max_rows=None):
     return out, dropped
 
 
-def run_model(spec, data, budget, fit_cfg, seed, dropout=0.0):
+def run_model(spec, data, budget, fit_cfg, seed, dropout=0.0, element_table=None):
     """Train and test one model on one split; ``fit_cfg`` holds FitConfig fields."""
     (xt, yt), (xv, yv), (xs, ys) = data["train"], data["val"], data["test"]
     t0 = time.perf_counter()
@@ -98,14 +103,20 @@ def run_model(spec, data, budget, fit_cfg, seed, dropout=0.0):
         predict, alpha, n_params = ridge_fit(xt, yt, xv, yv, clip_inputs=FitConfig(**fit_cfg).clip_inputs)
         return {"test_mae": float(np.mean(np.abs(predict(xs) - ys))), "val_mae": float(np.mean(np.abs(predict(xv) - yv))),
                 "params": n_params, "train_s": time.perf_counter() - t0, "epochs": 0, "curve": [], "alpha": alpha}
-    kwargs = {k: v for k, v in spec.items() if k not in ("arch", *GRIDS)}  # network hyperparameters
+    kwargs = {k: v for k, v in spec.items() if k not in ("arch", "fit", *GRIDS)}  # network hyperparameters
     kwargs.update({"dropout": dropout} if dropout else {})
+    if spec["arch"] == "attention":  # raw fractions first; one token slot per element of the largest formula
+        n_el = len(ELEMNET_ELEMENTS)
+        slots = max(int((x[:, :n_el] > 0).sum(1).max()) for x in (xt, xv, xs))
+        kwargs.update(max_elements=slots, element_table=element_table)
+        fit_cfg = {**fit_cfg, "raw_columns": n_el}
     kwargs, n_params = match_budget(spec["arch"], xt.shape[1], budget, **kwargs)
     model = make_regressor(spec["arch"], **kwargs)
     res = fit(model, xt, yt, xv, yv, FitConfig(**{**fit_cfg, "seed": seed}))
     return {"test_mae": float(np.mean(np.abs(res.predict(model, xs) - ys))), "val_mae": min(h["val_mae"] for h in res.history),
             "params": n_params, "train_s": res.train_seconds, "epochs": len(res.history), "best_epoch": res.best_epoch,
-            "curve": [h["val_mae"] for h in res.history], "widths": list(kwargs["widths"])}
+            "curve": [h["val_mae"] for h in res.history],
+            **({"dim": kwargs["dim"]} if "dim" in kwargs else {"widths": list(kwargs["widths"])})}
 
 
 #: searched hyperparameters: grid name -> (result field, value when not searched)
@@ -164,7 +175,8 @@ def write_outputs(results, cfg, out: Path, n_runs: dict):
              + " x ".join(str(cfg.get(g, [GRIDS[g][1]])) for g in searched)
              + (f"; own grids (a model's wins over a dataset's) {json.dumps(own)}" if own else ""), ""] + (
              [cfg["notes"], ""] if cfg.get("notes") else []) + [
-             f"* {ds}: fit overrides {json.dumps(spec['fit'])}" for ds, spec in cfg["datasets"].items() if spec.get("fit")] + ["",
+             f"* {ds}: fit overrides {json.dumps(spec['fit'])}" for ds, spec in cfg["datasets"].items() if spec.get("fit")] + [
+             f"* {m}: fit overrides {json.dumps(spec['fit'])}" for m, spec in cfg["models"].items() if spec.get("fit")] + ["",
              f"| dataset | model | test MAE (mean +- std) | runs | {names} | params | "
              "train time (s) | epochs |",
              "|---|---|---|---|---|---|---|---|"]
@@ -215,6 +227,11 @@ def main(argv=None):
     results = json.loads(res_file.read_text()) if res_file.is_file() else {}
     fit_cfg = {**cfg["fit"], **({"max_epochs": args.max_epochs} if args.max_epochs else {})}
     n_runs = {}
+    wanted = [m for m in cfg["models"] if not args.models or m in args.models]
+    if any(cfg["models"][m]["arch"] == "attention" for m in wanted):
+        if not cfg["features"].startswith("fractions"):
+            raise ValueError("attention models need features that start with the element fractions")
+        table = element_embedding_table(root / cfg["element_embedding"])
     for ds, spec in cfg["datasets"].items():
         if not (root / ds).is_dir():
             print(f"skipping {ds}: {root / ds} not found")
@@ -241,8 +258,10 @@ def main(argv=None):
                     if key in results:
                         continue
                     # (ridge: weight decay 0 and no transform, always)
-                    fit_run = {**fit_cfg, **spec.get("fit", {}), "weight_decay": wd, "target_transform": transform}
-                    r = run_model(mspec, data, cfg["param_budget"], fit_run, seed, rate)
+                    fit_run = {**fit_cfg, **spec.get("fit", {}), **mspec.get("fit", {}), "weight_decay": wd,
+                               "target_transform": transform}
+                    r = run_model(mspec, data, cfg["param_budget"], fit_run, seed, rate,
+                                  table if mspec["arch"] == "attention" else None)
                     results[key] = {**r, "run": run_id, "seed": seed, "dropout": rate, "weight_decay": wd,
                                     "target_transform": transform, "dropped": dropped}
                     print(f"   {m:16s} {run_id} dropout {label(rate, wd, transform)}: test MAE {r['test_mae']:.4g} (val {r['val_mae']:.4g}), "
