@@ -11,6 +11,8 @@ from typing import Sequence
 import flax.linen as nn
 import jax.numpy as jnp
 
+from jaxmat.composition._attention import ElementAttention
+
 #: ElemNet's 17-layer width profile (Jha et al. 2018): 4x1024, 3x512, 3x256, 3x128, 2x64, 1x32 (+ output)
 ELEMNET_WIDTHS = (1024,) * 4 + (512,) * 3 + (256,) * 3 + (128,) * 3 + (64,) * 2 + (32,)
 
@@ -101,8 +103,6 @@ class BRNet(nn.Module):
         return nn.Dense(1)(x)[:, 0]
 
 
-from jaxmat.composition._attention import ElementAttention  # noqa: E402 (after the MLPs it is compared with)
-
 ARCHITECTURES = {"elemnet": ElemNetMLP, "irnet": IRNet, "brnet": BRNet, "attention": ElementAttention}
 
 
@@ -139,10 +139,18 @@ def match_budget(name: str, n_features: int, budget: int, **kwargs) -> tuple[dic
     def shapes_of(kw):
         return jax.eval_shape(lambda: make_regressor(name, **kw).init(jax.random.PRNGKey(0), jnp.zeros((2, n_features))))
 
-    if name == "attention":
+    if name == "attention":  # the count grows with dim: bisect on dim = k * heads, k = 1 .. 1024 // heads
         heads = kwargs.get("heads", ElementAttention.heads)
-        counts = [({**kwargs, "dim": d}, count_params(shapes_of({**kwargs, "dim": d}))) for d in range(heads, 1025, heads)]
-        return min(counts, key=lambda r: abs(r[1] - budget))
+
+        def count_dim(k):
+            kw = {**kwargs, "dim": k * heads}
+            return kw, count_params(shapes_of(kw))
+
+        lo, hi = 1, 1024 // heads  # smallest k whose count reaches the budget (or the largest k)
+        while lo < hi:
+            mid = (lo + hi) // 2
+            lo, hi = (mid + 1, hi) if count_dim(mid)[1] < budget else (lo, mid)
+        return min([count_dim(k) for k in (lo - 1, lo) if k >= 1], key=lambda r: abs(r[1] - budget))
 
     def count(scale):
         kw = {**kwargs, "widths": scaled_widths(scale, BASE_WIDTHS[name])}
