@@ -126,6 +126,32 @@ def test_training_on_real_mlearn_subset(tmp_path):
     assert float(rows[-1][3]) < 0.9 * float(rows[0][3])  # deterministic seeds: not flaky
 
 
+def test_training_never_moves_the_per_structure_shift(tmp_path, model):
+    """Mixed cell sizes make M3GNet's non-extensive ``shift`` worth moving; it must stay 0, so the
+    trained model gives a 2-atom cell and its 16-atom supercell the same energy per atom."""
+    from jaxmat.calculators import JaxmatCalculator
+
+    calc = JaxmatCalculator(model=model, dtype="float64")
+    frames = []
+    for k in range(8):
+        a = bulk("Si", "diamond", 5.43 * (1 + 0.01 * k), cubic=k % 2 == 0)
+        a.rattle(0.05, seed=k)
+        a.calc = calc
+        e, f = a.get_potential_energy() + 0.3 * (k % 2), a.get_forces()  # small cells 0.3 eV off in total
+        a.calc = SinglePointCalculator(a, energy=e, forces=f)
+        frames.append(a)
+    ase.io.write(tmp_path / "mixed.extxyz", frames)
+    cfg = config_from_dict(_config(tmp_path / "mixed.extxyz", optim={"epochs": 3, "learning_rate": 1e-2}))
+    train_and_evaluate(cfg, tmp_path / "run", log=lambda *_: None)
+    assert float(_params(tmp_path / "run")["params"]["energy_scale"]["shift"]) == 0.0
+    trained = JaxmatCalculator(model=str(tmp_path / "run" / "best_model"), dtype="float64")
+    small = bulk("Si", "diamond", 5.45)
+    small.calc = trained
+    big = small.repeat((2, 2, 2))
+    big.calc = trained
+    assert big.get_potential_energy() / 16 == pytest.approx(small.get_potential_energy() / 2, abs=1e-9)
+
+
 def _params(workdir):
     raw = flax.serialization.msgpack_restore((workdir / "checkpoint.msgpack").read_bytes())
     return raw["state"]

@@ -31,7 +31,13 @@ INTERACTIONS = ("three_body", "two_body", "equivariant")
 
 
 class EnergyScale(nn.Module):
-    """E_i = scale * e_i + element_ref[type_i] + shift / n_atoms(graph of i)   [eV]."""
+    """E_i = scale * e_i + element_ref[type_i] + shift / n_atoms(graph of i)   [eV].
+
+    ``shift`` is matgl's ``data_mean`` buffer: a constant added to each structure's *total* energy,
+    so it is not extensive (a 2-atom cell and its 54-atom supercell would differ by shift * (1/2 -
+    1/54) eV/atom). It is zero in the pretrained PES model, kept only for parity with converted
+    checkpoints, and listed in ``M3GNet.constant_params`` so that training never moves it.
+    """
 
     n_types: int
 
@@ -61,6 +67,8 @@ class M3GNet(nn.Module):
     """
 
     output_kind: ClassVar[str] = "atoms"
+    #: parameters that training never updates (see ``EnergyScale``)
+    constant_params: ClassVar[tuple] = ("energy_scale/shift",)
 
     element_types: Sequence[str]
     dim_node: int = 64

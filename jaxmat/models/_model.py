@@ -58,6 +58,11 @@ class Model:
     def output_kind(self) -> str:
         return FAMILIES[self.family].output_kind
 
+    @property
+    def constant_params(self) -> tuple:
+        """Parameter paths ('group/name') that training must never update (converted buffers)."""
+        return tuple(getattr(FAMILIES[self.family], "constant_params", ()))
+
     def with_params(self, params) -> "Model":
         return Model(self.family, self.hyperparameters, params, self.metadata)
 

@@ -11,10 +11,18 @@ import jax
 import optax
 
 
+def param_path(keypath) -> str:
+    """'group/name' for a ``jax.tree_util`` key path into a params dict."""
+    return "/".join(str(getattr(k, "key", k)) for k in keypath)
+
+
 def freeze_labels(params, prefixes):
-    """'frozen' for top-level parameter groups whose name starts with any prefix, else 'train'."""
-    return {k: jax.tree_util.tree_map(lambda _: "frozen" if any(k.startswith(p) for p in prefixes) else "train", v)
-            for k, v in params.items()}
+    """'frozen' for each leaf whose path ('group/name') starts with any prefix, else 'train'.
+
+    A top-level name ("conv_") freezes whole groups; a full path ("energy_scale/shift") one leaf.
+    """
+    return jax.tree_util.tree_map_with_path(
+        lambda kp, _: "frozen" if any(param_path(kp).startswith(p) for p in prefixes) else "train", params)
 
 
 def make_optimizer(cfg, steps_per_epoch: int) -> optax.GradientTransformation:

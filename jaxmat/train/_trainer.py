@@ -130,7 +130,8 @@ def _train(cfg, workdir, resume, dtype, log):
 
     # the template fixes the structure for restoring; fresh runs fill it from the prepared params
     proto = cast(model.params if model.params is not None else model.init_params(first.graph, cfg.run.seed))
-    tx = with_frozen(tx, proto, cfg.model.freeze)
+    # the model's constants (M3GNet's per-structure shift) are never trained, whatever the config says
+    tx = with_frozen(tx, proto, list(cfg.model.freeze) + list(model.constant_params))
     state = {"params": proto, "ema": proto, "opt_state": tx.init(proto), "step": 0, "epoch": 0,
              "batch_in_epoch": 0, "lr_scale": 1.0, "best_val": np.inf, "bad_epochs": 0,
              "plateau_bad": 0, "epoch_sums": _zero_sums(), "seed": cfg.run.seed}
