@@ -53,6 +53,7 @@ def main(argv=None):
         train_and_evaluate(cfg, workdir, resume=resume)
     write_table()
 
+
 SHIFT_NOTE = ("every run whose name does not contain `extensive` was trained before commit c29c74f, when the "
               "trainer also updated M3GNet's per-structure energy shift (`energy_scale/shift`, matgl's data_mean, "
               "not extensive): scratch models learned 0.7-1.1 eV there, which mostly lands on the small surface "
