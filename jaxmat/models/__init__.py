@@ -1,6 +1,7 @@
 """Model families, model bundles and the pretrained registry."""
 
 from jaxmat.models._bundle import BundleError, read_bundle, save_bundle
+from jaxmat.models._grow import GROWABLE, grow_model
 from jaxmat.models._m3gnet import M3GNet
 from jaxmat.models._model import (
     DEFAULT_MODEL,
@@ -15,9 +16,11 @@ __all__ = [
     "BundleError",
     "DEFAULT_MODEL",
     "FAMILIES",
+    "GROWABLE",
     "M3GNet",
     "Model",
     "UnknownElementError",
+    "grow_model",
     "list_pretrained",
     "load_model",
     "read_bundle",

@@ -15,7 +15,7 @@ import optax
 from ase.data import atomic_numbers
 
 from jaxmat.data import batch_budget, build_graphs, epoch_batches, epoch_groups, read_frames, split
-from jaxmat.models import FAMILIES, Model, load_model
+from jaxmat.models import FAMILIES, Model, grow_model, load_model
 from jaxmat.train._checkpoint import CHECKPOINT_FILE, load_checkpoint, replace_dir, save_checkpoint
 from jaxmat.train._evaluate import error_metrics, predict
 from jaxmat.train._loss import METRIC_KEYS, loss_and_metrics, summarize
@@ -67,8 +67,9 @@ def _load_data(cfg, kind):
 
 def _make_model(cfg, frames, kind, valid_frames=()) -> Model:
     m = cfg.model
-    if m.init_from:
-        return load_model(m.init_from)
+    if m.init_from:  # hyperparameters may only grow the pretrained model (function-preserving)
+        base = load_model(m.init_from)
+        return grow_model(base, **m.hyperparameters) if m.hyperparameters else base
     symbols = {s for f in list(frames) + list(valid_frames) for s in f.atoms.get_chemical_symbols()}
     elements = sorted(symbols, key=atomic_numbers.get)
     hyper = {**default_hyperparameters(m.family), "element_types": elements}
