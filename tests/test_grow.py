@@ -6,7 +6,7 @@ import pytest
 from ase.build import bulk
 
 from jaxmat.calculators import JaxmatCalculator
-from jaxmat.models import grow_model, load_model
+from jaxmat.models import grow_model
 
 
 def _results(model, atoms):
@@ -52,7 +52,7 @@ def test_only_growth_is_allowed(model):
     with pytest.raises(ValueError, match="cannot change"):
         grow_model(model, max_n=4)  # would reorder the l-major basis columns
     with pytest.raises(ValueError, match="cannot change"):
-        grow_model(load_model(), units=128)
+        grow_model(model, units=128)
 
 
 def test_finetune_config_grows_the_pretrained_model(tmp_path):

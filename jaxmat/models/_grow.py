@@ -13,6 +13,8 @@ from __future__ import annotations
 import jax
 import numpy as np
 
+from jaxmat.models._model import FAMILIES, Model, expected_param_shapes
+
 #: hyperparameters that ``grow_model`` may raise, per model family
 GROWABLE: dict[str, tuple[str, ...]] = {"M3GNet": ("max_l",)}
 
@@ -24,8 +26,6 @@ def grow_model(model, **changes):
     Raises ValueError for a hyperparameter that cannot grow this way, a smaller value, or a model
     whose bond basis is not the l-major spherical-Bessel one.
     """
-    from jaxmat.models._model import FAMILIES, expected_param_shapes, Model
-
     if model.params is None:
         raise ValueError("grow_model needs a model with parameters (a pretrained or trained bundle)")
     allowed = GROWABLE.get(model.family, ())
