@@ -63,6 +63,11 @@ SHIFT_NOTE = ("runs marked (s) were trained before commit c29c74f, when the trai
               "comparable with the other runs, which keep the shift frozen")
 
 
+def _label(name: str) -> str:
+    """A run's name in the tables, marked (s) if it trained the shift (SHIFT_NOTE)."""
+    return f"{name} (s)" if name in SHIFT_FREE else name
+
+
 GROUPS = ("AIMD-NVT", "Elastic", "Surface", "Vacancy")
 
 
@@ -98,8 +103,7 @@ def write_table():
         # wall_s restarts at every resumed call: total = sum of the last time of each call
         total = sum(w for w, nxt in zip(walls, walls[1:] + [0.0]) if nxt < w)
         epochs = rows[-1][0] if rows else "0"
-        mark = " (s)" if run.name in SHIFT_FREE else ""
-        lines.append(f"| {run.name}{mark} | {epochs} | {total / 60:.1f} | {test.get('e_mae', float('nan')):.2f} | "
+        lines.append(f"| {_label(run.name)} | {epochs} | {total / 60:.1f} | {test.get('e_mae', float('nan')):.2f} | "
                      f"{test.get('f_mae', float('nan')):.3f} | {test.get('s_mae', float('nan')):.3f} |")
     for el, pubs in PUBLISHED.items():
         for method, (e, f) in pubs.items():
@@ -110,7 +114,7 @@ def write_table():
     for run in sorted((HERE / "runs").glob("*")):
         table = groups_table(run)
         if table:
-            lines.append(f"| {run.name} | " + " | ".join(
+            lines.append(f"| {_label(run.name)} | " + " | ".join(
                 f"{table[g]['e_mae']:.2f} / {table[g]['f_mae']:.3f} ({table[g]['n']})" if g in table else "-"
                 for g in GROUPS) + " |")
     (HERE / "results.md").write_text("\n".join(lines) + "\n")
