@@ -33,6 +33,10 @@ HISTORY = {  # changes made to a config while its run was under way (the run res
     "mo_scratch_equivariant": "epochs 1-25 ran with a 200-epoch cosine horizon (a 22-minute probe against mo_scratch); "
                               "resumed at epoch 25 with the horizon shortened to 100 epochs to fit the CPU budget "
                               "(the learning rate drops by ~0.9x there)",
+    "mo_l7_s0001": "unfinished probe (session 13): stopped by the session's wall-time cap at epoch 50 of its 140-epoch "
+                   "cosine; resumable with the same command; its test numbers are of the unfinished model",
+    "si_l7_s0001": "unfinished probe (session 13): stopped by the session's wall-time cap at epoch 35 of its 100-epoch "
+                   "cosine; resumable with the same command; its test numbers are of the unfinished model",
 }
 
 
