@@ -22,7 +22,7 @@ PUBLISHED = {  # Zuo et al., J. Phys. Chem. A 124, 731 (2020): test MAE energy m
     "Si": {"GAP": (2.91, 0.07), "MTP": (2.21, 0.06)},
     "Mo": {"GAP": (2.24, 0.09), "MTP": (2.83, 0.09)},
 }
-HISTORY = {  # changes made to a config while its run was under way (the run resumed with the new file)
+HISTORY = {  # footnotes: config changes made while a run was under way (it resumed with the new file), unfinished runs
     "si_scratch": "epochs 1-109 ran with a 300-epoch cosine horizon (optim.epochs 300); resumed at epoch 109 "
                   "with the horizon shortened to 220 epochs to fit the CPU budget (the learning rate drops by ~0.7x there)",
     "mo_scratch": "epochs 1-55 ran with a 300-epoch cosine horizon (optim.epochs 300); resumed at epoch 55 (next session) "
