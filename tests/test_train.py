@@ -101,7 +101,9 @@ def test_element_reference_fit(labelled_file):
 
 
 def test_training_lowers_the_loss_and_model_is_usable(tmp_path, labelled_file):
-    cfg = config_from_dict(_config(labelled_file, optim={"epochs": 8, "learning_rate": 1e-2}))
+    # the 20 % threshold was set with stress weight 0.1 (the default until session 13): pinned here so
+    # the test checks the training loop, not the default loss weights
+    cfg = config_from_dict(_config(labelled_file, optim={"epochs": 8, "learning_rate": 1e-2}, loss={"stress_weight": 0.1}))
     train_and_evaluate(cfg, tmp_path, log=lambda *_: None)
     rows = [l.split(",") for l in (tmp_path / "metrics.csv").read_text().splitlines()[1:]]
     train_loss = [float(r[3]) for r in rows]
