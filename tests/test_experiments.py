@@ -6,7 +6,10 @@ import subprocess
 import sys
 from pathlib import Path
 
+import ase.io
 import pytest
+
+from jaxmat.data import read_frames
 
 from conftest import FIXTURES
 
@@ -44,3 +47,46 @@ def test_ablation_driver_smoke(tmp_path):
     table = (tmp_path / "results.md").read_text()
     assert "| ref | no_three_body |" in table and "| ref | equivariant |" in table
     assert (tmp_path / "ablation.png").stat().st_size > 1000
+
+
+def test_mlearn_ensemble_driver(tmp_path):
+    """Members a (the pretrained default) and b (a with its weights jittered): an ensemble of a with
+    itself reproduces a (zero spread); the mean of a and b is no worse than their average error
+    (triangle inequality); members with different validation splits are refused."""
+    import jax
+    import numpy as np
+
+    from jaxmat.models import load_model
+    from jaxmat.train import error_metrics, predict
+
+    data = str(tmp_path / "small.extxyz")  # the fixture's eight labelled cells of at most 40 atoms
+    frames = [a for a in ase.io.read(FIXTURES / "m3gnet_mp2021_dev.extxyz", ":") if len(a) <= 40]
+    ase.io.write(data, frames)
+    (tmp_path / "configs").mkdir()
+    for name, seed in (("a", 0), ("b", 0), ("c", 1)):
+        d = {"data": {"train": data, "test": data, "valid_fraction": 0.25}, "run": {"seed": seed}}
+        (tmp_path / "configs" / f"{name}.json").write_text(json.dumps(d))
+    a = load_model()
+    a.save(tmp_path / "runs" / "a" / "best_model")
+    rng = np.random.default_rng(0)
+    b = a.with_params(jax.tree_util.tree_map(lambda x: x * (1 + 0.05 * rng.standard_normal(np.shape(x))), a.params))
+    b.save(tmp_path / "runs" / "b" / "best_model")
+    spec = {"note": "smoke", "ensembles": {"aa": ["a", "a"], "ab": ["a", "b"]}}
+    (tmp_path / "ensembles.json").write_text(json.dumps(spec))
+    out = subprocess.run([sys.executable, str(ROOT / "experiments" / "mlearn" / "ensemble.py"), "--root", str(tmp_path)],
+                         capture_output=True, text=True, timeout=600)
+    assert out.returncode == 0, out.stderr[-3000:]
+    rows = {r.split("|")[1].strip(): [c.strip() for c in r.split("|")[2:-1]]
+            for r in (tmp_path / "ensembles.md").read_text().splitlines() if r.startswith("| a")}
+    a_test = error_metrics(predict(a, a.params, read_frames(data)))
+    assert float(rows["aa"][3]) == pytest.approx(a_test["f_mae"], abs=1e-4) and float(rows["aa"][5]) == 0.0
+    assert float(rows["aa"][2]) == pytest.approx(a_test["e_mae"], abs=1e-2)
+    members = [float(x) for x in rows["ab"][6].split(",")]
+    assert members[0] == pytest.approx(a_test["f_mae"], abs=1e-4) and float(rows["ab"][5]) > 1e-3
+    assert float(rows["ab"][3]) <= sum(members) / 2 + 1e-4
+
+    sys.path.insert(0, str(ROOT / "experiments" / "mlearn"))
+    from ensemble import ensemble_metrics
+
+    with pytest.raises(ValueError, match="different data splits"):
+        ensemble_metrics(tmp_path, ["a", "c"], "valid")
