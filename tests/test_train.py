@@ -1,5 +1,6 @@
 """Training stack: loss masks, element references, end-to-end runs, kill/resume, bad data."""
 
+import csv
 import json
 import os
 import signal
@@ -115,6 +116,22 @@ def test_training_lowers_the_loss_and_model_is_usable(tmp_path, labelled_file):
     a = bulk("Si", "diamond", 5.43, cubic=True)
     a.calc = JaxmatCalculator(model=str(tmp_path / "best_model"))
     assert np.isfinite(a.get_potential_energy())
+
+
+def test_training_without_validation_uses_every_frame_and_keeps_the_last_model(tmp_path, labelled_file):
+    """valid_fraction 0: all 12 frames train (6 batches of 2 per epoch), every epoch's model replaces
+    the last (no plateau), and there are no validation results; a fraction that rounds to no frame
+    is still an error."""
+    cfg = config_from_dict(_config(labelled_file, data={"valid_fraction": 0.0},
+                                   optim={"epochs": 3, "plateau_patience": 1, "early_stopping_patience": 1}))
+    res = train_and_evaluate(cfg, tmp_path / "run", log=lambda *_: None)
+    rows = list(csv.DictReader(open(tmp_path / "run" / "metrics.csv")))
+    assert [int(r["step"]) for r in rows] == [6, 12, 18] and {r["lr_scale"] for r in rows} == {"1.0"}
+    assert json.loads((tmp_path / "run" / "best_model" / "config.json").read_text())["metadata"]["validation"]["epoch"] == 3
+    assert "valid" not in res and (tmp_path / "run" / "learning_curves.png").is_file()
+    with pytest.raises(ValueError, match="no validation frames"):
+        train_and_evaluate(config_from_dict(_config(labelled_file, data={"valid_fraction": 0.01})), tmp_path / "run2",
+                           log=lambda *_: None)
 
 
 @pytest.mark.skipif(not (SHARED / "data" / "mlearn" / "Si_train.extxyz").is_file(),

@@ -15,7 +15,7 @@ class DataConfig:
     train: str = ""  #: training file (any ase.io format)
     valid: str | None = None  #: validation file; None: split ``valid_fraction`` off ``train``
     test: str | None = None  #: test file, evaluated on the best model at the end (optional)
-    valid_fraction: float = 0.1  #: fraction of ``train`` used for validation when ``valid`` is None
+    valid_fraction: float = 0.1  #: fraction of ``train`` used for validation when ``valid`` is None; 0: none (train on all, keep the last epoch's model)
     energy_key: str | None = None  #: info key of the energy (None: calculator results); for MEGNet-type models the per-structure target
     forces_key: str | None = None  #: arrays key of the forces (None: calculator results)
     stress_key: str | None = None  #: info key of the stress (None: calculator results)

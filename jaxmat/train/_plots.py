@@ -25,7 +25,7 @@ def learning_curves(metrics_csv, out_png) -> Path:
     ep = [int(r["epoch"]) for r in rows]
     fig, axes = plt.subplots(1, 3, figsize=(13, 3.6))
     for key, label in (("train_loss", "train"), ("val_loss", "validation")):
-        axes[0].semilogy(ep, [float(r[key]) for r in rows], label=label)
+        axes[0].semilogy(ep, [float(r[key]) if r.get(key) not in (None, "") else np.nan for r in rows], label=label)
     axes[0].set(xlabel="epoch", ylabel="loss", title="loss")
     axes[0].legend()
     for ax, key, unit in ((axes[1], "e_mae", "meV/atom"), (axes[2], "f_mae", "eV/A")):

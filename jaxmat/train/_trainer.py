@@ -59,6 +59,8 @@ def _load_data(cfg, kind):
     frames = _read(cfg, cfg.data.train, kind)
     if cfg.data.valid:
         return frames, _read(cfg, cfg.data.valid, kind)
+    if cfg.data.valid_fraction == 0:  # explicit: train on every frame, keep the last epoch's model
+        return frames, []
     tr, va = split(len(frames), cfg.data.valid_fraction, cfg.run.seed)
     if len(va) == 0:
         raise ValueError("no validation frames: set data.valid or a larger data.valid_fraction")
@@ -171,7 +173,9 @@ def _train(cfg, workdir, resume, dtype, log):
                                       frozen, state["ema"], state["params"])
 
     eval_step = jax.jit(lambda p, b: loss_and_metrics(p, b, model.apply, lcfg, kind)[1])
-    valid_batches = epoch_batches(valid_frames, g_valid, budget, 0, 0, False, dtype)
+    valid_batches = epoch_batches(valid_frames, g_valid, budget, 0, 0, False, dtype) if valid_frames else []
+    if not valid_batches:
+        log("no validation frames (data.valid_fraction 0): the last epoch's model is kept; no plateau, no early stopping")
     t_start = time.perf_counter()
     stop = False
     while int(state["epoch"]) < cfg.optim.epochs and not stop:
@@ -207,14 +211,17 @@ def _train(cfg, workdir, resume, dtype, log):
         for b in valid_batches:
             for key, v in jax.device_get(eval_step(ema_params(state), b)).items():
                 val[key] = val.get(key, 0.0) + float(v)
-        val_loss = val["loss_sum"] / len(valid_batches)
-        vm, tm = summarize(val), summarize(state["epoch_sums"])
-        improved = val_loss < float(state["best_val"])
-        state.update(best_val=min(val_loss, float(state["best_val"])),
-                     bad_epochs=0 if improved else int(state["bad_epochs"]) + 1,
-                     plateau_bad=0 if improved else int(state["plateau_bad"]) + 1)
-        if int(state["plateau_bad"]) >= cfg.optim.plateau_patience:
-            state.update(lr_scale=float(state["lr_scale"]) * cfg.optim.plateau_factor, plateau_bad=0)
+        tm = summarize(state["epoch_sums"])
+        if valid_batches:
+            val_loss, vm = val["loss_sum"] / len(valid_batches), summarize(val)
+            improved = val_loss < float(state["best_val"])
+            state.update(best_val=min(val_loss, float(state["best_val"])),
+                         bad_epochs=0 if improved else int(state["bad_epochs"]) + 1,
+                         plateau_bad=0 if improved else int(state["plateau_bad"]) + 1)
+            if int(state["plateau_bad"]) >= cfg.optim.plateau_patience:
+                state.update(lr_scale=float(state["lr_scale"]) * cfg.optim.plateau_factor, plateau_bad=0)
+        else:  # no validation: every epoch's model replaces the last
+            val_loss, vm, improved = float("nan"), {}, True
         row = {"epoch": epoch + 1, "step": int(state["step"]), "lr_scale": float(state["lr_scale"]),
                "train_loss": float(state["epoch_sums"]["loss_sum"]) / len(batches), "val_loss": val_loss,
                **{f"train_{k}": v for k, v in tm.items() if k.endswith("mae")}, **{f"val_{k}": v for k, v in vm.items()},
@@ -273,7 +280,7 @@ def _finish(cfg, workdir, dtype, valid_frames, log):
         return {}
     model = load_model(best)
     results = {}
-    sets = [("valid", valid_frames)]
+    sets = [("valid", valid_frames)] if valid_frames else []
     if cfg.data.test:
         sets.append(("test", _read(cfg, cfg.data.test, model.output_kind)))
     for name, frames in sets:
