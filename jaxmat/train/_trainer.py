@@ -228,9 +228,10 @@ def _train(cfg, workdir, resume, dtype, log):
                "wall_s": time.perf_counter() - t_start}
         with open(workdir / "metrics.csv", "a", newline="") as fh:
             csv.DictWriter(fh, CSV_FIELDS).writerow({k: row.get(k, "") for k in CSV_FIELDS})
-        log(f"epoch {epoch + 1:4d}  train {row['train_loss']:.4g}  val {val_loss:.4g}  "
-            f"E {vm.get('e_mae', float('nan')):.2f} meV/atom  F {vm.get('f_mae', float('nan')):.4f} eV/A"
-            f"{'  *' if improved else ''}")
+        shown, which = (vm, f"val {val_loss:.4g}") if valid_batches else (tm, "(no validation) train")
+        log(f"epoch {epoch + 1:4d}  train {row['train_loss']:.4g}  {which}  "
+            f"E {shown.get('e_mae', float('nan')):.2f} meV/atom  F {shown.get('f_mae', float('nan')):.4f} eV/A"
+            f"{'  *' if improved and valid_batches else ''}")
         if improved:
             _save_best(workdir, model, ema_params(state), {"epoch": epoch + 1, **vm})
         state.update(epoch=epoch + 1, batch_in_epoch=0, epoch_sums=_zero_sums())
