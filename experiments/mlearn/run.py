@@ -33,10 +33,6 @@ HISTORY = {  # footnotes: config changes made while a run was under way (it resu
     "mo_scratch_equivariant": "epochs 1-25 ran with a 200-epoch cosine horizon (a 22-minute probe against mo_scratch); "
                               "resumed at epoch 25 with the horizon shortened to 100 epochs to fit the CPU budget "
                               "(the learning rate drops by ~0.9x there)",
-    "mo_l7_s0001": "unfinished probe (session 13): stopped by the session's wall-time cap at epoch 50 of its 140-epoch "
-                   "cosine; resumable with the same command; its test numbers are of the unfinished model",
-    "si_l7_s0001": "unfinished probe (session 13): stopped by the session's wall-time cap at epoch 35 of its 100-epoch "
-                   "cosine; resumable with the same command; its test numbers are of the unfinished model",
 }
 
 
@@ -113,6 +109,7 @@ def write_table():
         for method, (e, f) in pubs.items():
             lines.append(f"| {el} {method} (Zuo et al. 2020) | | | {e} | {f} | |")
     lines += [""] + [f"* {name}: {text}" for name, text in HISTORY.items()] + [f"* {SHIFT_NOTE}"]
+    lines += ["", "Deep ensembles of these runs (mean of the members' predictions): ensembles.md, from ensemble.py."]
     lines += ["", "Test MAE by mlearn group (energy meV/atom / forces eV/A; structures per group in brackets):", "",
               "| run | " + " | ".join(GROUPS) + " |", "|---|" + "---|" * len(GROUPS)]
     for run in sorted((HERE / "runs").glob("*")):
