@@ -52,7 +52,8 @@ def test_ablation_driver_smoke(tmp_path):
 def test_mlearn_ensemble_driver(tmp_path):
     """Members a (the pretrained default) and b (a with its weights jittered): an ensemble of a with
     itself reproduces a (zero spread); the mean of a and b is no worse than their average error
-    (triangle inequality); members with different validation splits are refused."""
+    (triangle inequality); members with different validation splits are refused; an ensemble with a
+    member trained on every frame (d: valid_fraction 0) is scored on test only."""
     import jax
     import numpy as np
 
@@ -63,15 +64,16 @@ def test_mlearn_ensemble_driver(tmp_path):
     frames = [a for a in ase.io.read(FIXTURES / "m3gnet_mp2021_dev.extxyz", ":") if len(a) <= 40]
     ase.io.write(data, frames)
     (tmp_path / "configs").mkdir()
-    for name, seed in (("a", 0), ("b", 0), ("c", 1)):
-        d = {"data": {"train": data, "test": data, "valid_fraction": 0.25}, "run": {"seed": seed}}
+    for name, seed, fraction in (("a", 0, 0.25), ("b", 0, 0.25), ("c", 1, 0.25), ("d", 0, 0.0)):
+        d = {"data": {"train": data, "test": data, "valid_fraction": fraction}, "run": {"seed": seed}}
         (tmp_path / "configs" / f"{name}.json").write_text(json.dumps(d))
     a = load_model()
     a.save(tmp_path / "runs" / "a" / "best_model")
     rng = np.random.default_rng(0)
     b = a.with_params(jax.tree_util.tree_map(lambda x: x * (1 + 0.05 * rng.standard_normal(np.shape(x))), a.params))
     b.save(tmp_path / "runs" / "b" / "best_model")
-    spec = {"note": "smoke", "ensembles": {"aa": ["a", "a"], "ab": ["a", "b"]}}
+    b.save(tmp_path / "runs" / "d" / "best_model")
+    spec = {"note": "smoke", "ensembles": {"aa": ["a", "a"], "ab": ["a", "b"], "ad": ["a", "d"]}}
     (tmp_path / "ensembles.json").write_text(json.dumps(spec))
     out = subprocess.run([sys.executable, str(ROOT / "experiments" / "mlearn" / "ensemble.py"), "--root", str(tmp_path)],
                          capture_output=True, text=True, timeout=600)
@@ -84,9 +86,12 @@ def test_mlearn_ensemble_driver(tmp_path):
     members = [float(x) for x in rows["ab"][6].split(",")]
     assert members[0] == pytest.approx(a_test["f_mae"], abs=1e-4) and float(rows["ab"][5]) > 1e-3
     assert float(rows["ab"][3]) <= sum(members) / 2 + 1e-4
+    assert rows["ab"][1] != "-" and rows["ad"][1] == "-" and rows["ad"][2:6] == rows["ab"][2:6]
 
     sys.path.insert(0, str(ROOT / "experiments" / "mlearn"))
     from ensemble import ensemble_metrics
 
     with pytest.raises(ValueError, match="different data splits"):
         ensemble_metrics(tmp_path, ["a", "c"], "valid")
+    with pytest.raises(ValueError, match="no validation frames"):
+        ensemble_metrics(tmp_path, ["a", "d"], "valid")

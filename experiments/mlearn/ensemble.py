@@ -3,9 +3,11 @@
     python experiments/mlearn/ensemble.py [--root DIR]
 
 The ensembles and their members are declared in ensembles.json (written before the members' test
-numbers were all known; a member is a run under runs/ with a best_model). Every member must use
-the same training file, validation fraction and seed, so that the validation frames are the same
-held-out frames for all of them. Energies (per atom), forces and stress are averaged over the
+numbers were all known; a member is a run under runs/ with a best_model). On validation every
+member must use the same training file, validation fraction and seed, so that the validation
+frames are the same held-out frames for all of them; an ensemble with a member trained on the whole
+split (``data.valid_fraction: 0``) has no held-out frames and is scored on the test split only
+(its validation column reads "-"). All members must share the test file. Energies (per atom), forces and stress are averaged over the
 members; the spread is reported too (mean over frames/components of the members' standard
 deviation). Writes ensembles.md and prints it. Predictions per member are cached beside its
 best_model (predictions_{valid,test}.npz, git-ignored), refreshed when the best model is newer.
@@ -24,15 +26,11 @@ KEYS = ("e_pred", "e_ref", "f_pred", "f_ref", "s_pred", "s_ref")
 
 
 def _frames(cfg, which: str):
-    from jaxmat.data import read_frames, split
+    """The run's own validation or test frames, read and split exactly as the trainer did."""
+    from jaxmat.train._trainer import _load_data, _read, output_kind
 
-    if which == "test":
-        return read_frames(cfg.data.test)
-    if cfg.data.valid:
-        return read_frames(cfg.data.valid)
-    frames = read_frames(cfg.data.train)
-    _, va = split(len(frames), cfg.data.valid_fraction, cfg.run.seed)
-    return [frames[i] for i in va]
+    kind = output_kind(cfg)
+    return _read(cfg, cfg.data.test, kind) if which == "test" else _load_data(cfg, kind)[1]
 
 
 def member_predictions(root: Path, name: str, which: str) -> dict:
@@ -63,12 +61,22 @@ def _split_key(root: Path, name: str):
             d.valid_fraction, cfg.run.seed, str(Path(d.test).resolve()))
 
 
+def has_validation(root: Path, members: list[str]) -> bool:
+    """False where a member trained on every training frame (no held-out frames to score)."""
+    from jaxmat.train import load_config
+
+    data = [load_config(root / "configs" / f"{m}.json").data for m in members]
+    return all(d.valid or d.valid_fraction > 0 for d in data)
+
+
 def ensemble_metrics(root: Path, members: list[str], which: str) -> dict:
     """Error metrics (``error_metrics``) of the members' mean prediction, plus the mean spread:
     ``f_spread`` (eV/A) and ``e_spread`` (meV/atom), the members' standard deviation averaged."""
     from jaxmat.train import error_metrics
 
-    keys = {m: _split_key(root, m) for m in members}
+    if which == "valid" and not has_validation(root, members):
+        raise ValueError(f"a member of {members} trained on every frame: no validation frames to score")
+    keys = {m: _split_key(root, m) if which == "valid" else _split_key(root, m)[-1] for m in members}
     if len(set(keys.values())) != 1:
         raise ValueError(f"ensemble members use different data splits: {keys}")
     preds = [member_predictions(root, m, which) for m in members]
@@ -94,8 +102,10 @@ def main(argv=None):
              "test stress MAE (GPa) | test F spread (eV/A) | members' test F MAE |",
              "|---|---|---|---|---|---|---|---|"]
     for name, members in spec["ensembles"].items():
-        va, te = ensemble_metrics(root, members, "valid"), ensemble_metrics(root, members, "test")
-        lines.append(f"| {name} | {', '.join(members)} | {va['e_mae']:.2f} / {va['f_mae']:.4f} | {te['e_mae']:.2f} | "
+        te = ensemble_metrics(root, members, "test")
+        va = ensemble_metrics(root, members, "valid") if has_validation(root, members) else None
+        valid = f"{va['e_mae']:.2f} / {va['f_mae']:.4f}" if va else "-"
+        lines.append(f"| {name} | {', '.join(members)} | {valid} | {te['e_mae']:.2f} | "
                      f"{te['f_mae']:.4f} | {te['s_mae']:.3f} | {te['f_spread']:.4f} | "
                      + ", ".join(f"{x:.4f}" for x in te["members_f_mae"]) + " |")
         print(lines[-1], flush=True)
