@@ -19,7 +19,8 @@ from ase.calculators.singlepoint import SinglePointCalculator
 
 from conftest import SHARED
 from jaxmat.data import DatasetError, batch_budget, build_graphs, epoch_batches, read_frames
-from jaxmat.train import config_from_dict, fit_element_refs, load_config, loss_and_metrics, train_and_evaluate
+from jaxmat.train import (config_frames, config_from_dict, fit_element_refs, load_config, loss_and_metrics,
+                          train_and_evaluate)
 from jaxmat.train._config import LossConfig
 
 TINY = {"units": 16, "dim_node": 16, "dim_edge": 16, "nblocks": 1, "readout_features": [16, 16, 1]}
@@ -129,9 +130,22 @@ def test_training_without_validation_uses_every_frame_and_keeps_the_last_model(t
     assert [int(r["step"]) for r in rows] == [6, 12, 18] and {r["lr_scale"] for r in rows} == {"1.0"}
     assert json.loads((tmp_path / "run" / "best_model" / "config.json").read_text())["metadata"]["validation"]["epoch"] == 3
     assert "valid" not in res and (tmp_path / "run" / "learning_curves.png").is_file()
+    assert len(config_frames(cfg, "train")) == 12 and config_frames(cfg, "valid") == []
     with pytest.raises(ValueError, match="no validation frames"):
         train_and_evaluate(config_from_dict(_config(labelled_file, data={"valid_fraction": 0.01})), tmp_path / "run2",
                            log=lambda *_: None)
+
+
+def test_config_frames_are_the_trainers_split(labelled_file):
+    """train and valid partition the file as the trainer splits it (seeded); test is the test file."""
+    cfg = config_from_dict(_config(labelled_file, data={"valid_fraction": 0.25, "test": str(labelled_file)}))
+    energies = {which: [f.energy for f in config_frames(cfg, which)] for which in ("train", "valid", "test")}
+    assert len(energies["train"]) == 9 and len(energies["valid"]) == 3
+    assert sorted(energies["train"] + energies["valid"]) == sorted(energies["test"])
+    other = config_from_dict(_config(labelled_file, data={"valid_fraction": 0.25}, run={"seed": 1}))
+    assert [f.energy for f in config_frames(other, "valid")] != energies["valid"]
+    with pytest.raises(ValueError, match="which must be"):
+        config_frames(cfg, "validation")
 
 
 @pytest.mark.skipif(not (SHARED / "data" / "mlearn" / "Si_train.extxyz").is_file(),

@@ -7,9 +7,10 @@ numbers were all known; a member is a run under runs/ with a best_model). On val
 member must use the same training file, validation fraction and seed, so that the validation
 frames are the same held-out frames for all of them; an ensemble with a member trained on the whole
 split (``data.valid_fraction: 0``) has no held-out frames and is scored on the test split only
-(its validation column reads "-"). All members must share the test file. Energies (per atom), forces and stress are averaged over the
-members; the spread is reported too (mean over frames/components of the members' standard
-deviation). Writes ensembles.md and prints it. Predictions per member are cached beside its
+(its validation column reads "-"). All members must share the test file. Energies (per atom),
+forces and stress are averaged over the members; the spread is reported too (mean over
+frames/components of the members' standard deviation). The frames are the trainer's own
+(``jaxmat.train.config_frames``). Writes ensembles.md and prints it. Predictions per member are cached beside its
 best_model (predictions_{valid,test}.npz, git-ignored), refreshed when the best model is newer.
 """
 
@@ -25,18 +26,10 @@ HERE = Path(__file__).resolve().parent
 KEYS = ("e_pred", "e_ref", "f_pred", "f_ref", "s_pred", "s_ref")
 
 
-def _frames(cfg, which: str):
-    """The run's own validation or test frames, read and split exactly as the trainer did."""
-    from jaxmat.train._trainer import _load_data, _read, output_kind
-
-    kind = output_kind(cfg)
-    return _read(cfg, cfg.data.test, kind) if which == "test" else _load_data(cfg, kind)[1]
-
-
 def member_predictions(root: Path, name: str, which: str) -> dict:
     """Predictions of run ``name``'s best model on its validation or test frames (cached)."""
     from jaxmat.models import load_model
-    from jaxmat.train import load_config, predict
+    from jaxmat.train import config_frames, load_config, predict
 
     run = root / "runs" / name
     best, cache = run / "best_model", run / f"predictions_{which}.npz"
@@ -47,7 +40,7 @@ def member_predictions(root: Path, name: str, which: str) -> dict:
             return {k: z[k] for k in KEYS}
     cfg = load_config(root / "configs" / f"{name}.json")
     model = load_model(best)
-    pred = predict(model, model.params, _frames(cfg, which))
+    pred = predict(model, model.params, config_frames(cfg, which))
     np.savez(cache, **pred)
     return pred
 

@@ -67,6 +67,19 @@ def _load_data(cfg, kind):
     return [frames[i] for i in tr], [frames[i] for i in va]
 
 
+def config_frames(cfg, which: str) -> list:
+    """The labelled frames a run of ``cfg`` trains, validates or tests on (``which``: "train",
+    "valid" or "test"), read with the config's label keys and split exactly as
+    ``train_and_evaluate`` splits them. "valid" is [] when ``data.valid_fraction`` is 0 and "test"
+    is [] without ``data.test``."""
+    kind = output_kind(cfg)
+    if which == "test":
+        return _read(cfg, cfg.data.test, kind) if cfg.data.test else []
+    if which not in ("train", "valid"):
+        raise ValueError(f"which must be 'train', 'valid' or 'test', not {which!r}")
+    return _load_data(cfg, kind)[which == "valid"]
+
+
 def _make_model(cfg, frames, kind, valid_frames=()) -> Model:
     m = cfg.model
     if m.init_from:  # hyperparameters may only grow the pretrained model (function-preserving)
