@@ -33,10 +33,6 @@ HISTORY = {  # footnotes: config changes made while a run was under way (it resu
     "mo_scratch_equivariant": "epochs 1-25 ran with a 200-epoch cosine horizon (a 22-minute probe against mo_scratch); "
                               "resumed at epoch 25 with the horizon shortened to 100 epochs to fit the CPU budget "
                               "(the learning rate drops by ~0.9x there)",
-    "mo_l7_s001_full": "unfinished (session 14): stopped by the wall-time cap at epoch 84 of its 140-epoch cosine; "
-                       "resumable with the same command; its test numbers are of the unfinished model",
-    "si_l7_s001_full": "unfinished (session 14): stopped by the wall-time cap at epoch 65 of its 100-epoch cosine; "
-                       "resumable with the same command; its test numbers are of the unfinished model",
 }
 
 
@@ -117,7 +113,7 @@ def write_table():
     lines += ["", "Test MAE by mlearn group (energy meV/atom / forces eV/A; structures per group in brackets):", "",
               "| run | " + " | ".join(GROUPS) + " |", "|---|" + "---|" * len(GROUPS)]
     for run in sorted((HERE / "runs").glob("*")):
-        table = groups_table(run)
+        table = groups_table(run) if (run / "results.json").is_file() else None  # not while a run is under way
         if table:
             lines.append(f"| {_label(run.name)} | " + " | ".join(
                 f"{table[g]['e_mae']:.2f} / {table[g]['f_mae']:.3f} ({table[g]['n']})" if g in table else "-"
