@@ -10,8 +10,9 @@ split (``data.valid_fraction: 0``) has no held-out frames and is scored on the t
 (its validation column reads "-"). All members must share the test file. Energies (per atom),
 forces and stress are averaged over the members; the spread is reported too (mean over
 frames/components of the members' standard deviation). The frames are the trainer's own
-(``jaxmat.train.config_frames``). Writes ensembles.md and prints it. Predictions per member are cached beside its
-best_model (predictions_{valid,test}.npz, git-ignored), refreshed when the best model is newer.
+(``jaxmat.train.config_frames``). Writes ensembles.md and prints it. Predictions per member are
+cached beside its best_model (predictions_{valid,test}.npz, git-ignored), refreshed when the best
+model is newer.
 """
 
 from __future__ import annotations
