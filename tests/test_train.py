@@ -136,6 +136,21 @@ def test_training_without_validation_uses_every_frame_and_keeps_the_last_model(t
                            log=lambda *_: None)
 
 
+def test_resuming_an_early_stopped_run_trains_nothing(tmp_path, labelled_file):
+    """With a zero learning rate the validation loss never improves after epoch 1, so patience 1 stops
+    the run after epoch 2 of 10; --resume must not train an eleventh-hour extra epoch."""
+    cfg = config_from_dict(_config(labelled_file, optim={"epochs": 10, "learning_rate": 0.0, "ema_decay": 0.0,
+                                                         "early_stopping_patience": 1}))
+    msgs = []
+    train_and_evaluate(cfg, tmp_path, log=msgs.append)
+    assert "early stopping after 2 epochs" in msgs
+    csv_before, step = (tmp_path / "metrics.csv").read_text(), int(_params(tmp_path)["step"])
+    msgs.clear()
+    train_and_evaluate(cfg, tmp_path, resume=True, log=msgs.append)
+    assert any("nothing left to train" in m for m in msgs), msgs
+    assert (tmp_path / "metrics.csv").read_text() == csv_before and int(_params(tmp_path)["step"]) == step
+
+
 def test_config_frames_are_the_trainers_split(labelled_file):
     """train and valid partition the file as the trainer splits it (seeded); test is the test file."""
     cfg = config_from_dict(_config(labelled_file, data={"valid_fraction": 0.25, "test": str(labelled_file)}))

@@ -189,9 +189,15 @@ def _train(cfg, workdir, resume, dtype, log):
     valid_batches = epoch_batches(valid_frames, g_valid, budget, 0, 0, False, dtype) if valid_frames else []
     if not valid_batches:
         log("no validation frames (data.valid_fraction 0): the last epoch's model is kept; no plateau, no early stopping")
+    def early_stopped():  # read from the state, so a resumed run that had stopped early stays stopped
+        patience = cfg.optim.early_stopping_patience
+        return bool(patience) and int(state["bad_epochs"]) >= patience
+
+    if resume and early_stopped():
+        log(f"early stopping had ended this run after epoch {int(state['epoch'])}; nothing left to train")
     t_start = time.perf_counter()
     stop = False
-    while int(state["epoch"]) < cfg.optim.epochs and not stop:
+    while int(state["epoch"]) < cfg.optim.epochs and not stop and not early_stopped():
         epoch = int(state["epoch"])
         batches = epoch_batches(train_frames, g_train, budget, cfg.run.seed, epoch, True, dtype)
         bar = _progress(cfg, len(batches), epoch)
@@ -249,9 +255,8 @@ def _train(cfg, workdir, resume, dtype, log):
             _save_best(workdir, model, ema_params(state), {"epoch": epoch + 1, **vm})
         state.update(epoch=epoch + 1, batch_in_epoch=0, epoch_sums=_zero_sums())
         save_checkpoint(workdir, state)
-        if cfg.optim.early_stopping_patience and int(state["bad_epochs"]) >= cfg.optim.early_stopping_patience:
+        if early_stopped():
             log(f"early stopping after {epoch + 1} epochs")
-            break
     return _finish(cfg, workdir, dtype, valid_frames, log)
 
 
