@@ -33,6 +33,9 @@ HISTORY = {  # footnotes: config changes made while a run was under way (it resu
     "mo_scratch_equivariant": "epochs 1-25 ran with a 200-epoch cosine horizon (a 22-minute probe against mo_scratch); "
                               "resumed at epoch 25 with the horizon shortened to 100 epochs to fit the CPU budget "
                               "(the learning rate drops by ~0.9x there)",
+    "mo_l7_s001_restart": "early stopping ended it after epoch 53 (best validation at epoch 13, the model evaluated); "
+                          "a resume call made before commit a5f759c trained one more epoch (54, 61 s, no validation "
+                          "improvement), which the 54 epochs and 33.1 min include",
 }
 
 
