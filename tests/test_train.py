@@ -138,7 +138,7 @@ def test_training_without_validation_uses_every_frame_and_keeps_the_last_model(t
 
 def test_resuming_an_early_stopped_run_trains_nothing(tmp_path, labelled_file):
     """With a zero learning rate the validation loss never improves after epoch 1, so patience 1 stops
-    the run after epoch 2 of 10; --resume must not train an eleventh-hour extra epoch."""
+    the run after epoch 2 of 10; --resume must not train an extra epoch."""
     cfg = config_from_dict(_config(labelled_file, optim={"epochs": 10, "learning_rate": 0.0, "ema_decay": 0.0,
                                                          "early_stopping_patience": 1}))
     msgs = []

@@ -189,6 +189,7 @@ def _train(cfg, workdir, resume, dtype, log):
     valid_batches = epoch_batches(valid_frames, g_valid, budget, 0, 0, False, dtype) if valid_frames else []
     if not valid_batches:
         log("no validation frames (data.valid_fraction 0): the last epoch's model is kept; no plateau, no early stopping")
+
     def early_stopped():  # read from the state, so a resumed run that had stopped early stays stopped
         patience = cfg.optim.early_stopping_patience
         return bool(patience) and int(state["bad_epochs"]) >= patience
