@@ -322,6 +322,32 @@ def test_freeze_keeps_parameters_fixed(tmp_path, labelled_file, model):
     assert best.name == tmp_path.name and best.metadata["init_from"] == "M3GNet-MP-2021.2.8-PES"
 
 
+def test_weight_decay_spares_the_reference_energies():
+    """With zero gradients (no clipping: its norm would divide 0 by 0) AdamW only decays; the
+    energy_scale group (eV references) is excluded."""
+    from jaxmat.train._config import OptimConfig
+    from jaxmat.train._optim import make_optimizer
+
+    params = {"energy_scale": {"element_refs": np.full(3, -10.0, np.float32), "scale": np.float32(2.0)},
+              "readout": {"kernel": np.ones((2, 2), np.float32)}}
+    tx = make_optimizer(OptimConfig(learning_rate=0.1, weight_decay=0.5, warmup_epochs=0, epochs=10, clip_norm=0), 1)
+    state, p = tx.init(params), params
+    zeros = jax.tree_util.tree_map(np.zeros_like, params)
+    for _ in range(3):
+        updates, state = tx.update(zeros, state, p)
+        p = jax.tree_util.tree_map(lambda a, u: a + u, p, updates)
+    np.testing.assert_array_equal(np.asarray(p["energy_scale"]["element_refs"]), params["energy_scale"]["element_refs"])
+    assert float(p["energy_scale"]["scale"]) == 2.0
+    assert float(np.asarray(p["readout"]["kernel"]).max()) < 0.95  # the network weights did decay
+    # an empty exclusion list decays everything, as plain optax.adamw
+    tx = make_optimizer(OptimConfig(learning_rate=0.1, weight_decay=0.5, warmup_epochs=0, epochs=10, clip_norm=0,
+                                    weight_decay_exclude=[]), 1)
+    state = tx.init(params)
+    updates, state = tx.update(zeros, state, params)
+    updates, state = tx.update(zeros, state, params)
+    assert float(np.asarray(updates["energy_scale"]["element_refs"]).min()) > 0
+
+
 def test_reads_other_ase_formats(tmp_path, labelled_file):
     frames = ase.io.read(labelled_file, ":4")
     ase.io.write(tmp_path / "set.db", frames)

@@ -1,4 +1,4 @@
-"""Optax optimizer from the config: clipping, Adam/AdamW, warm-up + cosine decay, frozen parts.
+"""Optax optimizer from the config: clipping, Adam/AdamW (decay masked), warm-up + cosine decay, frozen parts.
 
 Reduce-on-plateau and early stopping act per epoch on the validation loss in the trainer; the
 plateau factor multiplies the updates (as ``optax.contrib.reduce_on_plateau`` does) and is part
@@ -25,13 +25,19 @@ def freeze_labels(params, prefixes):
         lambda kp, _: "frozen" if any(param_path(kp).startswith(p) for p in prefixes) else "train", params)
 
 
+def decay_mask(prefixes):
+    """Callable params -> bool tree: True (decay) for each leaf whose path starts with no prefix."""
+    return lambda params: jax.tree_util.tree_map(lambda lab: lab == "train", freeze_labels(params, prefixes))
+
+
 def make_optimizer(cfg, steps_per_epoch: int) -> optax.GradientTransformation:
     total = max(1, cfg.epochs * steps_per_epoch)
     warm = max(1, int(cfg.warmup_epochs * steps_per_epoch))
     schedule = optax.warmup_cosine_decay_schedule(
         0.0, cfg.learning_rate, warm, max(total, warm + 1), end_value=cfg.learning_rate * cfg.final_lr_factor
     )
-    adam = (optax.adamw(schedule, weight_decay=cfg.weight_decay) if cfg.optimizer == "adamw"
+    adam = (optax.adamw(schedule, weight_decay=cfg.weight_decay, mask=decay_mask(cfg.weight_decay_exclude))
+            if cfg.optimizer == "adamw"
             else optax.adam(schedule))
     tx = optax.chain(optax.clip_by_global_norm(cfg.clip_norm), adam) if cfg.clip_norm > 0 else adam
     return tx
