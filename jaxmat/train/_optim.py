@@ -25,9 +25,19 @@ def freeze_labels(params, prefixes):
         lambda kp, _: "frozen" if any(param_path(kp).startswith(p) for p in prefixes) else "train", params)
 
 
-def decay_mask(prefixes):
-    """Callable params -> bool tree: True (decay) for each leaf whose path starts with no prefix."""
-    return lambda params: jax.tree_util.tree_map(lambda lab: lab == "train", freeze_labels(params, prefixes))
+def masked_weight_decay(weight_decay: float, prefixes) -> optax.GradientTransformation:
+    """``optax.add_decayed_weights`` for the leaves whose path starts with no prefix.
+
+    Stateless (``EmptyState``), unlike ``optax.masked``, so checkpoints keep the layout that plain
+    ``optax.adamw`` gave them and runs started before the mask still resume.
+    """
+
+    def update(updates, state, params):
+        labels = freeze_labels(params, prefixes)
+        return jax.tree_util.tree_map(lambda u, p, lab: u if lab == "frozen" else u + weight_decay * p,
+                                      updates, params, labels), state
+
+    return optax.GradientTransformation(lambda _: optax.EmptyState(), update)
 
 
 def make_optimizer(cfg, steps_per_epoch: int) -> optax.GradientTransformation:
@@ -36,9 +46,11 @@ def make_optimizer(cfg, steps_per_epoch: int) -> optax.GradientTransformation:
     schedule = optax.warmup_cosine_decay_schedule(
         0.0, cfg.learning_rate, warm, max(total, warm + 1), end_value=cfg.learning_rate * cfg.final_lr_factor
     )
-    adam = (optax.adamw(schedule, weight_decay=cfg.weight_decay, mask=decay_mask(cfg.weight_decay_exclude))
-            if cfg.optimizer == "adamw"
-            else optax.adam(schedule))
+    if cfg.optimizer == "adamw":  # optax.adamw's chain with the decay masked
+        adam = optax.chain(optax.scale_by_adam(), masked_weight_decay(cfg.weight_decay, cfg.weight_decay_exclude),
+                           optax.scale_by_learning_rate(schedule))
+    else:
+        adam = optax.adam(schedule)
     tx = optax.chain(optax.clip_by_global_norm(cfg.clip_norm), adam) if cfg.clip_norm > 0 else adam
     return tx
 
