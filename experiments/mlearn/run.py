@@ -36,9 +36,12 @@ HISTORY = {  # footnotes: config changes made while a run was under way (it resu
     "mo_l7_s001_restart": "early stopping ended it after epoch 53 (best validation at epoch 13, the model evaluated); "
                           "a resume call made before commit a5f759c trained one more epoch (54, 61 s, no validation "
                           "improvement), which the 54 epochs and 33.1 min include",
-    "si_l7_s001_full_restart2": "the wall cap stopped it after epoch 54 of its 55 (the missing epoch's learning rate "
-                                "is ~1.05e-5, the cosine's floor 1e-5); evaluated, and its energy stage started, "
-                                "from epoch 54's model",
+    "si_l7_s001_full_restart2": "the wall cap stopped it after epoch 54 of its 55 (the missing epoch's learning "
+                                "rate falls from 1.09e-5 to the cosine's floor, 1.0e-5); evaluated, and its energy "
+                                "stage started, from epoch 54's model",
+    "si_l7_s001_full_restart2_stage2": "the wall cap stopped it after epoch 27 of its 28 (the missing epoch's "
+                                       "learning rate falls from 4.0e-6 to the cosine's floor, 3.0e-6); evaluated "
+                                       "from epoch 27's model",
 }
 
 

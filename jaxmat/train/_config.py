@@ -51,7 +51,7 @@ class OptimConfig:
     optimizer: str = "adamw"  #: "adam" or "adamw"
     learning_rate: float = 2e-3  #: peak learning rate
     weight_decay: float = 1e-5  #: AdamW decoupled weight decay
-    weight_decay_exclude: list = dataclasses.field(default_factory=lambda: ["energy_scale"])  #: parameter-path prefixes AdamW does not decay (default: the reference energies and scale, physical numbers in eV)
+    weight_decay_exclude: list = dataclasses.field(default_factory=lambda: ["energy_scale"])  #: parameter-path prefixes AdamW does not decay (the eV references and scale)
     epochs: int = 200  #: maximum number of epochs
     warmup_epochs: float = 2.0  #: linear warm-up length
     final_lr_factor: float = 0.01  #: cosine decay ends at learning_rate * final_lr_factor
