@@ -13,6 +13,7 @@ import ase.units
 import flax.serialization
 import jax
 import numpy as np
+import optax
 import pytest
 from ase.build import bulk, molecule
 from ase.calculators.singlepoint import SinglePointCalculator
@@ -347,9 +348,8 @@ def test_weight_decay_spares_the_reference_energies():
     updates, state = tx.update(zeros, state, params)
     assert float(np.asarray(updates["energy_scale"]["element_refs"]).min()) > 0
     # the optimizer state has plain optax.adamw's layout: checkpoints from before the mask resume
-    import optax
-
-    plain = optax.chain(optax.clip_by_global_norm(10.0), optax.adamw(optax.constant_schedule(1e-3), weight_decay=1e-5)).init(params)
+    plain = optax.chain(optax.clip_by_global_norm(10.0),
+                        optax.adamw(optax.constant_schedule(1e-3), weight_decay=1e-5)).init(params)
     ours = make_optimizer(OptimConfig(), 10).init(params)
     assert flax.serialization.to_state_dict(plain).keys() == flax.serialization.to_state_dict(ours).keys()
     flax.serialization.from_state_dict(ours, flax.serialization.to_state_dict(plain))
