@@ -88,6 +88,19 @@ def test_mlearn_ensemble_driver(tmp_path):
     assert float(rows["ab"][3]) <= sum(members) / 2 + 1e-4
     assert rows["ab"][1] != "-" and rows["ad"][1] == "-" and rows["ad"][2:6] == rows["ab"][2:6]
 
+    # --only rescores the named ensembles and keeps the other rows (their members may be gone)
+    md = tmp_path / "ensembles.md"
+    md.write_text(md.read_text().replace("| aa |", "| aa | kept |", 1))
+    for f in (tmp_path / "runs" / "d" / "best_model").iterdir():
+        f.unlink()
+    out = subprocess.run([sys.executable, str(ROOT / "experiments" / "mlearn" / "ensemble.py"), "--root", str(tmp_path),
+                          "--only", "ab"], capture_output=True, text=True, timeout=600)
+    assert out.returncode == 0, out.stderr[-3000:]
+    again = {r.split("|")[1].strip(): r for r in md.read_text().splitlines() if r.startswith("| a")}
+    assert again["aa"].startswith("| aa | kept |")
+    assert [c.strip() for c in again["ab"].split("|")[2:-1]] == rows["ab"]
+    assert [c.strip() for c in again["ad"].split("|")[2:-1]] == rows["ad"]
+
     sys.path.insert(0, str(ROOT / "experiments" / "mlearn"))
     from ensemble import ensemble_metrics
 

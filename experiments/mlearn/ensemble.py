@@ -1,6 +1,6 @@
 """Deep ensembles of trained mlearn runs: the mean of the members' predictions, on validation and test.
 
-    python experiments/mlearn/ensemble.py [--root DIR]
+    python experiments/mlearn/ensemble.py [--root DIR] [--only NAME ...]
 
 The ensembles and their members are declared in ensembles.json (written before the members' test
 numbers were all known; a member is a run under runs/ with a best_model). On validation every
@@ -12,7 +12,8 @@ forces and stress are averaged over the members; the spread is reported too (mea
 frames/components of the members' standard deviation). The frames are the trainer's own
 (``jaxmat.train.config_frames``). Writes ensembles.md and prints it. Predictions per member are
 cached beside its best_model (predictions_{valid,test}.npz, git-ignored), refreshed when the best
-model is newer.
+model is newer. Best models are git-ignored, so a fresh checkout cannot rescore old ensembles:
+``--only`` scores the named ones and keeps the other rows of ensembles.md as they were.
 """
 
 from __future__ import annotations
@@ -87,22 +88,46 @@ def ensemble_metrics(root: Path, members: list[str], which: str) -> dict:
     return out
 
 
+def _row(root: Path, name: str, members: list[str]) -> str:
+    te = ensemble_metrics(root, members, "test")
+    va = ensemble_metrics(root, members, "valid") if has_validation(root, members) else None
+    valid = f"{va['e_mae']:.2f} / {va['f_mae']:.4f}" if va else "-"
+    return (f"| {name} | {', '.join(members)} | {valid} | {te['e_mae']:.2f} | "
+            f"{te['f_mae']:.4f} | {te['s_mae']:.3f} | {te['f_spread']:.4f} | "
+            + ", ".join(f"{x:.4f}" for x in te["members_f_mae"]) + " |")
+
+
+def _old_rows(path: Path) -> dict[str, str]:
+    """The rows of an existing ensembles.md, by ensemble name."""
+    if not path.is_file():
+        return {}
+    rows = [r for r in path.read_text().splitlines() if r.startswith("| ") and not r.startswith("| ensemble")]
+    return {r.split("|")[1].strip(): r for r in rows}
+
+
 def main(argv=None):
     p = argparse.ArgumentParser(description=__doc__)
     p.add_argument("--root", type=Path, default=HERE, help="folder with ensembles.json, configs/ and runs/")
-    root = p.parse_args(argv).root
+    p.add_argument("--only", nargs="+", default=None,
+                   help="score only these ensembles; keep the other rows of ensembles.md")
+    args = p.parse_args(argv)
+    root = args.root
     spec = json.loads((root / "ensembles.json").read_text())
+    unknown = set(args.only or ()) - set(spec["ensembles"])
+    if unknown:
+        raise SystemExit(f"not declared in ensembles.json: {sorted(unknown)}")
+    old = _old_rows(root / "ensembles.md")
     lines = ["| ensemble | members | valid E / F MAE | test E MAE (meV/atom) | test F MAE (eV/A) | "
              "test stress MAE (GPa) | test F spread (eV/A) | members' test F MAE |",
              "|---|---|---|---|---|---|---|---|"]
     for name, members in spec["ensembles"].items():
-        te = ensemble_metrics(root, members, "test")
-        va = ensemble_metrics(root, members, "valid") if has_validation(root, members) else None
-        valid = f"{va['e_mae']:.2f} / {va['f_mae']:.4f}" if va else "-"
-        lines.append(f"| {name} | {', '.join(members)} | {valid} | {te['e_mae']:.2f} | "
-                     f"{te['f_mae']:.4f} | {te['s_mae']:.3f} | {te['f_spread']:.4f} | "
-                     + ", ".join(f"{x:.4f}" for x in te["members_f_mae"]) + " |")
-        print(lines[-1], flush=True)
+        if args.only is None or name in args.only:
+            lines.append(_row(root, name, members))
+            print(lines[-1], flush=True)
+        elif name in old:
+            lines.append(old[name])
+        else:
+            raise SystemExit(f"{name}: no row in ensembles.md to keep; score it with --only {name}")
     lines += ["", spec["note"]]
     (root / "ensembles.md").write_text("\n".join(lines) + "\n")
     print("\n".join(lines))
