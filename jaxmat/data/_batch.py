@@ -14,7 +14,8 @@ class Labels(NamedTuple):
     """Padded targets; masks are False for padding and for missing labels.
 
     energy (G,) eV, n_atoms (G,), energy_mask (G,); forces (N, 3) eV/A, forces_mask (N,);
-    stress (G, 3, 3) eV/A^3, stress_mask (G,).
+    stress (G, 3, 3) eV/A^3, stress_mask (G,); weight (G,): each structure's loss weight
+    (``Frame.weight``), atom_weight (N,): the same per atom (for the force term).
     """
 
     energy: np.ndarray
@@ -24,6 +25,8 @@ class Labels(NamedTuple):
     forces_mask: np.ndarray
     stress: np.ndarray
     stress_mask: np.ndarray
+    weight: np.ndarray
+    atom_weight: np.ndarray
 
 
 class Batch(NamedTuple):
@@ -74,11 +77,13 @@ def make_batch(indices, frames, graphs, budget: PadSizes, dtype="float32") -> Ba
     energy, n_atoms, emask = np.zeros(G), np.ones(G), np.zeros(G, bool)
     forces, fmask = np.zeros((N, 3)), np.zeros(N, bool)
     stress, smask = np.zeros((G, 3, 3)), np.zeros(G, bool)
+    weight, atom_weight = np.zeros(G), np.zeros(N)
     start = 0
     for k, i in enumerate(indices):
         f = frames[i]
         n = len(f.atoms)
         n_atoms[k] = n
+        weight[k], atom_weight[start : start + n] = f.weight, f.weight
         if f.energy is not None:
             energy[k], emask[k] = f.energy, True
         if f.forces is not None:
@@ -86,7 +91,8 @@ def make_batch(indices, frames, graphs, budget: PadSizes, dtype="float32") -> Ba
         if f.stress is not None:
             stress[k], smask[k] = f.stress, True
         start += n
-    labels = Labels(*(np.asarray(a, dtype) if a.dtype.kind == "f" else a for a in (energy, n_atoms, emask, forces, fmask, stress, smask)))
+    arrays = (energy, n_atoms, emask, forces, fmask, stress, smask, weight, atom_weight)
+    labels = Labels(*(np.asarray(a, dtype) if a.dtype.kind == "f" else a for a in arrays))
     return Batch(g, labels)
 
 

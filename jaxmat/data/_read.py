@@ -22,13 +22,15 @@ class DatasetError(ValueError):
 
 
 class Frame(NamedTuple):
-    """One labelled structure. ``stress`` is (3, 3) eV/A^3 or None (unlabelled)."""
+    """One labelled structure. ``stress`` is (3, 3) eV/A^3 or None (unlabelled); ``weight``
+    multiplies the frame's energy, force and stress loss terms (1: the default)."""
 
     atoms: object
     energy: float | None
     forces: np.ndarray | None
     stress: np.ndarray | None
     source: str  # "file:frame" for error messages
+    weight: float = 1.0
 
 
 def _get(atoms, key, default_names):

@@ -22,6 +22,7 @@ class DataConfig:
     stress_factor: float = 1.0  #: multiplies stress read from ``stress_key`` (units/sign -> eV/A^3, ASE sign)
     require_stress: bool = False  #: fail on periodic frames without stress (else masked)
     graphs_per_batch: int = 4  #: structures per batch (the padding budget holds any such group)
+    group_key: str = "config_type"  #: info key naming a frame's group, for loss.group_weights (mlearn: "group")
 
 
 @dataclasses.dataclass
@@ -44,6 +45,7 @@ class LossConfig:
     stress_weight: float = 0.01  #: weight of the stress term (GPa, per component)
     kind: str = "huber"  #: "mse" or "huber"
     huber_delta: float = 0.01  #: Huber transition (in each term's unit)
+    group_weights: dict = dataclasses.field(default_factory=dict)  #: {group: weight} multiplying the energy, force and stress terms of the frames whose info[data.group_key] is that group (MACE's config_type_weights); others 1
 
 
 @dataclasses.dataclass
@@ -124,6 +126,9 @@ def _check(cfg: TrainConfig) -> None:
         raise ValueError(f"config: run.dtype must be 'float32' or 'float64', got {cfg.run.dtype!r}")
     if not 0 <= cfg.data.valid_fraction < 1:
         raise ValueError("config: data.valid_fraction must be in [0, 1)")
+    weights = cfg.loss.group_weights
+    if not isinstance(weights, dict) or not all(isinstance(v, (int, float)) and 0 <= v < float("inf") for v in weights.values()):
+        raise ValueError(f"config: loss.group_weights must map group names to weights >= 0, got {weights!r}")
     if cfg.data.graphs_per_batch < 1 or cfg.optim.epochs < 1:
         raise ValueError("config: data.graphs_per_batch and optim.epochs must be >= 1")
 

@@ -23,7 +23,8 @@ def loss_and_metrics(params, batch, apply_fn, cfg, kind: str = "atoms"):
 
     Potentials (``kind="atoms"``): energy per atom [eV/atom], force components [eV/A], stress
     components [GPa]; each a mean over the labelled entries of the batch (masks remove padding
-    and missing labels). Structure -> property models (``kind="graph"``): the per-structure
+    and missing labels), every entry multiplied by its structure's loss weight (``labels.weight``,
+    ``loss.group_weights``). The error sums are unweighted. Structure -> property models (``kind="graph"``): the per-structure
     target (the "energy" label slot, in its own unit), weighted by ``energy_weight``.
     """
     lab = batch.labels
@@ -31,7 +32,7 @@ def loss_and_metrics(params, batch, apply_fn, cfg, kind: str = "atoms"):
         err = apply_fn(params, batch.graph) - lab.energy
         em = lab.energy_mask
         n_e = jnp.sum(em)
-        loss = cfg.energy_weight * jnp.sum(_per_component(err, cfg.kind, cfg.huber_delta) * em) / jnp.maximum(n_e, 1)
+        loss = cfg.energy_weight * jnp.sum(_per_component(err, cfg.kind, cfg.huber_delta) * em * lab.weight) / jnp.maximum(n_e, 1)
         zero = jnp.zeros(())
         return loss, {"n_e": n_e, "e_abs": jnp.sum(jnp.abs(err) * em), "e_sq": jnp.sum(err**2 * em),
                       "n_f": zero, "f_abs": zero, "f_sq": zero, "n_s": zero, "s_abs": zero, "s_sq": zero,
@@ -43,8 +44,9 @@ def loss_and_metrics(params, batch, apply_fn, cfg, kind: str = "atoms"):
     em, fm, sm = lab.energy_mask, lab.forces_mask[:, None], lab.stress_mask[:, None, None]
     n_e, n_f, n_s = jnp.sum(em), 3 * jnp.sum(lab.forces_mask), 9 * jnp.sum(lab.stress_mask)
     per = lambda x: _per_component(x, cfg.kind, cfg.huber_delta)  # noqa: E731
-    e_loss = jnp.sum(per(e_err) * em) / jnp.maximum(n_e, 1)
-    f_loss = jnp.sum(per(f_err) * fm) / jnp.maximum(n_f, 1)
+    w, wa, ws = lab.weight, lab.atom_weight[:, None], lab.weight[:, None, None]
+    e_loss = jnp.sum(per(e_err) * em * w) / jnp.maximum(n_e, 1)
+    f_loss = jnp.sum(per(f_err) * fm * wa) / jnp.maximum(n_f, 1)
     loss = cfg.energy_weight * e_loss + cfg.forces_weight * f_loss
     metrics = {
         "n_e": n_e, "e_abs": jnp.sum(jnp.abs(e_err) * em), "e_sq": jnp.sum(e_err**2 * em),
@@ -52,7 +54,7 @@ def loss_and_metrics(params, batch, apply_fn, cfg, kind: str = "atoms"):
     }
     if want_stress:
         s_err = (out["stress"] - lab.stress) * EV_A3_TO_GPA
-        s_loss = jnp.sum(per(s_err) * sm) / jnp.maximum(n_s, 1)
+        s_loss = jnp.sum(per(s_err) * sm * ws) / jnp.maximum(n_s, 1)
         loss = loss + cfg.stress_weight * s_loss
         metrics.update(n_s=n_s, s_abs=jnp.sum(jnp.abs(s_err) * sm), s_sq=jnp.sum(s_err**2 * sm))
     else:

@@ -55,10 +55,25 @@ def _read(cfg, path, kind):
                        stress_factor=d.stress_factor, require=require)
 
 
+def _group_weighted(cfg, frames, check: bool = True):
+    """``frames`` with ``Frame.weight`` from ``loss.group_weights``. ``check``: a listed group no
+    frame belongs to is an error (a misspelt group would otherwise weight nothing)."""
+    weights, key = cfg.loss.group_weights, cfg.data.group_key
+    if not weights:
+        return frames
+    groups = [str(f.atoms.info[key]) if key in f.atoms.info else None for f in frames]
+    present = {g for g in groups if g is not None}
+    missing = sorted(set(weights) - present)
+    if check and missing:
+        raise ValueError(f"loss.group_weights names group(s) {missing} that no frame of {cfg.data.train} has in "
+                         f"info[{key!r}] (data.group_key); groups present: {sorted(present)}")
+    return [f._replace(weight=float(weights.get(g, 1.0))) for f, g in zip(frames, groups)]
+
+
 def _load_data(cfg, kind):
-    frames = _read(cfg, cfg.data.train, kind)
+    frames = _group_weighted(cfg, _read(cfg, cfg.data.train, kind))
     if cfg.data.valid:
-        return frames, _read(cfg, cfg.data.valid, kind)
+        return frames, _group_weighted(cfg, _read(cfg, cfg.data.valid, kind), check=False)
     if cfg.data.valid_fraction == 0:  # explicit: train on every frame, keep the last epoch's model
         return frames, []
     tr, va = split(len(frames), cfg.data.valid_fraction, cfg.run.seed)
