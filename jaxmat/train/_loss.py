@@ -24,15 +24,17 @@ def loss_and_metrics(params, batch, apply_fn, cfg, kind: str = "atoms"):
     Potentials (``kind="atoms"``): energy per atom [eV/atom], force components [eV/A], stress
     components [GPa]; each a mean over the labelled entries of the batch (masks remove padding
     and missing labels), every entry multiplied by its structure's loss weight (``labels.weight``,
-    ``loss.group_weights``). The error sums are unweighted. Structure -> property models (``kind="graph"``): the per-structure
-    target (the "energy" label slot, in its own unit), weighted by ``energy_weight``.
+    ``loss.group_weights``); the error sums are unweighted. Structure -> property models
+    (``kind="graph"``): the per-structure target (the "energy" label slot, in its own unit),
+    weighted by ``energy_weight`` and the structure's loss weight.
     """
     lab = batch.labels
     if kind == "graph":
         err = apply_fn(params, batch.graph) - lab.energy
         em = lab.energy_mask
         n_e = jnp.sum(em)
-        loss = cfg.energy_weight * jnp.sum(_per_component(err, cfg.kind, cfg.huber_delta) * em * lab.weight) / jnp.maximum(n_e, 1)
+        per_graph = _per_component(err, cfg.kind, cfg.huber_delta) * em * lab.weight
+        loss = cfg.energy_weight * jnp.sum(per_graph) / jnp.maximum(n_e, 1)
         zero = jnp.zeros(())
         return loss, {"n_e": n_e, "e_abs": jnp.sum(jnp.abs(err) * em), "e_sq": jnp.sum(err**2 * em),
                       "n_f": zero, "f_abs": zero, "f_sq": zero, "n_s": zero, "s_abs": zero, "s_sq": zero,
