@@ -12,6 +12,21 @@ import pytest
 FIXTURES = Path(__file__).parent / "fixtures"
 SHARED = Path(__file__).resolve().parents[1].parent / "shared"
 
+# A one-block M3GNet small enough for training tests to run in seconds on a CPU.
+TINY = {"units": 16, "dim_node": 16, "dim_edge": 16, "nblocks": 1, "readout_features": [16, 16, 1]}
+
+
+def tiny_train_config(path, base, **over):
+    """A training config dict for the TINY model on the extxyz file `path`.
+
+    `base` maps sections ("data", "optim", "run", ...) to the test file's defaults; each keyword in
+    `over` is a section whose entries replace or extend those defaults."""
+    d = {"model": {"hyperparameters": TINY}, **{k: dict(v) for k, v in base.items()}}
+    d["data"] = {"train": str(path), **d.get("data", {})}
+    for section, values in over.items():
+        d[section] = {**d.get(section, {}), **values}
+    return d
+
 
 @pytest.fixture(autouse=True)
 def debug_nans():

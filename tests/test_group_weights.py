@@ -10,11 +10,10 @@ import pytest
 from ase.build import bulk
 from ase.calculators.singlepoint import SinglePointCalculator
 
+from conftest import tiny_train_config
 from jaxmat.data import batch_budget, build_graphs, epoch_batches, read_frames
 from jaxmat.train import config_frames, config_from_dict, loss_and_metrics, train_and_evaluate
 from jaxmat.train._config import LossConfig
-
-TINY = {"units": 16, "dim_node": 16, "dim_edge": 16, "nblocks": 1, "readout_features": [16, 16, 1]}
 
 
 @pytest.fixture(scope="module")
@@ -34,14 +33,13 @@ def grouped_file(tmp_path_factory):
     return path
 
 
-def _config(path, **over):
-    d = {"data": {"train": str(path), "valid_fraction": 0, "graphs_per_batch": 3},
-         "model": {"hyperparameters": TINY},
+_BASE = {"data": {"valid_fraction": 0, "graphs_per_batch": 3},
          "optim": {"epochs": 1, "learning_rate": 1e-3, "warmup_epochs": 0.5, "weight_decay": 0.0},
          "run": {"progress": False}}
-    for section, values in over.items():
-        d[section] = {**d.get(section, {}), **values}
-    return d
+
+
+def _config(path, **over):
+    return tiny_train_config(path, _BASE, **over)
 
 
 def test_loss_is_linear_in_the_frame_weights(model, grouped_file):

@@ -18,13 +18,11 @@ import pytest
 from ase.build import bulk, molecule
 from ase.calculators.singlepoint import SinglePointCalculator
 
-from conftest import SHARED
+from conftest import SHARED, tiny_train_config
 from jaxmat.data import DatasetError, batch_budget, build_graphs, epoch_batches, read_frames
 from jaxmat.train import (config_frames, config_from_dict, fit_element_refs, load_config, loss_and_metrics,
                           train_and_evaluate)
 from jaxmat.train._config import LossConfig
-
-TINY = {"units": 16, "dim_node": 16, "dim_edge": 16, "nblocks": 1, "readout_features": [16, 16, 1]}
 
 
 @pytest.fixture(scope="module")
@@ -47,13 +45,13 @@ def labelled_file(tmp_path_factory, model):
     return path
 
 
-def _config(path, **over):
-    d = {"data": {"train": str(path), "valid_fraction": 0.25, "graphs_per_batch": 2},
-         "model": {"hyperparameters": TINY}, "optim": {"epochs": 2, "learning_rate": 5e-3, "warmup_epochs": 0.5},
+_BASE = {"data": {"valid_fraction": 0.25, "graphs_per_batch": 2},
+         "optim": {"epochs": 2, "learning_rate": 5e-3, "warmup_epochs": 0.5},
          "run": {"progress": False, "checkpoint_every_steps": 2}}
-    for section, values in over.items():
-        d[section] = {**d.get(section, {}), **values}
-    return d
+
+
+def _config(path, **over):
+    return tiny_train_config(path, _BASE, **over)
 
 
 def test_loss_masks(model, labelled_file):
