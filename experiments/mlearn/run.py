@@ -42,6 +42,9 @@ HISTORY = {  # footnotes: config changes made while a run was under way (it resu
     "si_l7_s001_full_restart2_stage2": "the wall cap stopped it after epoch 27 of its 28 (the missing epoch's "
                                        "learning rate falls from 4.0e-6 to the cosine's floor, 3.0e-6); evaluated "
                                        "from epoch 27's model",
+    "si_l7_s001_full_tb45_restart7_lr3e4_e3": "the wall cap (27 minutes) stopped it after epoch 29 of its 30 (the "
+                                              "missing epoch is the last of the cosine, near its floor of "
+                                              "3.0e-6); evaluated from epoch 29's model",
 }
 
 
