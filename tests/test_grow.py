@@ -1,4 +1,4 @@
-"""Growing a trained M3GNet's angular basis (``max_l``) keeps what it computes; then it trains."""
+"""Growing a trained M3GNet (``max_l``, ``nblocks``) keeps what it computes; then it trains."""
 
 import jax
 import numpy as np
@@ -15,11 +15,17 @@ def _results(model, atoms):
     return a.get_potential_energy(), a.get_forces(), a.get_stress()
 
 
-def test_grown_model_computes_the_same(model, reference_frames):
-    grown = grow_model(model, max_l=7)
-    assert grown.hyperparameters["max_l"] == 7 and grown.metadata["grown_from"] == {"max_l": 3}
-    kernel = np.asarray(grown.params["edge_embedding"]["kernel"])
-    assert kernel.shape[0] == 21 and np.all(kernel[9:] == 0)  # new bond-basis rows start at zero
+@pytest.mark.parametrize("changes", [{"max_l": 7}, {"nblocks": 5}, {"max_l": 5, "nblocks": 4}])
+def test_grown_model_computes_the_same(model, reference_frames, changes):
+    grown = grow_model(model, **changes)
+    assert grown.metadata["grown_from"] == {k: 3 for k in changes}
+    assert all(grown.hyperparameters[k] == v for k, v in changes.items())
+    if "max_l" in changes:
+        kernel = np.asarray(grown.params["edge_embedding"]["kernel"])
+        assert kernel.shape[0] == 3 * changes["max_l"] and np.all(kernel[9:] == 0)  # new bond-basis rows start at zero
+    if "nblocks" in changes:  # a new block: random weights, but node-update weights zero
+        assert np.all(np.asarray(grown.params["conv_3_node_weight"]["kernel"]) == 0)
+        assert np.abs(np.asarray(grown.params["conv_3_node"]["layers_0_kernel"])).max() > 0
     mo = bulk("Mo", "bcc", 3.16, cubic=True).repeat((2, 1, 1))
     mo.rattle(0.1, seed=1)
     for atoms in [mo] + list(reference_frames.values())[:3]:
@@ -46,6 +52,24 @@ def test_grown_channels_receive_gradient(model):
     assert np.abs(np.asarray(grad["edge_embedding"]["kernel"])[9:]).max() > 0
 
 
+def test_new_blocks_receive_gradient_and_depend_on_the_seed(model):
+    """An appended block is not stuck at zero: its node-update weights have a gradient at once."""
+    from jaxmat.data import Frame, batch_budget, build_graphs, make_batch
+
+    grown = grow_model(model, nblocks=4, seed=3)
+    other = grow_model(model, nblocks=4, seed=4)
+    k = lambda m: np.asarray(m.params["conv_3_edge"]["layers_0_kernel"])  # noqa: E731
+    assert not np.array_equal(k(grown), k(other))
+    np.testing.assert_array_equal(k(grown), k(grow_model(model, nblocks=4, seed=3)))
+    atoms = bulk("Si", "diamond", 5.43, cubic=True)
+    atoms.rattle(0.05, seed=0)
+    frames = [Frame(atoms, None, None, None, "memory:0")]
+    graphs = build_graphs(frames, grown)
+    batch = make_batch([0], frames, graphs, batch_budget(graphs, 1), "float32")
+    grad = jax.grad(lambda p: grown.apply(p, batch.graph).sum())(grown.params)
+    assert np.abs(np.asarray(grad["conv_3_node_weight"]["kernel"])).max() > 0
+
+
 def test_only_growth_is_allowed(model):
     with pytest.raises(ValueError, match="can only grow"):
         grow_model(model, max_l=2)
@@ -53,6 +77,8 @@ def test_only_growth_is_allowed(model):
         grow_model(model, max_n=4)  # would reorder the l-major basis columns
     with pytest.raises(ValueError, match="cannot change"):
         grow_model(model, units=128)
+    with pytest.raises(ValueError, match="can only grow"):
+        grow_model(model, nblocks=2)
 
 
 def test_finetune_config_grows_the_pretrained_model(tmp_path):
@@ -60,11 +86,12 @@ def test_finetune_config_grows_the_pretrained_model(tmp_path):
     from jaxmat.train import config_from_dict
     from jaxmat.train._trainer import _make_model
 
-    for hyper, expect in (({"max_l": 7}, 7), ({}, 3)):
+    for hyper, expect in (({"max_l": 7}, (7, 3)), ({"nblocks": 4}, (3, 4)), ({}, (3, 3))):
         cfg = config_from_dict({"data": {"train": "x.extxyz"},
                                 "model": {"init_from": "M3GNet-MP-2021.2.8-PES", "hyperparameters": hyper}})
-        assert _make_model(cfg, [], "atoms").hyperparameters["max_l"] == expect
+        h = _make_model(cfg, [], "atoms").hyperparameters
+        assert (h["max_l"], h["nblocks"]) == expect
     cfg = config_from_dict({"data": {"train": "x.extxyz"},
-                            "model": {"init_from": "M3GNet-MP-2021.2.8-PES", "hyperparameters": {"nblocks": 4}}})
+                            "model": {"init_from": "M3GNet-MP-2021.2.8-PES", "hyperparameters": {"units": 128}}})
     with pytest.raises(ValueError, match="cannot change"):
         _make_model(cfg, [], "atoms")

@@ -111,19 +111,28 @@ class Model:
         return self.module.init(jax.random.PRNGKey(seed), graph)["params"]
 
 
-def expected_param_shapes(family: str, hyperparameters: dict):
-    """Parameter shapes of a family/hyperparameters pair, from an abstract init on a tiny graph."""
+def _tiny_graph(model: "Model"):
+    """A padded two-atom graph of the model's first element (for initialising parameters)."""
     from jaxmat.graph import atoms_to_graph, bucket_sizes, graph_sizes, pad_graph
     import ase
 
-    model = Model(family, hyperparameters, None)
     sym = model.element_types[0]
     g = atoms_to_graph(ase.Atoms(sym + "2", positions=[[0, 0, 0], [1.5, 0, 0]]),
                        model.cutoff, model.three_body_cutoff)
-    g = pad_graph(g, bucket_sizes(graph_sizes(g)))
-    g = jax.tree_util.tree_map(jnp.asarray, g)
-    shapes = jax.eval_shape(lambda: model.module.init(jax.random.PRNGKey(0), g))
-    return shapes["params"]
+    return jax.tree_util.tree_map(jnp.asarray, pad_graph(g, bucket_sizes(graph_sizes(g))))
+
+
+def expected_param_shapes(family: str, hyperparameters: dict):
+    """Parameter shapes of a family/hyperparameters pair, from an abstract init on a tiny graph."""
+    model = Model(family, hyperparameters, None)
+    g = _tiny_graph(model)
+    return jax.eval_shape(lambda: model.module.init(jax.random.PRNGKey(0), g))["params"]
+
+
+def fresh_params(family: str, hyperparameters: dict, seed: int = 0):
+    """Random initial parameters of a family/hyperparameters pair (float32)."""
+    model = Model(family, hyperparameters, None)
+    return model.init_params(_tiny_graph(model), seed)
 
 
 def load_model(name_or_path=DEFAULT_MODEL) -> Model:

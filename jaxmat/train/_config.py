@@ -29,7 +29,7 @@ class DataConfig:
 class ModelConfig:
     init_from: str | None = None  #: pretrained name or bundle folder (relative to the config file) to fine-tune; None: from scratch
     family: str = "M3GNet"  #: model family for training from scratch
-    hyperparameters: dict = dataclasses.field(default_factory=dict)  #: overrides of the family defaults; with init_from only growth ({"max_l": 7}, see grow_model)
+    hyperparameters: dict = dataclasses.field(default_factory=dict)  #: overrides of the family defaults; with init_from only growth ({"max_l": 7}, {"nblocks": 4}; see grow_model)
     freeze: list = dataclasses.field(default_factory=list)  #: parameter-path prefixes kept fixed ("conv_", "energy_scale/element_refs")
     refit_element_refs: bool = True  #: least-squares refit of per-element reference energies first
     scale_from_data: bool = True  #: from scratch: energy scale = RMS force component of the data

@@ -99,7 +99,7 @@ def _make_model(cfg, frames, kind, valid_frames=()) -> Model:
     m = cfg.model
     if m.init_from:  # hyperparameters may only grow the pretrained model (function-preserving)
         base = load_model(m.init_from)
-        return grow_model(base, **m.hyperparameters) if m.hyperparameters else base
+        return grow_model(base, seed=cfg.run.seed, **m.hyperparameters) if m.hyperparameters else base
     symbols = {s for f in list(frames) + list(valid_frames) for s in f.atoms.get_chemical_symbols()}
     elements = sorted(symbols, key=atomic_numbers.get)
     hyper = {**default_hyperparameters(m.family), "element_types": elements}
