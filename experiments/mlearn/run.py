@@ -45,6 +45,13 @@ HISTORY = {  # footnotes: config changes made while a run was under way (it resu
     "si_l7_s001_full_tb45_restart7_lr3e4_e3": "the wall cap (27 minutes) stopped it after epoch 29 of its 30 (the "
                                               "missing epoch is the last of the cosine, near its floor of "
                                               "3.0e-6); evaluated from epoch 29's model",
+    "mo_l7_s001_full_tb45_nb4_from_r9e3": "cut off after epoch 8 of its 30 when the session-23 machine was shut "
+                                          "down; its checkpoint and its parent's best_model (git-ignored) went with "
+                                          "the machine, so it can neither resume nor be evaluated: metrics.csv only",
+    "si_l7_s001_full_tb45_nb4_from_r6e3s2": "cut off after epoch 23 of its 30 when the session-23 machine was shut "
+                                            "down; its checkpoint and its parent's best_model (git-ignored) went "
+                                            "with the machine, so it can neither resume nor be evaluated: "
+                                            "metrics.csv only",
 }
 
 
