@@ -6,6 +6,11 @@ Each config in configs/ trains in runs/<name>/ for at most --minutes of wall tim
 (resumable: calling again continues from the checkpoint), then the best model is evaluated on
 the official test split. Writes results.md (table), and keeps each run's metrics.csv,
 learning_curves.png and parity_test.png. Needs ../shared/data/mlearn.
+
+runs/<name>/best_model and checkpoint.msgpack are git-ignored (1.5 and 6 MB a run). A best_model
+that later runs start from (``init_from``) is committed with ``git add -f``: a session's machine
+is not always handed to the next one, and session 23's was not, which took every trained model
+of the restart chains (sessions 16-23) with it.
 """
 
 from __future__ import annotations
