@@ -11,7 +11,7 @@ import pytest
 
 from jaxmat.data import read_frames
 
-from conftest import FIXTURES
+from conftest import FIXTURES, SHARED
 
 ROOT = Path(__file__).resolve().parents[1]
 
@@ -108,3 +108,27 @@ def test_mlearn_ensemble_driver(tmp_path):
         ensemble_metrics(tmp_path, ["a", "c"], "valid")
     with pytest.raises(ValueError, match="no validation frames"):
         ensemble_metrics(tmp_path, ["a", "d"], "valid")
+
+
+COMMITTED_MODEL = ROOT / "experiments" / "mlearn" / "runs" / "si_l7_s001_full_tb45_nb4_stage2"
+
+
+@pytest.mark.skipif(not (SHARED / "data" / "mlearn" / "Si_test.extxyz").is_file(),
+                    reason="needs ../shared/data/mlearn (absent)")
+def test_a_committed_mlearn_model_reproduces_its_committed_test_numbers():
+    """The committed best model, run through the ASE calculator on the official test split,
+    gives the test MAEs committed beside it (results.json, the trainer's own evaluation)."""
+    import numpy as np
+
+    from jaxmat.calculators import JaxmatCalculator
+
+    committed = json.loads((COMMITTED_MODEL / "results.json").read_text())["test"]
+    calc = JaxmatCalculator(str(COMMITTED_MODEL / "best_model"))
+    e_err, f_err = [], []
+    for atoms in ase.io.read(SHARED / "data" / "mlearn" / "Si_test.extxyz", ":"):
+        ref_e, ref_f = atoms.get_potential_energy() / len(atoms), atoms.get_forces()
+        atoms.calc = calc
+        e_err.append(atoms.get_potential_energy() / len(atoms) - ref_e)
+        f_err.append(atoms.get_forces() - ref_f)
+    assert 1000 * np.abs(e_err).mean() == pytest.approx(committed["e_mae"], abs=0.01)  # meV/atom
+    assert np.abs(np.concatenate(f_err)).mean() == pytest.approx(committed["f_mae"], abs=1e-4)  # eV/A
