@@ -13,6 +13,7 @@ import e3nn_jax as e3nn
 import flax.linen as nn
 import jax
 import jax.numpy as jnp
+from jaxmat._checks import Rule, at_least, chemical_symbols_rule, one_of, positive
 from jaxmat.graph import AtomicGraph, edge_vectors, masked_norm
 from jaxmat.models._common import type_table
 from jaxmat.nn import (
@@ -69,6 +70,13 @@ class M3GNet(nn.Module):
     output_kind: ClassVar[str] = "atoms"
     #: parameters that training never updates (see ``EnergyScale``)
     constant_params: ClassVar[tuple] = ("energy_scale/shift",)
+    #: allowed values of the hyperparameters (checked by ``load_model`` and ``jaxmat train``)
+    RULES: ClassVar[dict] = {
+        "element_types": chemical_symbols_rule(), **{k: at_least(1) for k in (
+            "dim_node", "dim_edge", "units", "max_n", "max_l", "nblocks")},
+        "cutoff": positive(), "threebody_cutoff": positive(), "rbf_type": one_of(*RBF_TYPES),
+        "readout_features": Rule(lambda v: len(v) > 0 and min(v) >= 1 and v[-1] == 1, "positive widths ending in 1"),
+        "interaction": one_of(*INTERACTIONS)}
 
     element_types: Sequence[str]
     dim_node: int = 64

@@ -15,9 +15,10 @@ import flax.linen as nn
 import jax.numpy as jnp
 import numpy as np
 
+from jaxmat._checks import at_least, chemical_symbols_rule, each, one_of, positive
 from jaxmat.graph import AtomicGraph, edge_vectors, masked_norm
 from jaxmat.models._common import segment_mean, type_table
-from jaxmat.nn import MLP, Set2Set
+from jaxmat.nn import ACTIVATIONS, MLP, Set2Set
 
 
 class MEGNet(nn.Module):
@@ -38,6 +39,13 @@ class MEGNet(nn.Module):
     """
 
     output_kind: ClassVar[str] = "graph"
+    #: allowed values of the hyperparameters (checked by ``load_model`` and ``jaxmat train``)
+    RULES: ClassVar[dict] = {
+        "element_types": chemical_symbols_rule(), **{k: at_least(1) for k in (
+            "dim_node_embedding", "n_gaussians", "dim_state", "nblocks", "niters_set2set")},
+        **{k: each(at_least(1)) for k in ("hidden_input", "hidden_conv", "hidden_output")},
+        "gauss_width": positive(), "gauss_final": positive(), "activation": one_of(*ACTIVATIONS),
+        "cutoff": positive(), "target_std": positive()}
 
     element_types: Sequence[str]
     dim_node_embedding: int = 16

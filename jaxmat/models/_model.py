@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import dataclasses
+import os
 from pathlib import Path
 from typing import Any
 
@@ -12,6 +13,7 @@ import jax.numpy as jnp
 import numpy as np
 from ase.data import chemical_symbols
 
+from jaxmat._checks import ConfigError, check_fields
 from jaxmat.models._bundle import BundleError, check_params, read_bundle, save_bundle
 from jaxmat.models._m3gnet import M3GNet
 from jaxmat.models._megnet import MEGNet
@@ -72,15 +74,20 @@ class Model:
 
         return predict(self, structures, batch_size, dtype, cache=self._cache)
 
+    def hyperparameter(self, name: str):
+        """A hyperparameter as the module uses it: the bundle's value or the family's default
+        (None for a name the family does not have)."""
+        return self.hyperparameters.get(name, getattr(FAMILIES[self.family], name, None))
+
     @property
     def cutoff(self) -> float:
-        return float(self.hyperparameters["cutoff"])
+        return float(self.hyperparameter("cutoff"))
 
     @property
     def three_body_cutoff(self) -> float | None:
         """Triplet cutoff [A]; None when the architecture uses no triplets."""
-        tb = self.hyperparameters.get("threebody_cutoff")
-        if tb is None or self.hyperparameters.get("interaction", "three_body") != "three_body":
+        tb = self.hyperparameter("threebody_cutoff")
+        if tb is None or self.hyperparameter("interaction") != "three_body":
             return None
         return float(tb)
 
@@ -143,6 +150,9 @@ def load_model(name_or_path=DEFAULT_MODEL) -> Model:
     """
     if isinstance(name_or_path, Model):
         return name_or_path
+    if not isinstance(name_or_path, (str, os.PathLike)):
+        raise TypeError(f"load_model expects a pretrained model name, a bundle folder path or a jaxmat.Model, "
+                        f"got {type(name_or_path).__name__} {name_or_path!r:.60}")
     path = Path(name_or_path)
     if not path.is_dir():
         candidate = PRETRAINED_DIR / str(name_or_path)
@@ -155,15 +165,32 @@ def load_model(name_or_path=DEFAULT_MODEL) -> Model:
     family = config.get("model")
     if family not in FAMILIES:
         raise BundleError(f"{path}: unknown model family {family!r}; known: {sorted(FAMILIES)}")
-    hyper = config.get("hyperparameters", {})
+    hyper = config["hyperparameters"]
+    try:
+        check_hyperparameters(family, hyper, f"{path / 'config.json'}: hyperparameters", required=("element_types",))
+    except ConfigError as err:
+        raise BundleError(str(err)) from None
     try:
         expected = expected_param_shapes(family, hyper)
-    except TypeError as err:
-        raise BundleError(f"{path}: hyperparameters do not fit {family}: {err}") from None
+    except Exception as err:  # noqa: BLE001 - any failure to build the module is a bad bundle
+        raise BundleError(f"{path}: hyperparameters do not fit {family}: {type(err).__name__}: {err}") from None
     check_params(params, expected, str(path))
     metadata = dict(config.get("metadata", {}))
     metadata.setdefault("name", path.name)
     return Model(family, hyper, params, metadata)
+
+
+def check_hyperparameters(family: str, hyper: dict, where: str, required: tuple = ()) -> None:
+    """ConfigError unless ``hyper`` fits ``family``: each value against the family's annotations and
+    ``RULES`` (``jaxmat._checks``), then the rules across values. Used by ``load_model`` (bundles)
+    and by training configs (from-scratch hyperparameters)."""
+    cls = FAMILIES[family]
+    check_fields(cls, hyper, where, required)
+    value = lambda name: hyper.get(name, getattr(cls, name, None))  # noqa: E731
+    tb, rc = value("threebody_cutoff"), value("cutoff")
+    if tb is not None and rc is not None and tb > rc:
+        raise ConfigError(f"{where}: threebody_cutoff {tb} A exceeds cutoff {rc} A (triplets are pairs of bonds of "
+                          "the graph, so their cutoff function would be cut off abruptly)")
 
 
 def list_pretrained() -> list[str]:

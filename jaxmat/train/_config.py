@@ -8,6 +8,10 @@ from __future__ import annotations
 import dataclasses
 import json
 from pathlib import Path
+from typing import ClassVar
+
+from jaxmat._checks import (ConfigError, Rule, at_least, between, check_fields, each, non_negative, one_of, positive,
+                            rules_text)
 
 
 @dataclasses.dataclass
@@ -24,15 +28,20 @@ class DataConfig:
     graphs_per_batch: int = 4  #: structures per batch (the padding budget holds any such group)
     group_key: str = "config_type"  #: info key naming a frame's group, for loss.group_weights (mlearn: "group")
 
+    RULES: ClassVar[dict] = {"valid_fraction": between(0, 1, hi_open=True), "graphs_per_batch": at_least(1),
+                             "stress_factor": Rule(lambda v: v != 0, "!= 0")}
+
 
 @dataclasses.dataclass
 class ModelConfig:
     init_from: str | None = None  #: pretrained name or bundle folder (relative to the config file) to fine-tune; None: from scratch
     family: str = "M3GNet"  #: model family for training from scratch
     hyperparameters: dict = dataclasses.field(default_factory=dict)  #: overrides of the family defaults; with init_from only growth ({"max_l": 7}, {"nblocks": 4}; see grow_model)
-    freeze: list = dataclasses.field(default_factory=list)  #: parameter-path prefixes kept fixed ("conv_", "energy_scale/element_refs")
+    freeze: list[str] = dataclasses.field(default_factory=list)  #: parameter-path prefixes kept fixed ("conv_", "energy_scale/element_refs")
     refit_element_refs: bool = True  #: least-squares refit of per-element reference energies first
     scale_from_data: bool = True  #: from scratch: energy scale = RMS force component of the data
+
+    RULES: ClassVar[dict] = {}
 
 
 @dataclasses.dataclass
@@ -45,7 +54,11 @@ class LossConfig:
     stress_weight: float = 0.01  #: weight of the stress term (GPa, per component)
     kind: str = "huber"  #: "mse" or "huber"
     huber_delta: float = 0.01  #: Huber transition (in each term's unit)
-    group_weights: dict = dataclasses.field(default_factory=dict)  #: {group: weight} multiplying the energy, force and stress terms of the frames whose info[data.group_key] is that group (MACE's config_type_weights); others 1
+    group_weights: dict[str, float] = dataclasses.field(default_factory=dict)  #: {group: weight} multiplying the energy, force and stress terms of the frames whose info[data.group_key] is that group (MACE's config_type_weights); others 1
+
+    RULES: ClassVar[dict] = {"energy_weight": non_negative(), "forces_weight": non_negative(),
+                             "stress_weight": non_negative(), "kind": one_of("mse", "huber"),
+                             "huber_delta": positive(), "group_weights": each(non_negative())}
 
 
 @dataclasses.dataclass
@@ -53,7 +66,7 @@ class OptimConfig:
     optimizer: str = "adamw"  #: "adam" or "adamw"
     learning_rate: float = 2e-3  #: peak learning rate
     weight_decay: float = 1e-5  #: AdamW decoupled weight decay
-    weight_decay_exclude: list = dataclasses.field(default_factory=lambda: ["energy_scale"])  #: parameter-path prefixes AdamW does not decay (the eV references and scale)
+    weight_decay_exclude: list[str] = dataclasses.field(default_factory=lambda: ["energy_scale"])  #: parameter-path prefixes AdamW does not decay (the eV references and scale)
     epochs: int = 200  #: maximum number of epochs
     warmup_epochs: float = 2.0  #: linear warm-up length
     final_lr_factor: float = 0.01  #: cosine decay ends at learning_rate * final_lr_factor
@@ -62,6 +75,12 @@ class OptimConfig:
     plateau_patience: int = 10  #: epochs without validation improvement before the lr is reduced
     plateau_factor: float = 0.5  #: lr multiplier on a plateau
     early_stopping_patience: int = 40  #: epochs without validation improvement before stopping (0: off)
+
+    RULES: ClassVar[dict] = {"optimizer": one_of("adam", "adamw"), "learning_rate": non_negative(),
+                             "weight_decay": non_negative(), "epochs": at_least(1), "warmup_epochs": non_negative(),
+                             "final_lr_factor": between(0, 1), "clip_norm": non_negative(),
+                             "ema_decay": between(0, 1, hi_open=True), "plateau_patience": at_least(1),
+                             "plateau_factor": between(0, 1, lo_open=True), "early_stopping_patience": non_negative()}
 
 
 @dataclasses.dataclass
@@ -72,6 +91,10 @@ class RunConfig:
     max_steps: int | None = None  #: stop after this many optimizer steps (tests, smoke runs)
     max_wall_minutes: float | None = None  #: stop (checkpointed, resumable) after this wall time
     progress: bool = True  #: tqdm progress bar with the live loss
+
+    RULES: ClassVar[dict] = {"seed": non_negative(), "dtype": one_of("float32", "float64"),
+                             "checkpoint_every_steps": at_least(1), "max_steps": at_least(1),
+                             "max_wall_minutes": positive()}
 
 
 @dataclasses.dataclass
@@ -90,19 +113,20 @@ SECTIONS = {"data": DataConfig, "model": ModelConfig, "loss": LossConfig, "optim
 
 
 def config_from_dict(d: dict, base: Path | None = None) -> TrainConfig:
-    """Validate a nested dict (unknown sections/keys and bad values are errors)."""
+    """Validate a nested dict: unknown sections or keys, values of the wrong type or out of range
+    are ``ConfigError``s naming section, field, value and what is expected."""
+    if not isinstance(d, dict):
+        raise ConfigError(f"config must be a JSON object with sections {sorted(SECTIONS)}, got {type(d).__name__}")
     unknown = set(d) - set(SECTIONS)
     if unknown:
-        raise ValueError(f"unknown config section(s) {sorted(unknown)}; expected {sorted(SECTIONS)}")
+        raise ConfigError(f"unknown config section(s) {sorted(unknown, key=str)}; expected {sorted(SECTIONS)}")
     parts = {}
     for name, cls in SECTIONS.items():
-        sub = dict(d.get(name, {}))
-        fields = {f.name for f in dataclasses.fields(cls)}
-        bad = set(sub) - fields
-        if bad:
-            raise ValueError(f"unknown key(s) {sorted(bad)} in config section '{name}'; expected {sorted(fields)}")
-        parts[name] = cls(**sub)
+        sub = d.get(name, {})
+        check_fields(cls, sub, f"config: {name}")
+        parts[name] = cls(**{k: (list(v) if isinstance(v, tuple) else v) for k, v in sub.items()})
     cfg = TrainConfig(**parts)
+    _check(cfg)
     if base is not None:  # data paths are relative to the config file
         for key in ("train", "valid", "test"):
             value = getattr(cfg.data, key)
@@ -111,35 +135,37 @@ def config_from_dict(d: dict, base: Path | None = None) -> TrainConfig:
         init = cfg.model.init_from  # a bundle folder next to the config (a pretrained name stays a name)
         if init and not Path(init).is_absolute() and (base / init).is_dir():
             cfg.model.init_from = str((base / init).resolve())
-    _check(cfg)
     return cfg
 
 
 def _check(cfg: TrainConfig) -> None:
+    """Rules that tie several fields together (each field alone was checked by ``check_fields``)."""
     if not cfg.data.train:
-        raise ValueError("config: data.train (the training file) is required")
-    if cfg.loss.kind not in ("mse", "huber"):
-        raise ValueError(f"config: loss.kind must be 'mse' or 'huber', got {cfg.loss.kind!r}")
-    if cfg.optim.optimizer not in ("adam", "adamw"):
-        raise ValueError(f"config: optim.optimizer must be 'adam' or 'adamw', got {cfg.optim.optimizer!r}")
-    if cfg.run.dtype not in ("float32", "float64"):
-        raise ValueError(f"config: run.dtype must be 'float32' or 'float64', got {cfg.run.dtype!r}")
-    if not 0 <= cfg.data.valid_fraction < 1:
-        raise ValueError("config: data.valid_fraction must be in [0, 1)")
-    weights = cfg.loss.group_weights
-    if not isinstance(weights, dict) or not all(isinstance(v, (int, float)) and 0 <= v < float("inf") for v in weights.values()):
-        raise ValueError(f"config: loss.group_weights must map group names to weights >= 0, got {weights!r}")
-    if cfg.data.graphs_per_batch < 1 or cfg.optim.epochs < 1:
-        raise ValueError("config: data.graphs_per_batch and optim.epochs must be >= 1")
+        raise ConfigError("config: data.train (the training file) is required")
+    loss = cfg.loss
+    if loss.energy_weight == loss.forces_weight == loss.stress_weight == 0:
+        raise ConfigError("config: loss.energy_weight, forces_weight and stress_weight are all 0: nothing would be trained")
+    if not cfg.model.init_from:  # from scratch: the family's own rules for its hyperparameters
+        from jaxmat.models import FAMILIES
+        from jaxmat.models._model import check_hyperparameters
+
+        if cfg.model.family not in FAMILIES:
+            raise ConfigError(f"config: model.family = {cfg.model.family!r}: expected one of {sorted(FAMILIES)}")
+        check_hyperparameters(cfg.model.family, cfg.model.hyperparameters, "config: model.hyperparameters")
 
 
 def load_config(path) -> TrainConfig:
     path = Path(path)
+    if not path.is_file():
+        raise ConfigError(f"config file {path} does not exist")
     try:
-        d = json.loads(path.read_text())
-    except json.JSONDecodeError as err:
-        raise ValueError(f"{path} is not valid JSON: {err}") from None
-    return config_from_dict(d, base=path.parent)
+        d = json.loads(path.read_bytes().decode("utf-8"))
+    except (json.JSONDecodeError, UnicodeDecodeError) as err:
+        raise ConfigError(f"{path} is not valid JSON: {err}") from None
+    try:
+        return config_from_dict(d, base=path.parent)
+    except ConfigError as err:
+        raise ConfigError(f"{path}: {err}") from None
 
 
 def describe() -> str:
@@ -149,9 +175,11 @@ def describe() -> str:
     lines = []
     for name, cls in SECTIONS.items():
         lines.append(f"[{name}]")
+        allowed = rules_text(cls)
         src = inspect.getsource(cls).splitlines()
         for line in src:
             if "#:" in line and ":" in line.split("#:")[0]:
                 decl, doc = line.split("#:")
-                lines.append(f"  {decl.strip():60s} {doc.strip()}")
+                field = decl.split(":")[0].strip()
+                lines.append(f"  {decl.strip():60s} {doc.strip()} [{allowed.get(field, '')}]")
     return "\n".join(lines)
