@@ -124,6 +124,8 @@ def convert_matgl(src, dst, name: str | None = None) -> Model:
         "units": {"energy": "eV", "length": "Angstrom"} if family == "M3GNet" else
         {"target": "eV/atom" if "Eform" in src.name else "as trained", "length": "Angstrom"},
     }
+    if family == "MEGNet":  # structure -> property models of matgl are trained on Materials Project crystals
+        metadata["periodic_only"] = True
     model = Model(family, hyper, params, metadata)
     model.save(dst)
     for extra, target in (("README.md", "README-matgl.md"),):

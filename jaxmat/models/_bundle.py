@@ -1,8 +1,12 @@
 """Versioned model bundles: a folder with ``config.json`` and ``params.msgpack`` (never pickle).
 
 ``config.json`` holds ``format``/``format_version``, the model family and its hyperparameters,
-free-form ``metadata`` (origin, licence, training data) and the sha256 of the weights file, so a
-truncated or altered weights file is detected before use.
+free-form ``metadata`` (origin, licence, training data), the sha256 of the weights file and (format
+2) ``config_sha256``, the sha256 of the canonical JSON of family, hyperparameters and weights hash.
+A truncated or altered weights file and a hand-edited hyperparameter (cutoff, element order) are
+both detected before use; ``metadata`` may be edited freely. Weights must be finite floating-point
+arrays. Every failure to read, decode or verify a bundle is a ``BundleError`` naming the file.
+Format-1 bundles (no ``config_sha256``) still load, with a warning to re-save them.
 """
 
 from __future__ import annotations
@@ -11,6 +15,7 @@ import hashlib
 import json
 import os
 import tempfile
+import warnings
 from pathlib import Path
 
 import flax.serialization
@@ -18,7 +23,8 @@ import jax
 import numpy as np
 
 FORMAT = "jaxmat-bundle"
-FORMAT_VERSION = 1
+FORMAT_VERSION = 2
+SUPPORTED_VERSIONS = (1, 2)
 CONFIG_FILE = "config.json"
 PARAMS_FILE = "params.msgpack"
 
@@ -43,11 +49,36 @@ def atomic_write(path: Path, data: bytes) -> None:
         raise
 
 
+def config_digest(config: dict) -> str:
+    """sha256 of the canonical JSON of the parts of a bundle config that decide its numbers."""
+    core = {k: config.get(k) for k in ("model", "hyperparameters", "params_sha256")}
+    return hashlib.sha256(json.dumps(core, sort_keys=True, separators=(",", ":")).encode()).hexdigest()
+
+
+def check_weights(params, where: str) -> None:
+    """Raise BundleError unless every leaf of ``params`` is a finite floating-point array."""
+    leaves = jax.tree_util.tree_flatten_with_path(params)[0]
+    if not leaves:
+        raise BundleError(f"{where}: holds no weights")
+    for key, leaf in leaves:
+        name = jax.tree_util.keystr(key)
+        arr = np.asarray(leaf) if isinstance(leaf, (np.ndarray, np.generic, jax.Array)) else None
+        if arr is None:
+            raise BundleError(f"{where}: weight {name} is a {type(leaf).__name__}, not an array")
+        if arr.dtype.kind != "f":
+            raise BundleError(f"{where}: weight {name} has dtype {arr.dtype}; weights must be floating point")
+        bad = int(np.size(arr) - np.count_nonzero(np.isfinite(arr)))
+        if bad:
+            raise BundleError(f"{where}: weight {name} has {bad} non-finite value(s) (NaN or inf)")
+
+
 def save_bundle(path, family: str, hyperparameters: dict, params, metadata: dict | None = None) -> Path:
-    """Write a bundle folder (weights first, then the config that certifies them)."""
+    """Write a bundle folder (weights first, then the config that certifies them). Non-finite
+    weights are refused (BundleError): a bundle never holds NaN."""
     path = Path(path)
-    path.mkdir(parents=True, exist_ok=True)
     host = jax.tree_util.tree_map(lambda x: np.asarray(x), params)
+    check_weights(host, f"model bundle {path}")
+    path.mkdir(parents=True, exist_ok=True)
     blob = flax.serialization.msgpack_serialize(flax.serialization.to_state_dict(host))
     atomic_write(path / PARAMS_FILE, blob)
     config = {
@@ -58,6 +89,7 @@ def save_bundle(path, family: str, hyperparameters: dict, params, metadata: dict
         "metadata": metadata or {},
         "params_sha256": hashlib.sha256(blob).hexdigest(),
     }
+    config["config_sha256"] = config_digest(json.loads(json.dumps(config)))
     atomic_write(path / CONFIG_FILE, (json.dumps(config, indent=2) + "\n").encode())
     return path
 
@@ -70,16 +102,31 @@ def read_bundle(path) -> tuple[dict, dict]:
         if not f.is_file():
             raise BundleError(f"{path} is not a jaxmat model bundle: {f.name} is missing")
     try:
-        config = json.loads(cfg_file.read_text())
-    except json.JSONDecodeError as err:
+        config = json.loads(cfg_file.read_bytes().decode("utf-8"))
+    except (json.JSONDecodeError, UnicodeDecodeError) as err:
         raise BundleError(f"{cfg_file} is not valid JSON: {err}") from None
+    if not isinstance(config, dict):
+        raise BundleError(f"{cfg_file} must hold a JSON object, not {type(config).__name__}")
     if config.get("format") != FORMAT:
         raise BundleError(f"{cfg_file}: format is {config.get('format')!r}, expected {FORMAT!r}")
-    if config.get("format_version") != FORMAT_VERSION:
+    version = config.get("format_version")
+    if version not in SUPPORTED_VERSIONS:
         raise BundleError(
-            f"{cfg_file}: bundle format version {config.get('format_version')} is not supported "
-            f"by this jaxmat (supports {FORMAT_VERSION})"
+            f"{cfg_file}: bundle format version {version!r} is not supported "
+            f"by this jaxmat (supports {', '.join(map(str, SUPPORTED_VERSIONS))})"
         )
+    for key, kind in (("model", str), ("hyperparameters", dict), ("metadata", dict), ("params_sha256", str)):
+        if key in config and not isinstance(config[key], kind) or (key != "metadata" and key not in config):
+            raise BundleError(f"{cfg_file}: '{key}' must be a {'JSON object' if kind is dict else 'string'}, "
+                              f"got {config.get(key)!r:.60}")
+    if version >= 2 and config.get("config_sha256") != config_digest(config):
+        raise BundleError(
+            f"{cfg_file} was edited after it was saved: its model or hyperparameters no longer match config_sha256 "
+            "(a changed cutoff or element order changes every energy). Restore the file, or re-save the model "
+            "(jaxmat.load_model(...).save(...)) from a trusted copy")
+    if version < 2:
+        warnings.warn(f"{cfg_file}: bundle format 1 certifies the weights but not the hyperparameters; re-save it "
+                      "with jaxmat.load_model(path).save(path) to add config_sha256", UserWarning, stacklevel=3)
     blob = par_file.read_bytes()
     digest = hashlib.sha256(blob).hexdigest()
     if digest != config.get("params_sha256"):
@@ -88,6 +135,9 @@ def read_bundle(path) -> tuple[dict, dict]:
         params = flax.serialization.msgpack_restore(blob)
     except Exception as err:  # msgpack raises several types on bad data
         raise BundleError(f"{par_file} cannot be decoded: {err}") from None
+    if not isinstance(params, dict):
+        raise BundleError(f"{par_file} does not hold a tree of named weights")
+    check_weights(params, str(par_file))
     return config, params
 
 
