@@ -13,10 +13,12 @@ import numpy as np
 import vesin
 from ase.calculators.calculator import Calculator, PropertyNotImplementedError, all_changes
 
+from jaxmat._checks import at_least, check_value, non_negative, one_of
 from jaxmat.graph import (
     CUTOFF_TOLERANCE,
-    DEFAULT_MIN_DISTANCE,
+    DEFAULT_CHECKS,
     PadSizes,
+    StructureChecks,
     atoms_to_graph,
     bucket_sizes,
     cast_floats,
@@ -40,9 +42,12 @@ class JaxmatCalculator(Calculator):
       growth: when a structure no longer fits, the overflowing bucket grows by at least this
         factor, so the number of compilations stays logarithmic in the size range.
       skin: Verlet skin (A) of the cached vesin neighbour list kept between calls.
-      min_distance: atoms closer than this (A) raise ``StructureError``.
+      checks: thresholds of the structure checks (``jaxmat.graph.StructureChecks``: closest
+        approach, neighbour and triplet caps); a failing structure raises ``StructureError``.
 
     ``n_compilations`` counts how often the energy/force/stress function was traced and compiled.
+    The total energy is the float64 sum of the per-atom energies (exact to the last digit of the
+    per-atom values, whatever the number of atoms).
     """
 
     implemented_properties = ["energy", "free_energy", "energies", "forces", "stress"]
@@ -54,15 +59,20 @@ class JaxmatCalculator(Calculator):
         headroom: float = 0.05,
         growth: float = 1.3,
         skin: float = 1.0,
-        min_distance: float = DEFAULT_MIN_DISTANCE,
+        checks: StructureChecks = DEFAULT_CHECKS,
         **kwargs,
     ):
         super().__init__(**kwargs)
-        if dtype not in ("float32", "float64"):
-            raise ValueError(f"dtype must be 'float32' or 'float64', got {dtype!r}")
+        for name, value, kind, rule in (("dtype", dtype, "str", one_of("float32", "float64")),
+                                        ("headroom", headroom, "float", non_negative()),
+                                        ("growth", growth, "float", at_least(1, strict=True)),
+                                        ("skin", skin, "float", non_negative())):
+            check_value("JaxmatCalculator", name, value, kind, rule)
+        if not isinstance(checks, StructureChecks):
+            raise TypeError(f"JaxmatCalculator.checks must be a jaxmat.graph.StructureChecks, got {type(checks).__name__}")
         self.model = load_model(model)
         self.dtype = dtype
-        self.headroom, self.growth, self.min_distance = headroom, growth, min_distance
+        self.headroom, self.growth, self.checks = headroom, growth, checks
         self.sizes: PadSizes | None = None
         self.n_compilations = 0
         self._nl = vesin.NeighborList(cutoff=self.model.cutoff + CUTOFF_TOLERANCE, full_list=True, skin=skin)
@@ -94,7 +104,7 @@ class JaxmatCalculator(Calculator):
             )
         self.model.check_species(atoms.numbers)
         graph = atoms_to_graph(
-            atoms, self.model.cutoff, self.model.three_body_cutoff, self.min_distance, neighbor_list=self._nl
+            atoms, self.model.cutoff, self.model.three_body_cutoff, self.checks, neighbor_list=self._nl
         )
         real = graph_sizes(graph)
         self.sizes = self._choose_sizes(real)
@@ -104,11 +114,12 @@ class JaxmatCalculator(Calculator):
                 self._params = jax.tree_util.tree_map(lambda p: jax.numpy.asarray(p, self.dtype), self.model.params)
             out = jax.device_get(self._fn(self._params, graph, periodic))
         n = len(atoms)
-        energy = float(out["energy"][0])
+        energies = np.asarray(out["energies"][:n], np.float64)
+        energy = float(np.sum(energies))  # float64 total: a float32 sum of 2,048 atoms is off by ~0.1 eV
         self.results = {
             "energy": energy,
             "free_energy": energy,
-            "energies": np.asarray(out["energies"][:n], np.float64),
+            "energies": energies,
             "forces": np.asarray(out["forces"][:n], np.float64),
         }
         if periodic:

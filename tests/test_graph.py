@@ -34,13 +34,29 @@ def structures(reference_frames):
 
 
 def test_edges_match_ase(reference_frames):
+    """The same bonds (pairs and bond vectors) as ASE's neighbour list. Graph positions are wrapped
+    into the cell, so integer shifts may differ from ASE's by the wrapping; bond vectors may not."""
     for name, atoms in structures(reference_frames).items():
         g = atoms_to_graph(atoms, 5.0).graph
-        i, j, S = neighbor_list("ijS", atoms, 5.0)
-        ours = sorted(zip(g.senders.tolist(), g.receivers.tolist(), map(tuple, g.edges["shifts"].astype(int).tolist())))
-        ase_ = sorted(zip(i.tolist(), j.tolist(), map(tuple, S.tolist())))
+        pos, cell = g.nodes["positions"], g.globals["cell"][0]
+        vec = pos[g.receivers] - pos[g.senders] + g.edges["shifts"] @ cell
+        i, j, D = neighbor_list("ijD", atoms, 5.0)
+        ours = sorted(zip(g.senders.tolist(), g.receivers.tolist(), map(tuple, np.round(vec, 6).tolist())))
+        ase_ = sorted(zip(i.tolist(), j.tolist(), map(tuple, np.round(D, 6).tolist())))
         assert ours == ase_, name
         assert np.all(np.diff(g.receivers) >= 0), "edges must be sorted by receiver"
+
+
+def test_positions_are_localised(reference_frames):
+    """Periodic directions: inside the cell; non-periodic ones: centred on the bounding box."""
+    for name, atoms in structures(reference_frames).items():
+        shifted = atoms.copy()
+        shifted.positions += 1e4 * np.array([1.0, -2.0, 3.0])
+        pos = atoms_to_graph(shifted, 5.0).graph.nodes["positions"]
+        assert np.abs(pos).max() < 50.0, name
+        if atoms.pbc.all():
+            frac = np.linalg.solve(atoms.cell.array.T, pos.T).T
+            assert frac.min() > -1e-8 and frac.max() < 1 + 1e-8, name
 
 
 def test_triplets_match_brute_force(reference_frames):

@@ -11,21 +11,22 @@ from jaxmat.graph._build import (
     pad_graph,
 )
 from jaxmat.graph._geometry import edge_vectors, masked_norm
-from jaxmat.graph._neighbors import (
-    CUTOFF_TOLERANCE,
-    DEFAULT_MIN_DISTANCE,
+from jaxmat.graph._neighbors import CUTOFF_TOLERANCE, build_triplets, neighbor_edges
+from jaxmat.graph._structure import (
+    DEFAULT_CHECKS,
+    StructureChecks,
     StructureError,
-    build_triplets,
     check_structure,
-    neighbor_edges,
+    localize_positions,
 )
 from jaxmat.graph._types import AtomicGraph, Triplets
 
 __all__ = [
     "AtomicGraph",
     "CUTOFF_TOLERANCE",
-    "DEFAULT_MIN_DISTANCE",
+    "DEFAULT_CHECKS",
     "PadSizes",
+    "StructureChecks",
     "StructureError",
     "Triplets",
     "atoms_to_graph",
@@ -37,6 +38,7 @@ __all__ = [
     "edge_vectors",
     "fits",
     "graph_sizes",
+    "localize_positions",
     "masked_norm",
     "neighbor_edges",
     "pad_graph",

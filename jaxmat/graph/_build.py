@@ -8,11 +8,16 @@ from typing import NamedTuple, Sequence
 import jraph
 import numpy as np
 
-from jaxmat.graph._neighbors import (
-    DEFAULT_MIN_DISTANCE,
-    build_triplets,
+from jaxmat.graph._neighbors import build_triplets, neighbor_edges
+from jaxmat.graph._structure import (
+    DEFAULT_CHECKS,
+    StructureChecks,
+    check_contacts,
+    check_density,
     check_structure,
-    neighbor_edges,
+    check_triplets,
+    count_triplets,
+    localize_positions,
 )
 from jaxmat.graph._types import AtomicGraph, Triplets
 
@@ -21,7 +26,7 @@ def atoms_to_graph(
     atoms,
     cutoff: float,
     three_body_cutoff: float | None = None,
-    min_distance: float = DEFAULT_MIN_DISTANCE,
+    checks: StructureChecks = DEFAULT_CHECKS,
     neighbor_list=None,
 ) -> AtomicGraph:
     """Build the (unpadded, host/numpy) graph of one ``ase.Atoms``.
@@ -30,17 +35,23 @@ def atoms_to_graph(
       atoms: ``ase.Atoms`` (any PBC, any triclinic cell, cells smaller than the cutoff allowed).
       cutoff: bond cutoff in Angstrom.
       three_body_cutoff: triplets use bonds no longer than this; None means no triplets.
-      min_distance: closer pairs raise ``StructureError`` (overlapping atoms).
+      checks: thresholds of the structure checks (collapse, neighbour and triplet caps); a
+        structure that fails one raises ``StructureError`` (see ``jaxmat.graph._structure``).
       neighbor_list: optional reusable ``vesin.NeighborList`` for ``cutoff``.
+
+    Positions are stored localised (wrapped into the cell along periodic directions, centred along
+    the others), so the graph's coordinates stay small whatever the input's.
     """
     positions, cell, pbc = check_structure(atoms.positions, atoms.cell.array, atoms.pbc)
-    senders, receivers, shifts, dist = neighbor_edges(
-        positions, cell, pbc, cutoff, min_distance, neighbor_list
-    )
+    positions = localize_positions(positions, cell, pbc)
     n = positions.shape[0]
+    check_density(n, cell, pbc, cutoff, checks)
+    senders, receivers, shifts, dist = neighbor_edges(positions, cell, pbc, cutoff, neighbor_list)
+    check_contacts(atoms.numbers, senders, receivers, dist, checks)
     if three_body_cutoff is None:
         ij = ik = np.zeros(0, np.int32)
     else:
+        check_triplets(count_triplets(senders, dist, n, three_body_cutoff), n, checks)
         ij, ik = build_triplets(senders, dist, n, three_body_cutoff)
     graph = jraph.GraphsTuple(
         nodes={

@@ -6,12 +6,14 @@ import jax
 import numpy as np
 
 from jaxmat.data import batch_budget, build_graphs, make_batch, pack
+from jaxmat.models._predict import host_graph_totals, warn_outside_domain
 from jaxmat.potential import energy_forces_stress
 
 
 def predict(model, params, frames, graphs_per_batch: int = 4, dtype: str = "float32", graphs=None) -> dict:
     """Per-frame predictions and labels: energy per atom (eV/atom), forces (eV/A), stress (eV/A^3);
     for structure -> property models the target in ``e_pred``/``e_ref`` (forces/stress empty)."""
+    warn_outside_domain(model, [f.atoms for f in frames])
     graphs = graphs if graphs is not None else build_graphs(frames, model)
     budget = batch_budget(graphs, graphs_per_batch)
     out = {k: [] for k in ("e_pred", "e_ref", "f_pred", "f_ref", "s_pred", "s_ref")}
@@ -23,6 +25,8 @@ def predict(model, params, frames, graphs_per_batch: int = 4, dtype: str = "floa
         for idx in pack(np.arange(len(frames)), graphs, budget):
             batch = make_batch(idx, frames, graphs, budget, dtype)
             res = jax.device_get(fn(p, batch.graph))
+            if not graph_kind:  # totals in float64 from the per-atom energies
+                res["energy"] = host_graph_totals(res["energies"], batch.graph.graph.nodes["graph_index"], budget.n_graph)
             start = 0
             for k, i in enumerate(idx):
                 f, n = frames[i], len(frames[i].atoms)
