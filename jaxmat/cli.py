@@ -29,8 +29,10 @@ def enable_compilation_cache() -> str | None:
 def _md(args) -> int:
     cache = enable_compilation_cache()
     from jaxmat.calculators import JaxmatCalculator
-    from jaxmat.md import load_structure, run_md
+    from jaxmat.md import MDSettings, load_structure, run_md
 
+    settings = MDSettings(args.temperature, args.timestep, args.steps, args.ensemble, args.friction, args.log_every,
+                          args.seed, args.max_temperature, args.max_energy_drift)  # checked before any work
     atoms = load_structure(args.structure, args.supercell)
     calc = JaxmatCalculator(model=args.model, dtype=args.dtype)
     print(f"jaxmat md: {atoms.get_chemical_formula()} ({len(atoms)} atoms), model {calc.model.name}, "
@@ -44,9 +46,10 @@ def _md(args) -> int:
             print(f"first step reached {first[0]:.1f} s after start", flush=True)
         print(line, flush=True)
 
-    run_md(atoms, calc, temperature=args.temperature, timestep_fs=args.timestep, steps=args.steps,
-           ensemble=args.ensemble, friction_per_fs=args.friction, trajectory=args.trajectory,
-           log_every=args.log_every, seed=args.seed, printer=printer)
+    s = settings
+    run_md(atoms, calc, temperature=s.temperature, timestep_fs=s.timestep, steps=s.steps, ensemble=s.ensemble,
+           friction_per_fs=s.friction, trajectory=args.trajectory, log_every=s.log_every, seed=s.seed,
+           printer=printer, max_temperature=s.max_temperature, max_energy_drift=s.max_energy_drift)
     print(f"done in {time.perf_counter() - _T0:.1f} s; {calc.n_compilations} compilation(s); "
           f"trajectory {args.trajectory}", flush=True)
     return 0
@@ -72,7 +75,12 @@ def _train(args) -> int:
     workdir = args.workdir or str(Path(args.config).with_suffix(""))
     print(f"jaxmat train: {args.config} -> {workdir}", flush=True)
     train_and_evaluate(cfg, workdir, resume=args.resume)
-    print(f"best model: {Path(workdir) / 'best_model'} (use it with JaxmatCalculator(model=...))")
+    best = Path(workdir) / "best_model"
+    if best.is_dir():
+        print(f"best model: {best} (use it with JaxmatCalculator(model=...))")
+    else:
+        print(f"no best model was written: the run stopped before its first epoch ended; continue it with "
+              f"jaxmat train {args.config} --workdir {workdir} --resume")
     return 0
 
 
@@ -96,14 +104,13 @@ def _evaluate(args) -> int:
 
 
 def _predict(args) -> int:
-    import ase.io
-
+    from jaxmat.data import read_structures
     from jaxmat.models import load_model
 
     model = load_model(args.model)
     structures, names = [], []
     for path in args.files:
-        frames = ase.io.read(path, ":")
+        frames = read_structures(path, ":")
         structures += frames
         names += [path if len(frames) == 1 else f"{path}@{k}" for k in range(len(frames))]
     values = model.predict(structures, batch_size=args.batch_size, dtype=args.dtype)
@@ -127,7 +134,8 @@ def build_parser() -> argparse.ArgumentParser:
     sub = parser.add_subparsers(dest="command", required=True)
 
     md = sub.add_parser("md", help="molecular dynamics of a structure with a pretrained potential")
-    md.add_argument("structure", help="structure file (any ase.io format) or crystal name, e.g. Si, Cu, NaCl:rocksalt:5.64")
+    md.add_argument("structure", help="structure file (any ase.io format; its last frame) or crystal name, e.g. Si, Cu, "
+                    "NaCl:rocksalt:5.64")
     md.add_argument("--model", default="M3GNet-MP-2021.2.8-PES", help="pretrained name or bundle folder")
     md.add_argument("--temperature", type=float, default=300.0, help="K (default 300)")
     md.add_argument("--timestep", type=float, default=1.0, help="fs (default 1)")
@@ -139,6 +147,10 @@ def build_parser() -> argparse.ArgumentParser:
     md.add_argument("--trajectory", default="md.traj", help="ASE trajectory output (default md.traj)")
     md.add_argument("--log-every", type=int, default=10)
     md.add_argument("--seed", type=int, default=0)
+    md.add_argument("--max-temperature", type=float, default=None,
+                    help="K: stop if the temperature exceeds this (default max(5000, 10 x --temperature))")
+    md.add_argument("--max-energy-drift", type=float, default=0.02,
+                    help="eV/atom: NVE stops if the total energy moves more than this (default 0.02)")
     md.set_defaults(func=_md)
 
     pr = sub.add_parser("predict", help="predict with a model (e.g. MEGNet formation energy) for structure files")
@@ -178,10 +190,14 @@ def build_parser() -> argparse.ArgumentParser:
 
 
 def main(argv=None) -> int:
+    from jaxmat.errors import SimulationError, TrainingError
+
     args = build_parser().parse_args(argv)
     try:
         return args.func(args)
-    except (ValueError, FileNotFoundError) as err:
+    except (ValueError, FileNotFoundError, SimulationError, TrainingError) as err:
+        # jaxmat's own errors (StructureError, ConfigError, BundleError, DatasetError, ...) are
+        # ValueErrors; runs that blew up are Simulation/TrainingErrors. Each message names the cause.
         print(f"jaxmat {args.command}: error: {err}", file=sys.stderr)
         return 2
 

@@ -11,7 +11,7 @@ from jaxmat.data._batch import (
     pack,
     split,
 )
-from jaxmat.data._read import DatasetError, Frame, read_frames
+from jaxmat.data._read import DatasetError, Frame, read_frames, read_structures
 
 __all__ = [
     "Batch",
@@ -25,5 +25,6 @@ __all__ = [
     "make_batch",
     "pack",
     "read_frames",
+    "read_structures",
     "split",
 ]

@@ -47,6 +47,22 @@ def _get(atoms, key, default_names):
     return None
 
 
+def read_structures(path, index=":") -> list:
+    """``ase.io.read(path, index)`` as a list of ``ase.Atoms``; every failure (missing file, unknown
+    format, garbage, a malformed text file) is a ``DatasetError`` naming the file."""
+    path = Path(path)
+    if not path.is_file():
+        raise DatasetError(f"{path}: no such file")
+    try:
+        images = ase.io.read(path, index)
+    except Exception as err:  # noqa: BLE001 - ase raises many types for unreadable files
+        raise DatasetError(f"{path}: cannot be read by ase.io ({type(err).__name__}: {err})") from None
+    images = images if isinstance(images, list) else [images]
+    if not images:
+        raise DatasetError(f"{path}: holds no structures")
+    return images
+
+
 def read_frames(
     path,
     index=":",
@@ -69,11 +85,7 @@ def read_frames(
     path = Path(path)
     if not path.is_file():
         raise DatasetError(f"dataset file {path} does not exist")
-    try:
-        images = ase.io.read(path, index)
-    except Exception as err:  # ase raises many types for unreadable files
-        raise DatasetError(f"{path}: cannot be read by ase.io ({err})") from None
-    images = images if isinstance(images, list) else [images]
+    images = read_structures(path, index)
     frames = []
     for i, atoms in enumerate(images):
         where = f"{path}:{i}"

@@ -26,9 +26,14 @@ class CheckpointError(ValueError):
 
 
 def save_checkpoint(workdir, state: dict) -> Path:
-    """``state``: dict of pytrees and scalars; numpy-converted and written atomically."""
+    """``state``: dict of pytrees and scalars; numpy-converted and written atomically. Refuses
+    (CheckpointError) parameters that are not finite: a checkpoint never holds NaN weights."""
     path = Path(workdir) / CHECKPOINT_FILE
     host = jax.tree_util.tree_map(np.asarray, flax.serialization.to_state_dict(state))
+    for key in ("params", "ema"):
+        leaves = jax.tree_util.tree_leaves(host.get(key, {}))
+        if not all(np.isfinite(x).all() for x in leaves if x.dtype.kind == "f"):
+            raise CheckpointError(f"refusing to write {path}: {key} holds non-finite values (NaN or inf)")
     blob = flax.serialization.msgpack_serialize({"format": FORMAT, "format_version": FORMAT_VERSION, "state": host})
     atomic_write(path, blob)
     return path

@@ -14,14 +14,19 @@ import numpy as np
 import optax
 from ase.data import atomic_numbers
 
+from jaxmat._checks import ConfigError
 from jaxmat.data import batch_budget, build_graphs, epoch_batches, epoch_groups, read_frames, split
 from jaxmat.models import FAMILIES, Model, grow_model, load_model
 from jaxmat.train._checkpoint import CHECKPOINT_FILE, load_checkpoint, replace_dir, save_checkpoint
 from jaxmat.train._evaluate import error_metrics, predict
 from jaxmat.train._loss import METRIC_KEYS, loss_and_metrics, summarize
-from jaxmat.train._optim import freeze_labels, make_optimizer, with_frozen
+from jaxmat.train._optim import freeze_labels, make_optimizer, param_path, with_frozen
 from jaxmat.train._plots import learning_curves, parity_plots
 from jaxmat.train._refs import fit_element_refs
+
+class TrainingError(RuntimeError):
+    """Training produced a non-finite loss, gradient or parameter (nothing non-finite is saved)."""
+
 
 CSV_FIELDS = ["epoch", "step", "lr_scale", "train_loss", "train_e_mae", "train_f_mae", "train_s_mae",
               "val_loss", "val_e_mae", "val_e_rmse", "val_f_mae", "val_f_rmse", "val_s_mae", "val_s_rmse",
@@ -136,13 +141,44 @@ def train_and_evaluate(cfg, workdir, resume: bool = False, log=print) -> dict:
     learning_curves.png and parity plots. Returns the final metrics of the best model."""
     workdir = Path(workdir)
     workdir.mkdir(parents=True, exist_ok=True)
+    _remove_orphans(workdir, log)
     has_ckpt = (workdir / CHECKPOINT_FILE).is_file()
     if has_ckpt and not resume:
         raise ValueError(f"{workdir} already holds a checkpoint: pass --resume to continue it, or use a new workdir")
-    (workdir / "config.json").write_text(json.dumps(cfg.to_dict(), indent=2) + "\n")
+    if resume and not has_ckpt:
+        log(f"--resume: {workdir} holds no {CHECKPOINT_FILE}, so there is nothing to continue: starting a new run")
     dtype = cfg.run.dtype
     with jax.enable_x64(dtype == "float64"):
         return _train(cfg, workdir, resume and has_ckpt, dtype, log)
+
+
+def _remove_orphans(workdir: Path, log) -> None:
+    """Delete what a killed run left half-written: temporary checkpoint/bundle files and folders
+    (the complete files they were to replace are untouched)."""
+    import shutil
+
+    leftovers = sorted(workdir.glob(f".{CHECKPOINT_FILE}.*.tmp")) + sorted(workdir.glob("best_model.tmp"))
+    leftovers += sorted(workdir.glob("best_model/.*.tmp"))
+    for path in leftovers:
+        shutil.rmtree(path) if path.is_dir() else path.unlink()
+    if leftovers:
+        log(f"removed {len(leftovers)} file(s) a killed run left half-written: {', '.join(p.name for p in leftovers)}")
+
+
+def _write_config(cfg, workdir: Path, log, resumed: bool) -> None:
+    """Record the run's config; on resume, after the checkpoint was accepted, naming what changed."""
+    path = workdir / "config.json"
+    new = cfg.to_dict()
+    if resumed and path.is_file():
+        try:
+            old = json.loads(path.read_text())
+        except (json.JSONDecodeError, UnicodeDecodeError):
+            old = {}
+        changed = [f"{sec}.{k}: {old.get(sec, {}).get(k)!r} -> {v!r}" for sec, fields in new.items()
+                   for k, v in fields.items() if isinstance(old.get(sec), dict) and old[sec].get(k) != v]
+        if changed:
+            log("resumed with a changed config: " + "; ".join(changed))
+    path.write_text(json.dumps(new, indent=2) + "\n")
 
 
 def _train(cfg, workdir, resume, dtype, log):
@@ -162,6 +198,7 @@ def _train(cfg, workdir, resume, dtype, log):
     # the template fixes the structure for restoring; fresh runs fill it from the prepared params
     proto = cast(model.params if model.params is not None else model.init_params(first.graph, cfg.run.seed))
     # the model's constants (M3GNet's per-structure shift) are never trained, whatever the config says
+    _check_freeze(proto, cfg.model.freeze)
     tx = with_frozen(tx, proto, list(cfg.model.freeze) + list(model.constant_params))
     state = {"params": proto, "ema": proto, "opt_state": tx.init(proto), "step": 0, "epoch": 0,
              "batch_in_epoch": 0, "lr_scale": 1.0, "best_val": np.inf, "bad_epochs": 0,
@@ -175,6 +212,7 @@ def _train(cfg, workdir, resume, dtype, log):
         state.update(params=params, ema=ema0, opt_state=tx.init(params))
         with open(workdir / "metrics.csv", "w", newline="") as fh:
             csv.writer(fh).writerow(CSV_FIELDS)
+    _write_config(cfg, workdir, log, resume)
     _truncate_csv(workdir / "metrics.csv", int(state["epoch"]))
 
 
@@ -188,7 +226,9 @@ def _train(cfg, workdir, resume, dtype, log):
             ema = jax.tree_util.tree_map(lambda e, p: ema_decay * e + (1 - ema_decay) * p, ema, params)
         else:
             ema = params
-        return params, opt_state, ema, sums
+        # the host refuses the step (and keeps the previous state) unless all three are finite
+        health = {"loss": loss, "gradient": _all_finite(grads), "parameters": _all_finite(params)}
+        return params, opt_state, ema, sums, health
 
     frozen = freeze_labels(proto, cfg.model.freeze)
 
@@ -215,14 +255,16 @@ def _train(cfg, workdir, resume, dtype, log):
     stop = False
     while int(state["epoch"]) < cfg.optim.epochs and not stop and not early_stopped():
         epoch = int(state["epoch"])
+        groups = epoch_groups(g_train, budget, cfg.run.seed, epoch)
         batches = epoch_batches(train_frames, g_train, budget, cfg.run.seed, epoch, True, dtype)
         bar = _progress(cfg, len(batches), epoch)
         for k, batch in enumerate(batches):
             if k < int(state["batch_in_epoch"]):
                 continue
-            p, o, e, sums = train_step(state["params"], state["opt_state"], state["ema"], batch,
-                                       jnp.asarray(state["lr_scale"], dtype))
-            sums = jax.device_get(sums)
+            p, o, e, sums, health = train_step(state["params"], state["opt_state"], state["ema"], batch,
+                                               jnp.asarray(state["lr_scale"], dtype))
+            sums, health = jax.device_get((sums, health))
+            _check_health(health, state, epoch, k, len(batches), groups[k], train_frames, cfg, workdir)
             acc = state["epoch_sums"]
             state.update(params=p, opt_state=o, ema=e, step=int(state["step"]) + 1, batch_in_epoch=k + 1,
                          epoch_sums={key: float(acc[key]) + float(sums[key]) for key in METRIC_KEYS})
@@ -249,6 +291,11 @@ def _train(cfg, workdir, resume, dtype, log):
         tm = summarize(state["epoch_sums"])
         if valid_batches:
             val_loss, vm = val["loss_sum"] / len(valid_batches), summarize(val)
+            if not np.isfinite(val_loss):
+                raise TrainingError(
+                    f"epoch {epoch + 1}: the validation loss is {val_loss} although every parameter is finite: the model "
+                    f"gives a non-finite prediction for a validation structure. Nothing of this epoch was saved; "
+                    f"{_saved(workdir)}")
             improved = val_loss < float(state["best_val"])
             state.update(best_val=min(val_loss, float(state["best_val"])),
                          bad_epochs=0 if improved else int(state["bad_epochs"]) + 1,
@@ -274,6 +321,42 @@ def _train(cfg, workdir, resume, dtype, log):
         if early_stopped():
             log(f"early stopping after {epoch + 1} epochs")
     return _finish(cfg, workdir, dtype, valid_frames, log)
+
+
+def _saved(workdir: Path) -> str:
+    best = "best_model/ (the best epoch so far)" if (workdir / "best_model").is_dir() else "no best_model yet"
+    return f"{workdir} keeps the last finite checkpoint ({CHECKPOINT_FILE}) and {best}"
+
+
+def _all_finite(tree):
+    """True (a jax bool) if every entry of every leaf is finite."""
+    return jnp.all(jnp.stack([jnp.all(jnp.isfinite(x)) for x in jax.tree_util.tree_leaves(tree)]))
+
+
+def _check_health(health, state, epoch, k, n_batches, group, frames, cfg, workdir) -> None:
+    """Raise TrainingError, before anything is applied or saved, if a step was not finite."""
+    bad = ([f"the loss is {float(health['loss'])}"] if not np.isfinite(health["loss"]) else []) + [
+        f"the {name} after the update hold NaN or inf" if name == "parameters" else f"the {name} holds NaN or inf"
+        for name in ("gradient", "parameters") if not bool(health[name])]
+    if not bad:
+        return
+    sources = ", ".join(frames[i].source for i in group[:8])
+    raise TrainingError(
+        f"training diverged at step {int(state['step']) + 1} (epoch {epoch + 1}, batch {k + 1} of {n_batches}): "
+        f"{'; '.join(bad)}. The step was not applied and nothing non-finite was saved: {_saved(workdir)}. "
+        f"Likely causes: a learning rate ({cfg.optim.learning_rate:g}) too high for this model (try 10x lower, "
+        f"a longer warm-up or gradient clipping), labels in the wrong unit, or a structure the model cannot "
+        f"evaluate. This batch holds {sources}")
+
+
+def _check_freeze(params, prefixes) -> None:
+    """A freeze prefix must name at least one parameter (a typo would otherwise freeze nothing)."""
+    paths = [param_path(kp) for kp, _ in jax.tree_util.tree_flatten_with_path(params)[0]]
+    unknown = [p for p in prefixes if not any(path.startswith(p) for path in paths)]
+    if unknown or "" in prefixes:
+        groups = sorted({path.split("/")[0] for path in paths})
+        raise ConfigError(f"config: model.freeze {unknown or ['']} names no parameter of this model; parameter "
+                          f"paths start with one of {groups} (e.g. 'conv_', 'energy_scale/element_refs')")
 
 
 def _zero_sums():
@@ -312,6 +395,8 @@ def _truncate_csv(path: Path, epochs_done: int):
 def _finish(cfg, workdir, dtype, valid_frames, log):
     best = workdir / "best_model"
     if not best.is_dir():
+        log(f"no best model: the run stopped (step budget or wall time) before its first epoch ended; "
+            f"continue it with --resume")
         return {}
     model = load_model(best)
     results = {}
