@@ -7,7 +7,10 @@ from pathlib import Path
 
 import ase.io
 import jax
+import numpy as np
 import pytest
+from ase.build import bulk
+from ase.calculators.singlepoint import SinglePointCalculator
 
 FIXTURES = Path(__file__).parent / "fixtures"
 SHARED = Path(__file__).resolve().parents[1].parent / "shared"
@@ -61,3 +64,23 @@ def calc32(model):
     from jaxmat.calculators import JaxmatCalculator
 
     return JaxmatCalculator(model=model, dtype="float32")
+
+
+@pytest.fixture(scope="session")
+def labelled_file(tmp_path_factory, model):
+    """Rattled Si/SiO-free cells and a molecule-free set labelled by the real pretrained model."""
+    from jaxmat.calculators import JaxmatCalculator
+
+    calc = JaxmatCalculator(model=model, dtype="float64")
+    rng = np.random.default_rng(0)
+    frames = []
+    for k in range(12):
+        a = bulk("Si", "diamond", 5.43 * (1 + 0.02 * rng.normal()), cubic=True)
+        a.rattle(0.08, seed=k)
+        a.calc = calc
+        e, f, s = a.get_potential_energy(), a.get_forces(), a.get_stress()
+        a.calc = SinglePointCalculator(a, energy=e, forces=f, stress=s)
+        frames.append(a)
+    path = tmp_path_factory.mktemp("data") / "si_labelled.extxyz"
+    ase.io.write(path, frames)
+    return path

@@ -20,11 +20,6 @@ def test_md_cli(tmp_path):
     assert len(frames) == 3 and len(frames[0]) == 64
 
 
-def test_md_cli_bad_structure(tmp_path):
-    out = subprocess.run([sys.executable, "-m", "jaxmat.cli", "md", "NotACrystal"], capture_output=True, text=True)
-    assert out.returncode == 2 and "error" in out.stderr
-
-
 def test_predict_cli():
     from conftest import FIXTURES
 

@@ -25,26 +25,6 @@ from jaxmat.train import (config_frames, config_from_dict, fit_element_refs, loa
 from jaxmat.train._config import LossConfig
 
 
-@pytest.fixture(scope="module")
-def labelled_file(tmp_path_factory, model):
-    """Rattled Si/SiO-free cells and a molecule-free set labelled by the real pretrained model."""
-    from jaxmat.calculators import JaxmatCalculator
-
-    calc = JaxmatCalculator(model=model, dtype="float64")
-    rng = np.random.default_rng(0)
-    frames = []
-    for k in range(12):
-        a = bulk("Si", "diamond", 5.43 * (1 + 0.02 * rng.normal()), cubic=True)
-        a.rattle(0.08, seed=k)
-        a.calc = calc
-        e, f, s = a.get_potential_energy(), a.get_forces(), a.get_stress()
-        a.calc = SinglePointCalculator(a, energy=e, forces=f, stress=s)
-        frames.append(a)
-    path = tmp_path_factory.mktemp("data") / "si_labelled.extxyz"
-    ase.io.write(path, frames)
-    return path
-
-
 _BASE = {"data": {"valid_fraction": 0.25, "graphs_per_batch": 2},
          "optim": {"epochs": 2, "learning_rate": 5e-3, "warmup_epochs": 0.5},
          "run": {"progress": False, "checkpoint_every_steps": 2}}
