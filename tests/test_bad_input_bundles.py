@@ -14,7 +14,7 @@ from conftest import TINY
 from jaxmat.errors import BundleError
 from jaxmat.models import Model, load_model
 from jaxmat.models._bundle import config_digest
-from jaxmat.models._model import fresh_params
+from jaxmat.models._model import fresh_params, resolved_hyperparameters
 
 HYPER = {**TINY, "element_types": ["O", "Si"]}
 
@@ -162,4 +162,4 @@ def test_metadata_may_be_edited_and_format_1_still_loads(tmp_path, tiny):
     with warnings.catch_warnings():
         warnings.simplefilter("error")
         again = load_model(old.save(tmp_path / "resaved"))
-    assert again.hyperparameters == tiny.hyperparameters
+    assert again.hyperparameters == resolved_hyperparameters("M3GNet", tiny.hyperparameters)  # defaults written out

@@ -110,7 +110,7 @@ def read_bundle(path) -> tuple[dict, dict]:
     if config.get("format") != FORMAT:
         raise BundleError(f"{cfg_file}: format is {config.get('format')!r}, expected {FORMAT!r}")
     version = config.get("format_version")
-    if version not in SUPPORTED_VERSIONS:
+    if type(version) is not int or version not in SUPPORTED_VERSIONS:
         raise BundleError(
             f"{cfg_file}: bundle format version {version!r} is not supported "
             f"by this jaxmat (supports {', '.join(map(str, SUPPORTED_VERSIONS))})"

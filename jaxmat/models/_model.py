@@ -77,7 +77,7 @@ class Model:
     def hyperparameter(self, name: str):
         """A hyperparameter as the module uses it: the bundle's value or the family's default
         (None for a name the family does not have)."""
-        return self.hyperparameters.get(name, getattr(FAMILIES[self.family], name, None))
+        return resolved_hyperparameters(self.family, self.hyperparameters).get(name)
 
     @property
     def cutoff(self) -> float:
@@ -111,21 +111,40 @@ class Model:
             )
 
     def save(self, path) -> Path:
-        return save_bundle(path, self.family, self.hyperparameters, self.params, self.metadata)
+        """Write a bundle; its config lists every hyperparameter, defaults included, so the config
+        hash certifies exactly what the module computes."""
+        hyper = resolved_hyperparameters(self.family, self.hyperparameters)
+        return save_bundle(path, self.family, hyper, self.params, self.metadata)
 
     def init_params(self, graph, seed: int = 0):
         """Fresh random parameters for this architecture (float32)."""
         return self.module.init(jax.random.PRNGKey(seed), graph)["params"]
 
 
+def default_hyperparameters(family: str) -> dict:
+    """The family's constructor defaults as a JSON-able dict (explicit in every bundle)."""
+    out = {}
+    for f in dataclasses.fields(FAMILIES[family]):
+        if f.name in ("parent", "name") or f.default is dataclasses.MISSING:
+            continue
+        out[f.name] = list(f.default) if isinstance(f.default, tuple) else f.default
+    return out
+
+
+def resolved_hyperparameters(family: str, hyperparameters: dict) -> dict:
+    """``hyperparameters`` completed with the family's defaults: what the module computes with."""
+    return {**default_hyperparameters(family), **hyperparameters}
+
+
 def _tiny_graph(model: "Model"):
-    """A padded two-atom graph of the model's first element (for initialising parameters)."""
-    from jaxmat.graph import atoms_to_graph, bucket_sizes, graph_sizes, pad_graph
+    """A padded two-atom graph of the model's first element (for initialising parameters; the
+    structure checks are off: a 1.5 A dimer of a large atom is fine for shapes)."""
+    from jaxmat.graph import StructureChecks, atoms_to_graph, bucket_sizes, graph_sizes, pad_graph
     import ase
 
     sym = model.element_types[0]
     g = atoms_to_graph(ase.Atoms(sym + "2", positions=[[0, 0, 0], [1.5, 0, 0]]),
-                       model.cutoff, model.three_body_cutoff)
+                       model.cutoff, model.three_body_cutoff, StructureChecks(min_distance_factor=0))
     return jax.tree_util.tree_map(jnp.asarray, pad_graph(g, bucket_sizes(graph_sizes(g))))
 
 
@@ -172,7 +191,7 @@ def load_model(name_or_path=DEFAULT_MODEL) -> Model:
         raise BundleError(str(err)) from None
     try:
         expected = expected_param_shapes(family, hyper)
-    except Exception as err:  # noqa: BLE001 - any failure to build the module is a bad bundle
+    except (TypeError, ValueError, KeyError, IndexError) as err:  # the module cannot be built from them
         raise BundleError(f"{path}: hyperparameters do not fit {family}: {type(err).__name__}: {err}") from None
     check_params(params, expected, str(path))
     metadata = dict(config.get("metadata", {}))
@@ -186,8 +205,8 @@ def check_hyperparameters(family: str, hyper: dict, where: str, required: tuple 
     and by training configs (from-scratch hyperparameters)."""
     cls = FAMILIES[family]
     check_fields(cls, hyper, where, required)
-    value = lambda name: hyper.get(name, getattr(cls, name, None))  # noqa: E731
-    tb, rc = value("threebody_cutoff"), value("cutoff")
+    full = resolved_hyperparameters(family, hyper)
+    tb, rc = full.get("threebody_cutoff"), full.get("cutoff")
     if tb is not None and rc is not None and tb > rc:
         raise ConfigError(f"{where}: threebody_cutoff {tb} A exceeds cutoff {rc} A (triplets are pairs of bonds of "
                           "the graph, so their cutoff function would be cut off abruptly)")
