@@ -81,6 +81,7 @@ def chemical_symbols_rule() -> Rule:
 
 _WORDS = {"None": "null/None", "bool": "true or false", "int": "an integer", "float": "a finite number",
           "str": "a string", "dict": "a mapping (JSON object)", "list": "a list"}
+_PLURALS = {"bool": "booleans", "int": "integers", "float": "finite numbers", "str": "strings"}
 
 
 def _split(annotation: str) -> list[str]:
@@ -111,7 +112,10 @@ def _matches(value, t: str) -> bool:
     if t == "int":
         return isinstance(value, (int, np.integer)) and not isinstance(value, (bool, np.bool_))
     if t == "float":
-        return _is_number(value) and math.isfinite(float(value))
+        try:
+            return _is_number(value) and math.isfinite(float(value))
+        except OverflowError:  # an integer beyond float range
+            return False
     if t == "str":
         return isinstance(value, str)
     if t in ("dict", "Mapping"):
@@ -139,9 +143,9 @@ def describe_type(annotation: str) -> str:
         m = re.fullmatch(r"(list|tuple|Sequence)\[(.+?)(, \.\.\.)?\]", t)
         d = re.fullmatch(r"(dict|Mapping)\[str, (.+)\]", t)
         if m:
-            words.append(f"a list of {describe_type(m.group(2)).replace('a ', '').replace('an ', '')}s")
+            words.append(f"a list of {_PLURALS.get(m.group(2), m.group(2))}")
         elif d:
-            words.append(f"a mapping of names to {describe_type(d.group(2)).replace('a ', '').replace('an ', '')}s")
+            words.append(f"a mapping of names to {_PLURALS.get(d.group(2), d.group(2))}")
         else:
             words.append(_WORDS.get(t, t))
     return " or ".join(words)
@@ -158,7 +162,8 @@ def check_value(where: str, name: str, value, annotation: str, rule: Rule | None
     """Raise ConfigError unless ``value`` has type ``annotation`` and satisfies ``rule``
     (``None`` values skip the rule)."""
     label = f"{where}.{name}" if where else name
-    shown = f"{value!r} ({type(value).__name__})"
+    text = repr(value)
+    shown = f"{text if len(text) <= 80 else text[:77] + '...'} ({type(value).__name__})"
     if not _matches_any(value, annotation):
         expect = describe_type(annotation) + (f", {rule.expect}" if rule else "")
         raise ConfigError(f"{label} = {shown}: expected {expect}")

@@ -1,7 +1,8 @@
 """Every exception jaxmat raises on purpose, in one namespace.
 
 Input errors are ``ValueError`` subclasses (caught by ``except ValueError``); runs that blew up are
-``RuntimeError`` subclasses. Each message names the offending file, field, atom or step.
+``RuntimeError`` subclasses, defined here. Each message names the offending file, field, atom or
+step. Importing this module is cheap: the input errors are loaded from their modules on first use.
 
 | exception | raised when |
 |---|---|
@@ -15,13 +16,27 @@ Input errors are ``ValueError`` subclasses (caught by ``except ValueError``); ru
 | ``TrainingError`` | training produced a non-finite loss, gradient or parameter |
 """
 
-from jaxmat._checks import ConfigError
-from jaxmat.data import DatasetError
-from jaxmat.graph import StructureError
-from jaxmat.guard import SimulationError
-from jaxmat.models import BundleError, UnknownElementError
-from jaxmat.train._checkpoint import CheckpointError
-from jaxmat.train._trainer import TrainingError
+import importlib
+
+
+class SimulationError(RuntimeError):
+    """A simulation that became unphysical (non-finite, runaway temperature, energy not conserved)."""
+
+
+class TrainingError(RuntimeError):
+    """Training produced a non-finite loss, gradient or parameter (nothing non-finite is saved)."""
+
+
+_LAZY = {"ConfigError": "jaxmat._checks", "StructureError": "jaxmat.graph._structure",
+         "UnknownElementError": "jaxmat.models._model", "BundleError": "jaxmat.models._bundle",
+         "DatasetError": "jaxmat.data._read", "CheckpointError": "jaxmat.train._checkpoint"}
+
+
+def __getattr__(name):
+    if name in _LAZY:
+        return getattr(importlib.import_module(_LAZY[name]), name)
+    raise AttributeError(f"module 'jaxmat.errors' has no attribute {name!r}")
+
 
 __all__ = ["BundleError", "CheckpointError", "ConfigError", "DatasetError", "SimulationError", "StructureError",
            "TrainingError", "UnknownElementError"]

@@ -3,7 +3,9 @@ diverges stops at once and saves nothing non-finite; --resume and interrupted ru
 
 import json
 import math
+import re
 
+import flax.serialization
 import jax
 import numpy as np
 import pytest
@@ -53,6 +55,10 @@ CONFIGS = {
     "unknown hyperparameter": ({"model": {"hyperparameters": {"dropout": 0.1}}}, r"hyperparameters: unknown key\(s\) \['dropout'\]"),
     "three-body cutoff beyond the cutoff": ({"model": {"hyperparameters": {"threebody_cutoff": 5.5}}},
                                            "threebody_cutoff 5.5 A exceeds cutoff 5.0 A"),
+    "structure checks of the wrong type": ({"data": {"structure_checks": {"min_distance_factor": "0.3"}}},
+                                           r"data.structure_checks.min_distance_factor = '0.3' \(str\)"),
+    "unknown structure check": ({"data": {"structure_checks": {"min_distance": 0.3}}},
+                                r"data.structure_checks: unknown key\(s\) \['min_distance'\]"),
     "no training file": ({"data": {"train": ""}}, "data.train .* is required"),
 }
 
@@ -64,6 +70,20 @@ def test_bad_config_fields(case):
          for section, values in {**OK, **change}.items()}
     with pytest.raises(ConfigError, match=match):
         config_from_dict(d)
+
+
+def test_config_sections_check_themselves():
+    """Python users who build sections directly get the same checks (and train_and_evaluate re-checks
+    the rules across sections)."""
+    from jaxmat.train._config import LossConfig, OptimConfig, TrainConfig
+
+    with pytest.raises(ConfigError, match=r"config: optim.learning_rate = '5e-3'"):
+        OptimConfig(learning_rate="5e-3")
+    cfg = TrainConfig()
+    cfg.data.train = "x.extxyz"
+    cfg.loss = LossConfig(energy_weight=0, forces_weight=0, stress_weight=0)
+    with pytest.raises(ConfigError, match="are all 0"):
+        train_and_evaluate(cfg, "/nonexistent/never-made")
 
 
 @pytest.mark.parametrize("content, match", [(None, "does not exist"), (b"\xff\xfe{", "is not valid JSON"),
@@ -89,21 +109,21 @@ def test_a_freeze_prefix_must_name_a_parameter(tmp_path, labelled_file):
 
 def test_diverging_training_stops_at_the_first_non_finite_step(tmp_path, labelled_file, capsys):
     """An absurd learning rate blows the weights up: the CLI stops with exit 2 at the first non-finite
-    step, names it, and no checkpoint or model holds a non-finite number."""
-    cfg = _config(labelled_file, optim={"learning_rate": 1e12, "clip_norm": 0, "ema_decay": 0, "optimizer": "adam"},
-                  run={"checkpoint_every_steps": 1})
+    step and names it; the last good state is checkpointed (parameters and EMA finite) and resumable."""
+    cfg = _config(labelled_file, optim={"learning_rate": 1e12, "clip_norm": 0, "optimizer": "adam"},
+                  run={"checkpoint_every_steps": 100})
     (tmp_path / "cfg.json").write_text(json.dumps(cfg))
     with jax.debug_nans(False):
         code = cli.main(["train", str(tmp_path / "cfg.json"), "--workdir", str(tmp_path / "run")])
     err = capsys.readouterr().err
     assert code == 2 and "training diverged at step" in err and "nothing non-finite was saved" in err, err
     assert "This batch holds" in err and "si_labelled.extxyz:" in err
-    from jaxmat.train._checkpoint import load_checkpoint  # noqa: F401  (the checkpoint decodes and is finite)
-    import flax.serialization
-
-    raw = flax.serialization.msgpack_restore((tmp_path / "run" / "checkpoint.msgpack").read_bytes())
-    leaves = jax.tree_util.tree_leaves(raw["state"]["params"])
-    assert leaves and all(np.isfinite(x).all() for x in leaves)
+    step = int(re.search(r"diverged at step (\d+)", err).group(1))
+    raw = flax.serialization.msgpack_restore((tmp_path / "run" / "checkpoint.msgpack").read_bytes())["state"]
+    assert int(raw["step"]) == step - 1  # the last good state, written although checkpoint_every_steps is 100
+    for key in ("params", "ema"):
+        leaves = jax.tree_util.tree_leaves(raw[key])
+        assert leaves and all(np.isfinite(x).all() for x in leaves), key
     assert not (tmp_path / "run" / "best_model").exists()
 
 
@@ -115,7 +135,7 @@ def test_resume_and_interrupted_runs_say_what_they_do(tmp_path, labelled_file, c
     assert cli.main(["train", str(tmp_path / "cfg.json"), "--workdir", str(run), "--resume"]) == 0
     out = capsys.readouterr().out
     assert "holds no checkpoint.msgpack, so there is nothing to continue: starting a new run" in out
-    assert "no best model was written" in out and not (run / "best_model").exists()
+    assert "no best model was written" in out and "best model:" not in out and not (run / "best_model").exists()
     # a killed run's half-written files are removed; a changed config is reported on resume
     (run / ".checkpoint.msgpack.x1y2.tmp").write_bytes(b"half")
     (run / "best_model.tmp").mkdir()
@@ -125,8 +145,19 @@ def test_resume_and_interrupted_runs_say_what_they_do(tmp_path, labelled_file, c
     assert any("removed 2 file(s)" in m for m in msgs) and not (run / "best_model.tmp").exists()
     assert any("optim.epochs: 2 -> 1" in m and "run.max_steps: 1 -> None" in m for m in msgs), msgs
     assert (run / "best_model").is_dir()
-    # a corrupt checkpoint is refused before the run's config.json is touched
+    # a kill between the two renames of the best-model swap: the complete old copy is put back
+    (run / "best_model").rename(run / "best_model.old")
+    (run / "best_model.tmp").mkdir()
+    msgs.clear()
+    train_and_evaluate(config_from_dict(_config(labelled_file, optim={"epochs": 1})), run, resume=True, log=msgs.append)
+    assert any("restored best_model from best_model.old" in m for m in msgs), msgs
+    assert (run / "best_model").is_dir() and not (run / "best_model.old").exists()
+    # a change that would replay different batches is refused, before config.json is touched
     before = (run / "config.json").read_text()
+    with pytest.raises(CheckpointError, match=r"cannot resume with data.graphs_per_batch: 2 -> 3"):
+        train_and_evaluate(config_from_dict(_config(labelled_file, data={"graphs_per_batch": 3}, optim={"epochs": 1})),
+                           run, resume=True, log=lambda *_: None)
+    # so is a corrupt checkpoint
     (run / "checkpoint.msgpack").write_bytes(b"\x00garbage")
     with pytest.raises(CheckpointError, match="cannot be decoded"):
         train_and_evaluate(config_from_dict(_config(labelled_file, optim={"epochs": 5})), run, resume=True,

@@ -7,7 +7,7 @@ from typing import NamedTuple, Sequence
 import numpy as np
 
 from jaxmat.data._read import DatasetError, Frame
-from jaxmat.graph import PadSizes, atoms_to_graph, batch_graphs, cast_floats, graph_sizes, pad_graph
+from jaxmat.graph import DEFAULT_CHECKS, PadSizes, StructureChecks, atoms_to_graph, batch_graphs, cast_floats, graph_sizes, pad_graph
 
 
 class Labels(NamedTuple):
@@ -34,13 +34,14 @@ class Batch(NamedTuple):
     labels: Labels
 
 
-def build_graphs(frames: Sequence[Frame], model) -> list:
-    """Host graphs of all frames for ``model``'s cutoffs; errors name the file and frame."""
+def build_graphs(frames: Sequence[Frame], model, checks: StructureChecks = DEFAULT_CHECKS) -> list:
+    """Host graphs of all frames for ``model``'s cutoffs, through the structure ``checks``; errors
+    name the file and frame."""
     graphs = []
     for f in frames:
         try:
             model.check_species(f.atoms.numbers)
-            graphs.append(atoms_to_graph(f.atoms, model.cutoff, model.three_body_cutoff))
+            graphs.append(atoms_to_graph(f.atoms, model.cutoff, model.three_body_cutoff, checks))
         except ValueError as err:
             raise DatasetError(f"{f.source}: {err}") from None
     return graphs

@@ -14,7 +14,7 @@ import flax.serialization
 import jax
 import numpy as np
 
-from jaxmat.models._bundle import atomic_write
+from jaxmat.models._bundle import BundleError, atomic_write, check_weights
 
 FORMAT = "jaxmat-checkpoint"
 FORMAT_VERSION = 1
@@ -31,9 +31,10 @@ def save_checkpoint(workdir, state: dict) -> Path:
     path = Path(workdir) / CHECKPOINT_FILE
     host = jax.tree_util.tree_map(np.asarray, flax.serialization.to_state_dict(state))
     for key in ("params", "ema"):
-        leaves = jax.tree_util.tree_leaves(host.get(key, {}))
-        if not all(np.isfinite(x).all() for x in leaves if x.dtype.kind == "f"):
-            raise CheckpointError(f"refusing to write {path}: {key} holds non-finite values (NaN or inf)")
+        try:
+            check_weights(host[key], f"refusing to write {path}: {key}")
+        except BundleError as err:
+            raise CheckpointError(str(err)) from None
     blob = flax.serialization.msgpack_serialize({"format": FORMAT, "format_version": FORMAT_VERSION, "state": host})
     atomic_write(path, blob)
     return path
@@ -58,6 +59,20 @@ def load_checkpoint(workdir, template: dict) -> dict:
         if np.shape(a) != np.shape(b):
             raise CheckpointError(f"{path} does not fit this run: shape {np.shape(b)} != {np.shape(a)}")
     return restored
+
+
+def recover_dir(final: Path) -> str | None:
+    """Finish or undo a ``replace_dir`` that a kill interrupted: if ``final`` is gone but its
+    ``.old`` copy (complete: it was ``final``) is there, put it back; a ``.old`` beside a present
+    ``final`` is removed. Returns what was done, or None."""
+    old = final.with_name(final.name + ".old")
+    if not old.exists():
+        return None
+    if final.exists():
+        shutil.rmtree(old)
+        return f"removed {old.name}"
+    os.replace(old, final)
+    return f"restored {final.name} from {old.name} (a kill came between its two renames)"
 
 
 def replace_dir(tmp: Path, final: Path) -> None:

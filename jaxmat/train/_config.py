@@ -10,12 +10,21 @@ import json
 from pathlib import Path
 from typing import ClassVar
 
-from jaxmat._checks import (ConfigError, Rule, at_least, between, check_fields, each, non_negative, one_of, positive,
-                            rules_text)
+from jaxmat._checks import (ConfigError, Rule, at_least, between, check_fields, check_instance, each, non_negative,
+                            one_of, positive, rules_text)
+
+
+class _Section:
+    """A config section checks its own fields when made (``ConfigError`` naming section and field)."""
+
+    SECTION: ClassVar[str] = ""
+
+    def __post_init__(self):
+        check_instance(self, f"config: {self.SECTION}")
 
 
 @dataclasses.dataclass
-class DataConfig:
+class DataConfig(_Section):
     train: str = ""  #: training file (any ase.io format)
     valid: str | None = None  #: validation file; None: split ``valid_fraction`` off ``train``
     test: str | None = None  #: test file, evaluated on the best model at the end (optional)
@@ -27,13 +36,15 @@ class DataConfig:
     require_stress: bool = False  #: fail on periodic frames without stress (else masked)
     graphs_per_batch: int = 4  #: structures per batch (the padding budget holds any such group)
     group_key: str = "config_type"  #: info key naming a frame's group, for loss.group_weights (mlearn: "group")
+    structure_checks: dict = dataclasses.field(default_factory=dict)  #: thresholds of the structure checks, as jaxmat.graph.StructureChecks ({"min_distance_factor": 0.3} for data with very short contacts)
 
+    SECTION: ClassVar[str] = "data"
     RULES: ClassVar[dict] = {"valid_fraction": between(0, 1, hi_open=True), "graphs_per_batch": at_least(1),
                              "stress_factor": Rule(lambda v: v != 0, "!= 0")}
 
 
 @dataclasses.dataclass
-class ModelConfig:
+class ModelConfig(_Section):
     init_from: str | None = None  #: pretrained name or bundle folder (relative to the config file) to fine-tune; None: from scratch
     family: str = "M3GNet"  #: model family for training from scratch
     hyperparameters: dict = dataclasses.field(default_factory=dict)  #: overrides of the family defaults; with init_from only growth ({"max_l": 7}, {"nblocks": 4}; see grow_model)
@@ -41,11 +52,11 @@ class ModelConfig:
     refit_element_refs: bool = True  #: least-squares refit of per-element reference energies first
     scale_from_data: bool = True  #: from scratch: energy scale = RMS force component of the data
 
-    RULES: ClassVar[dict] = {}
+    SECTION: ClassVar[str] = "model"
 
 
 @dataclasses.dataclass
-class LossConfig:
+class LossConfig(_Section):
     energy_weight: float = 1.0  #: weight of the energy-per-atom term (eV/atom)
     forces_weight: float = 1.0  #: weight of the force term (eV/A, per component)
     # 0.01, not M3GNet's 0.1: on mlearn Mo/Si (max_l 7, from scratch) 0.1 held the training force MAE
@@ -56,13 +67,14 @@ class LossConfig:
     huber_delta: float = 0.01  #: Huber transition (in each term's unit)
     group_weights: dict[str, float] = dataclasses.field(default_factory=dict)  #: {group: weight} multiplying the energy, force and stress terms of the frames whose info[data.group_key] is that group (MACE's config_type_weights); others 1
 
+    SECTION: ClassVar[str] = "loss"
     RULES: ClassVar[dict] = {"energy_weight": non_negative(), "forces_weight": non_negative(),
                              "stress_weight": non_negative(), "kind": one_of("mse", "huber"),
                              "huber_delta": positive(), "group_weights": each(non_negative())}
 
 
 @dataclasses.dataclass
-class OptimConfig:
+class OptimConfig(_Section):
     optimizer: str = "adamw"  #: "adam" or "adamw"
     learning_rate: float = 2e-3  #: peak learning rate
     weight_decay: float = 1e-5  #: AdamW decoupled weight decay
@@ -76,6 +88,7 @@ class OptimConfig:
     plateau_factor: float = 0.5  #: lr multiplier on a plateau
     early_stopping_patience: int = 40  #: epochs without validation improvement before stopping (0: off)
 
+    SECTION: ClassVar[str] = "optim"
     RULES: ClassVar[dict] = {"optimizer": one_of("adam", "adamw"), "learning_rate": non_negative(),
                              "weight_decay": non_negative(), "epochs": at_least(1), "warmup_epochs": non_negative(),
                              "final_lr_factor": between(0, 1), "clip_norm": non_negative(),
@@ -84,7 +97,7 @@ class OptimConfig:
 
 
 @dataclasses.dataclass
-class RunConfig:
+class RunConfig(_Section):
     seed: int = 0  #: seed of initialisation, split and data order
     dtype: str = "float32"  #: "float32" or "float64"
     checkpoint_every_steps: int = 20  #: also checkpoint at every epoch end
@@ -92,6 +105,7 @@ class RunConfig:
     max_wall_minutes: float | None = None  #: stop (checkpointed, resumable) after this wall time
     progress: bool = True  #: tqdm progress bar with the live loss
 
+    SECTION: ClassVar[str] = "run"
     RULES: ClassVar[dict] = {"seed": non_negative(), "dtype": one_of("float32", "float64"),
                              "checkpoint_every_steps": at_least(1), "max_steps": at_least(1),
                              "max_wall_minutes": positive()}
@@ -126,7 +140,7 @@ def config_from_dict(d: dict, base: Path | None = None) -> TrainConfig:
         check_fields(cls, sub, f"config: {name}")
         parts[name] = cls(**{k: (list(v) if isinstance(v, tuple) else v) for k, v in sub.items()})
     cfg = TrainConfig(**parts)
-    _check(cfg)
+    check_config(cfg)
     if base is not None:  # data paths are relative to the config file
         for key in ("train", "valid", "test"):
             value = getattr(cfg.data, key)
@@ -138,8 +152,11 @@ def config_from_dict(d: dict, base: Path | None = None) -> TrainConfig:
     return cfg
 
 
-def _check(cfg: TrainConfig) -> None:
-    """Rules that tie several fields together (each field alone was checked by ``check_fields``)."""
+def check_config(cfg: TrainConfig) -> None:
+    """Rules that tie several fields together (each field alone is checked when its section is made)."""
+    from jaxmat.graph import StructureChecks
+
+    check_fields(StructureChecks, cfg.data.structure_checks, "config: data.structure_checks")
     if not cfg.data.train:
         raise ConfigError("config: data.train (the training file) is required")
     loss = cfg.loss

@@ -6,15 +6,17 @@ import jax
 import numpy as np
 
 from jaxmat.data import batch_budget, build_graphs, make_batch, pack
+from jaxmat.graph import DEFAULT_CHECKS, StructureChecks
 from jaxmat.models._predict import host_graph_totals, warn_outside_domain
 from jaxmat.potential import energy_forces_stress
 
 
-def predict(model, params, frames, graphs_per_batch: int = 4, dtype: str = "float32", graphs=None) -> dict:
+def predict(model, params, frames, graphs_per_batch: int = 4, dtype: str = "float32", graphs=None,
+            checks: StructureChecks = DEFAULT_CHECKS) -> dict:
     """Per-frame predictions and labels: energy per atom (eV/atom), forces (eV/A), stress (eV/A^3);
     for structure -> property models the target in ``e_pred``/``e_ref`` (forces/stress empty)."""
     warn_outside_domain(model, [f.atoms for f in frames])
-    graphs = graphs if graphs is not None else build_graphs(frames, model)
+    graphs = graphs if graphs is not None else build_graphs(frames, model, checks)
     budget = batch_budget(graphs, graphs_per_batch)
     out = {k: [] for k in ("e_pred", "e_ref", "f_pred", "f_ref", "s_pred", "s_ref")}
     with jax.enable_x64(dtype == "float64"):

@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import csv
-import dataclasses
 import json
 import time
 from pathlib import Path
@@ -15,33 +14,22 @@ import optax
 from ase.data import atomic_numbers
 
 from jaxmat._checks import ConfigError
-from jaxmat.data import batch_budget, build_graphs, epoch_batches, epoch_groups, read_frames, split
+from jaxmat.errors import TrainingError
+from jaxmat.data import batch_budget, build_graphs, epoch_batches, epoch_groups, make_batch, read_frames, split
+from jaxmat.graph import StructureChecks
 from jaxmat.models import FAMILIES, Model, grow_model, load_model
-from jaxmat.train._checkpoint import CHECKPOINT_FILE, load_checkpoint, replace_dir, save_checkpoint
+from jaxmat.models._model import default_hyperparameters
+from jaxmat.train._config import check_config
+from jaxmat.train._checkpoint import CHECKPOINT_FILE, CheckpointError, load_checkpoint, recover_dir, replace_dir, save_checkpoint
 from jaxmat.train._evaluate import error_metrics, predict
 from jaxmat.train._loss import METRIC_KEYS, loss_and_metrics, summarize
 from jaxmat.train._optim import freeze_labels, make_optimizer, param_path, with_frozen
 from jaxmat.train._plots import learning_curves, parity_plots
 from jaxmat.train._refs import fit_element_refs
 
-class TrainingError(RuntimeError):
-    """Training produced a non-finite loss, gradient or parameter (nothing non-finite is saved)."""
-
-
 CSV_FIELDS = ["epoch", "step", "lr_scale", "train_loss", "train_e_mae", "train_f_mae", "train_s_mae",
               "val_loss", "val_e_mae", "val_e_rmse", "val_f_mae", "val_f_rmse", "val_s_mae", "val_s_rmse",
               "wall_s"]
-
-
-def default_hyperparameters(family: str) -> dict:
-    """The family's constructor defaults as a JSON-able dict (explicit in every bundle)."""
-    fields = dataclasses.fields(FAMILIES[family])
-    out = {}
-    for f in fields:
-        if f.name in ("parent", "name") or f.default is dataclasses.MISSING:
-            continue
-        out[f.name] = list(f.default) if isinstance(f.default, tuple) else f.default
-    return out
 
 
 def output_kind(cfg) -> str:
@@ -139,12 +127,13 @@ def _prepare_params(cfg, model, params, frames, graphs):
 def train_and_evaluate(cfg, workdir, resume: bool = False, log=print) -> dict:
     """Train ``cfg`` in ``workdir``: metrics.csv, checkpoint.msgpack, best_model/ (a bundle),
     learning_curves.png and parity plots. Returns the final metrics of the best model."""
+    check_config(cfg)
     workdir = Path(workdir)
     workdir.mkdir(parents=True, exist_ok=True)
-    _remove_orphans(workdir, log)
     has_ckpt = (workdir / CHECKPOINT_FILE).is_file()
     if has_ckpt and not resume:
         raise ValueError(f"{workdir} already holds a checkpoint: pass --resume to continue it, or use a new workdir")
+    _remove_orphans(workdir, log)
     if resume and not has_ckpt:
         log(f"--resume: {workdir} holds no {CHECKPOINT_FILE}, so there is nothing to continue: starting a new run")
     dtype = cfg.run.dtype
@@ -153,20 +142,27 @@ def train_and_evaluate(cfg, workdir, resume: bool = False, log=print) -> dict:
 
 
 def _remove_orphans(workdir: Path, log) -> None:
-    """Delete what a killed run left half-written: temporary checkpoint/bundle files and folders
-    (the complete files they were to replace are untouched)."""
+    """Clean up after a killed run: finish an interrupted best-model swap (``recover_dir``), then
+    delete half-written temporary files (the complete files they were to replace are untouched)."""
     import shutil
 
+    done = recover_dir(workdir / "best_model")
+    if done:
+        log(done)
     leftovers = sorted(workdir.glob(f".{CHECKPOINT_FILE}.*.tmp")) + sorted(workdir.glob("best_model.tmp"))
-    leftovers += sorted(workdir.glob("best_model/.*.tmp"))
     for path in leftovers:
         shutil.rmtree(path) if path.is_dir() else path.unlink()
     if leftovers:
         log(f"removed {len(leftovers)} file(s) a killed run left half-written: {', '.join(p.name for p in leftovers)}")
 
 
+#: fields a resumed run may not change: they decide which frames form which batch, and the precision
+REPLAY_FIELDS = {"data": ("train", "valid", "valid_fraction", "graphs_per_batch"), "run": ("seed", "dtype")}
+
+
 def _write_config(cfg, workdir: Path, log, resumed: bool) -> None:
-    """Record the run's config; on resume, after the checkpoint was accepted, naming what changed."""
+    """Record the run's config; on resume (after the checkpoint was accepted) refuse a change to
+    ``REPLAY_FIELDS`` (CheckpointError) and name every other change."""
     path = workdir / "config.json"
     new = cfg.to_dict()
     if resumed and path.is_file():
@@ -174,10 +170,17 @@ def _write_config(cfg, workdir: Path, log, resumed: bool) -> None:
             old = json.loads(path.read_text())
         except (json.JSONDecodeError, UnicodeDecodeError):
             old = {}
-        changed = [f"{sec}.{k}: {old.get(sec, {}).get(k)!r} -> {v!r}" for sec, fields in new.items()
-                   for k, v in fields.items() if isinstance(old.get(sec), dict) and old[sec].get(k) != v]
+        changed = {(sec, k): (old[sec].get(k), v) for sec, fields in new.items() for k, v in fields.items()
+                   if isinstance(old.get(sec), dict) and old[sec].get(k) != v}
+        text = lambda keys: "; ".join(f"{sec}.{k}: {changed[sec, k][0]!r} -> {changed[sec, k][1]!r}"  # noqa: E731
+                                      for sec, k in keys)
+        fixed = [key for key in changed if key[1] in REPLAY_FIELDS.get(key[0], ())]
+        if fixed:
+            raise CheckpointError(
+                f"{workdir} cannot resume with {text(fixed)}: these decide the data split, the batches or the "
+                f"precision of the checkpointed run. Resume with its config ({path}) or start a new workdir")
         if changed:
-            log("resumed with a changed config: " + "; ".join(changed))
+            log("resumed with a changed config: " + text(changed))
     path.write_text(json.dumps(new, indent=2) + "\n")
 
 
@@ -185,7 +188,8 @@ def _train(cfg, workdir, resume, dtype, log):
     kind = output_kind(cfg)
     train_frames, valid_frames = _load_data(cfg, kind)
     model = _make_model(cfg, train_frames, kind, valid_frames)
-    g_train, g_valid = build_graphs(train_frames, model), build_graphs(valid_frames, model)
+    checks = StructureChecks(**cfg.data.structure_checks)
+    g_train, g_valid = build_graphs(train_frames, model, checks), build_graphs(valid_frames, model, checks)
     budget = batch_budget(g_train + g_valid, cfg.data.graphs_per_batch)
     first = epoch_batches(train_frames[:1], g_train[:1], budget, 0, 0, False, dtype)[0]
     lcfg, ema_decay = cfg.loss, cfg.optim.ema_decay
@@ -227,7 +231,7 @@ def _train(cfg, workdir, resume, dtype, log):
         else:
             ema = params
         # the host refuses the step (and keeps the previous state) unless all three are finite
-        health = {"loss": loss, "gradient": _all_finite(grads), "parameters": _all_finite(params)}
+        health = {"loss": loss, "gradient": _all_finite(grads), "parameters": _all_finite((params, ema))}
         return params, opt_state, ema, sums, health
 
     frozen = freeze_labels(proto, cfg.model.freeze)
@@ -255,8 +259,8 @@ def _train(cfg, workdir, resume, dtype, log):
     stop = False
     while int(state["epoch"]) < cfg.optim.epochs and not stop and not early_stopped():
         epoch = int(state["epoch"])
-        groups = epoch_groups(g_train, budget, cfg.run.seed, epoch)
-        batches = epoch_batches(train_frames, g_train, budget, cfg.run.seed, epoch, True, dtype)
+        groups = epoch_groups(g_train, budget, cfg.run.seed, epoch)  # as epoch_batches, keeping the frame indices
+        batches = [make_batch(idx, train_frames, g_train, budget, dtype) for idx in groups]
         bar = _progress(cfg, len(batches), epoch)
         for k, batch in enumerate(batches):
             if k < int(state["batch_in_epoch"]):
@@ -264,7 +268,9 @@ def _train(cfg, workdir, resume, dtype, log):
             p, o, e, sums, health = train_step(state["params"], state["opt_state"], state["ema"], batch,
                                                jnp.asarray(state["lr_scale"], dtype))
             sums, health = jax.device_get((sums, health))
-            _check_health(health, state, epoch, k, len(batches), groups[k], train_frames, cfg, workdir)
+            if not _healthy(health):
+                save_checkpoint(workdir, state)  # the last good state: resumable, e.g. with a lower learning rate
+                raise _divergence(health, state, epoch, k, len(batches), groups[k], train_frames, cfg, workdir)
             acc = state["epoch_sums"]
             state.update(params=p, opt_state=o, ema=e, step=int(state["step"]) + 1, batch_in_epoch=k + 1,
                          epoch_sums={key: float(acc[key]) + float(sums[key]) for key in METRIC_KEYS})
@@ -292,10 +298,11 @@ def _train(cfg, workdir, resume, dtype, log):
         if valid_batches:
             val_loss, vm = val["loss_sum"] / len(valid_batches), summarize(val)
             if not np.isfinite(val_loss):
+                save_checkpoint(workdir, state)
                 raise TrainingError(
                     f"epoch {epoch + 1}: the validation loss is {val_loss} although every parameter is finite: the model "
-                    f"gives a non-finite prediction for a validation structure. Nothing of this epoch was saved; "
-                    f"{_saved(workdir)}")
+                    f"gives a non-finite prediction for a validation structure. This epoch's model was not kept as "
+                    f"best; {_saved(workdir)}")
             improved = val_loss < float(state["best_val"])
             state.update(best_val=min(val_loss, float(state["best_val"])),
                          bad_epochs=0 if improved else int(state["bad_epochs"]) + 1,
@@ -325,7 +332,7 @@ def _train(cfg, workdir, resume, dtype, log):
 
 def _saved(workdir: Path) -> str:
     best = "best_model/ (the best epoch so far)" if (workdir / "best_model").is_dir() else "no best_model yet"
-    return f"{workdir} keeps the last finite checkpoint ({CHECKPOINT_FILE}) and {best}"
+    return f"{workdir} holds the last good state ({CHECKPOINT_FILE}, --resume continues from it) and {best}"
 
 
 def _all_finite(tree):
@@ -333,15 +340,17 @@ def _all_finite(tree):
     return jnp.all(jnp.stack([jnp.all(jnp.isfinite(x)) for x in jax.tree_util.tree_leaves(tree)]))
 
 
-def _check_health(health, state, epoch, k, n_batches, group, frames, cfg, workdir) -> None:
-    """Raise TrainingError, before anything is applied or saved, if a step was not finite."""
+def _healthy(health) -> bool:
+    return bool(np.isfinite(health["loss"]) and health["gradient"] and health["parameters"])
+
+
+def _divergence(health, state, epoch, k, n_batches, group, frames, cfg, workdir) -> TrainingError:
+    """The error for a step whose loss, gradient or updated weights were not finite."""
     bad = ([f"the loss is {float(health['loss'])}"] if not np.isfinite(health["loss"]) else []) + [
         f"the {name} after the update hold NaN or inf" if name == "parameters" else f"the {name} holds NaN or inf"
         for name in ("gradient", "parameters") if not bool(health[name])]
-    if not bad:
-        return
     sources = ", ".join(frames[i].source for i in group[:8])
-    raise TrainingError(
+    return TrainingError(
         f"training diverged at step {int(state['step']) + 1} (epoch {epoch + 1}, batch {k + 1} of {n_batches}): "
         f"{'; '.join(bad)}. The step was not applied and nothing non-finite was saved: {_saved(workdir)}. "
         f"Likely causes: a learning rate ({cfg.optim.learning_rate:g}) too high for this model (try 10x lower, "
@@ -395,8 +404,8 @@ def _truncate_csv(path: Path, epochs_done: int):
 def _finish(cfg, workdir, dtype, valid_frames, log):
     best = workdir / "best_model"
     if not best.is_dir():
-        log(f"no best model: the run stopped (step budget or wall time) before its first epoch ended; "
-            f"continue it with --resume")
+        log(f"no best model was written: the run stopped (step budget or wall time) before its first epoch ended; "
+            f"continue it with --resume (jaxmat train CONFIG --workdir {workdir} --resume)")
         return {}
     model = load_model(best)
     results = {}
@@ -404,7 +413,8 @@ def _finish(cfg, workdir, dtype, valid_frames, log):
     if cfg.data.test:
         sets.append(("test", _read(cfg, cfg.data.test, model.output_kind)))
     for name, frames in sets:
-        pred = predict(model, model.params, frames, cfg.data.graphs_per_batch, dtype)
+        pred = predict(model, model.params, frames, cfg.data.graphs_per_batch, dtype,
+                       checks=StructureChecks(**cfg.data.structure_checks))
         results[name] = error_metrics(pred)
         parity_plots(pred, workdir / f"parity_{name}.png", title=name)
     learning_curves(workdir / "metrics.csv", workdir / "learning_curves.png")
