@@ -27,14 +27,16 @@ def enable_compilation_cache() -> str | None:
 
 
 def _md(args) -> int:
-    cache = enable_compilation_cache()
     from jaxmat.calculators import JaxmatCalculator
     from jaxmat.md import MDSettings, load_structure, run_md
 
-    settings = MDSettings(args.temperature, args.timestep, args.steps, args.ensemble, args.friction, args.log_every,
-                          args.seed, args.max_temperature, args.max_energy_drift)  # checked before any work
+    options = dict(temperature=args.temperature, timestep=args.timestep, steps=args.steps, ensemble=args.ensemble,
+                   friction=args.friction, log_every=args.log_every, seed=args.seed,
+                   max_temperature=args.max_temperature, max_energy_drift=args.max_energy_drift)
+    settings = MDSettings(**{k: v for k, v in options.items() if v is not None})  # checked before any work
     atoms = load_structure(args.structure, args.supercell)
     calc = JaxmatCalculator(model=args.model, dtype=args.dtype)
+    cache = enable_compilation_cache()  # after the inputs were checked, before the first compilation
     print(f"jaxmat md: {atoms.get_chemical_formula()} ({len(atoms)} atoms), model {calc.model.name}, "
           f"{args.dtype}, {args.ensemble} {args.temperature} K, dt {args.timestep} fs, {args.steps} steps"
           f"{', XLA cache ' + cache if cache else ''}", flush=True)
@@ -46,10 +48,7 @@ def _md(args) -> int:
             print(f"first step reached {first[0]:.1f} s after start", flush=True)
         print(line, flush=True)
 
-    s = settings
-    run_md(atoms, calc, temperature=s.temperature, timestep_fs=s.timestep, steps=s.steps, ensemble=s.ensemble,
-           friction_per_fs=s.friction, trajectory=args.trajectory, log_every=s.log_every, seed=s.seed,
-           printer=printer, max_temperature=s.max_temperature, max_energy_drift=s.max_energy_drift)
+    run_md(atoms, calc, settings, trajectory=args.trajectory, printer=printer)
     print(f"done in {time.perf_counter() - _T0:.1f} s; {calc.n_compilations} compilation(s); "
           f"trajectory {args.trajectory}", flush=True)
     return 0
@@ -76,11 +75,8 @@ def _train(args) -> int:
     print(f"jaxmat train: {args.config} -> {workdir}", flush=True)
     train_and_evaluate(cfg, workdir, resume=args.resume)
     best = Path(workdir) / "best_model"
-    if best.is_dir():
+    if best.is_dir():  # (otherwise the run has said why there is none)
         print(f"best model: {best} (use it with JaxmatCalculator(model=...))")
-    else:
-        print(f"no best model was written: the run stopped before its first epoch ended; continue it with "
-              f"jaxmat train {args.config} --workdir {workdir} --resume")
     return 0
 
 
@@ -149,7 +145,7 @@ def build_parser() -> argparse.ArgumentParser:
     md.add_argument("--seed", type=int, default=0)
     md.add_argument("--max-temperature", type=float, default=None,
                     help="K: stop if the temperature exceeds this (default max(5000, 10 x --temperature))")
-    md.add_argument("--max-energy-drift", type=float, default=0.02,
+    md.add_argument("--max-energy-drift", type=float, default=None,
                     help="eV/atom: NVE stops if the total energy moves more than this (default 0.02)")
     md.set_defaults(func=_md)
 

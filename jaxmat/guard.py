@@ -23,10 +23,9 @@ import numpy as np
 from ase import units
 
 from jaxmat._checks import check_instance, positive
+from jaxmat.errors import SimulationError
 
-
-class SimulationError(RuntimeError):
-    """A simulation that became unphysical (non-finite, runaway temperature, energy not conserved)."""
+__all__ = ["GuardLimits", "MDGuard", "SimulationError", "runaway_temperature"]
 
 
 @dataclasses.dataclass(frozen=True)

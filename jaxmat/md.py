@@ -15,7 +15,7 @@ from ase.md.langevin import Langevin
 from ase.md import velocitydistribution
 from ase.md.verlet import VelocityVerlet
 
-from jaxmat._checks import ConfigError, Rule, at_least, check_instance, check_value, each, non_negative, one_of, positive
+from jaxmat._checks import ConfigError, Rule, at_least, check_instance, check_value, each, non_negative, one_of
 from jaxmat.data import read_structures
 from jaxmat.graph import StructureError
 from jaxmat.guard import GuardLimits, MDGuard
@@ -97,46 +97,39 @@ class MDSettings:
     friction: float = 0.01  #: Langevin friction, 1/fs
     log_every: int = 10  #: steps between log lines and trajectory frames
     seed: int = 0  #: seed of the initial velocities and the Langevin noise
-    max_temperature: float | None = None  #: K: runaway limit (None: max(5000 K, 10 x temperature))
-    max_energy_drift: float = 0.02  #: eV/atom: NVE total-energy drift limit
+    max_temperature: float | None = GuardLimits.max_temperature  #: K: runaway limit (None: max(5000 K, 10 x temperature))
+    max_energy_drift: float = GuardLimits.max_energy_drift  #: eV/atom: NVE total-energy drift limit
 
     RULES: ClassVar[dict] = {
         "temperature": non_negative(), "steps": non_negative(), "log_every": at_least(1), "seed": non_negative(),
         "timestep": Rule(lambda v: 0 < v <= 10, "in (0, 10] fs (atomistic MD is unstable beyond a few fs)"),
         "ensemble": one_of("langevin", "nve"), "friction": Rule(lambda v: 0 < v <= 1, "in (0, 1] 1/fs"),
-        "max_temperature": positive(), "max_energy_drift": positive()}
+        **GuardLimits.RULES}
 
     def __post_init__(self):
         check_instance(self, "md")
+        if self.max_temperature is not None and self.max_temperature <= self.temperature:
+            raise ConfigError(f"md.max_temperature = {self.max_temperature}: the runaway limit must be above the "
+                              f"temperature ({self.temperature} K)")
+
+    @property
+    def guard_limits(self) -> GuardLimits:
+        return GuardLimits(self.max_temperature, self.max_energy_drift)
 
 
-def run_md(
-    atoms,
-    calc,
-    temperature: float = 300.0,
-    timestep_fs: float = 1.0,
-    steps: int = 300,
-    ensemble: str = "langevin",
-    friction_per_fs: float = 0.01,
-    trajectory: str | None = "md.traj",
-    log_every: int = 10,
-    seed: int = 0,
-    printer=print,
-    max_temperature: float | None = None,
-    max_energy_drift: float = 0.02,
-):
+def run_md(atoms, calc, settings: MDSettings = MDSettings(), trajectory: str | None = "md.traj", printer=print):
     """Run MD; returns a dict of arrays (step, time_ps, epot, ekin, temperature, etotal) per log line.
 
-    ``ensemble`` is "langevin" (NVT) or "nve" (velocity Verlet). Velocities start from a
-    Maxwell-Boltzmann distribution at ``temperature`` with zero total momentum. Every step passes
-    ``jaxmat.guard.MDGuard`` before anything is logged or written: a run that blows up raises
+    ``settings.ensemble`` is "langevin" (NVT) or "nve" (velocity Verlet). Velocities start from a
+    Maxwell-Boltzmann distribution at ``settings.temperature`` with zero total momentum. Every step
+    passes ``jaxmat.guard.MDGuard`` before anything is logged or written: a run that blows up raises
     ``SimulationError`` naming the step and the likely cause, and its trajectory ends with the last
-    good logged frame.
+    good logged frame. A structure the calculator refuses raises its own error before step 0.
     """
-    s = MDSettings(temperature, timestep_fs, steps, ensemble, friction_per_fs, log_every, seed,
-                   max_temperature, max_energy_drift)
-    guard = MDGuard(len(atoms), s.temperature, s.timestep, s.ensemble == "nve",
-                    GuardLimits(s.max_temperature, s.max_energy_drift))
+    if not isinstance(settings, MDSettings):
+        raise TypeError(f"run_md: settings must be a jaxmat.md.MDSettings, got {type(settings).__name__}")
+    s = settings
+    guard = MDGuard(len(atoms), s.temperature, s.timestep, s.ensemble == "nve", s.guard_limits)
     atoms.calc = calc
     atoms.get_potential_energy()  # a structure the calculator refuses fails here, as itself (StructureError)
     rng = np.random.default_rng(s.seed)

@@ -7,7 +7,7 @@ import pytest
 from ase import units
 from ase.build import molecule
 
-from jaxmat.errors import ConfigError, SimulationError
+from jaxmat.errors import ConfigError, SimulationError, StructureError
 from jaxmat.guard import GuardLimits, MDGuard
 from jaxmat.md import MDSettings, run_md
 
@@ -28,6 +28,7 @@ SETTINGS = [
     (dict(seed=-1), r"md.seed = -1"),
     (dict(max_temperature=0.0), r"md.max_temperature = 0.0 .*> 0"),
     (dict(max_energy_drift=-1.0), r"md.max_energy_drift = -1.0"),
+    (dict(temperature=6000.0, max_temperature=5000.0), r"md.max_temperature = 5000.0: the runaway limit must be above"),
 ]
 
 
@@ -37,10 +38,14 @@ def test_bad_md_settings(kwargs, match):
         MDSettings(**kwargs)
 
 
-def test_run_md_checks_before_any_work(tmp_path):
+def test_run_md_checks_before_any_work(tmp_path, calc32):
     traj = tmp_path / "never.traj"
-    with pytest.raises(ConfigError, match="md.timestep"):
-        run_md(molecule("H2O"), calc=None, timestep_fs=20.0, trajectory=str(traj))
+    with pytest.raises(TypeError, match="settings must be a jaxmat.md.MDSettings"):
+        run_md(molecule("H2O"), calc32, {"timestep": 20.0}, trajectory=str(traj))
+    from ase import Atoms
+
+    with pytest.raises(StructureError, match="overlap"):  # refused before step 0, as itself
+        run_md(Atoms("H2", positions=[[0, 0, 0], [0.1, 0, 0]]), calc32, MDSettings(), trajectory=str(traj))
     assert not traj.exists()
 
 
@@ -54,8 +59,8 @@ def test_md_that_blows_up_stops_before_the_bad_frame(calc32, tmp_path, ensemble,
     traj = tmp_path / "md.traj"
     lines = []
     with pytest.raises(SimulationError, match=match):
-        run_md(molecule("CH3CH2OH"), calc32, temperature=300.0, timestep_fs=timestep, steps=50, ensemble=ensemble,
-               trajectory=str(traj), log_every=1, printer=lines.append)
+        settings = MDSettings(temperature=300.0, timestep=timestep, steps=50, ensemble=ensemble, log_every=1)
+        run_md(molecule("CH3CH2OH"), calc32, settings, trajectory=str(traj), printer=lines.append)
     frames = ase.io.read(traj, ":")
     assert len(frames) == 1 == len(lines) and np.isfinite(frames[0].positions).all()
 

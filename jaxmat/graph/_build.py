@@ -15,8 +15,6 @@ from jaxmat.graph._structure import (
     check_contacts,
     check_density,
     check_structure,
-    check_triplets,
-    count_triplets,
     localize_positions,
 )
 from jaxmat.graph._types import AtomicGraph, Triplets
@@ -51,8 +49,7 @@ def atoms_to_graph(
     if three_body_cutoff is None:
         ij = ik = np.zeros(0, np.int32)
     else:
-        check_triplets(count_triplets(senders, dist, n, three_body_cutoff), n, checks)
-        ij, ik = build_triplets(senders, dist, n, three_body_cutoff)
+        ij, ik = build_triplets(senders, dist, n, three_body_cutoff, checks)
     graph = jraph.GraphsTuple(
         nodes={
             "positions": positions,

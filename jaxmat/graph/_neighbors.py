@@ -5,6 +5,8 @@ from __future__ import annotations
 import numpy as np
 import vesin
 
+from jaxmat.graph._structure import DEFAULT_CHECKS, StructureChecks, check_triplets
+
 #: bonds up to ``cutoff + CUTOFF_TOLERANCE`` [A] are kept, as pymatgen's find_points_in_spheres
 #: (used by matgl) does: a bond of exactly the cutoff length is a bond (MEGNet is not smooth there).
 CUTOFF_TOLERANCE = 1e-8
@@ -36,15 +38,17 @@ def neighbor_edges(positions, cell, pbc, cutoff: float, neighbor_list=None):
     )
 
 
-def build_triplets(senders, distances, n_nodes: int, cutoff: float):
+def build_triplets(senders, distances, n_nodes: int, cutoff: float, checks: StructureChecks = DEFAULT_CHECKS):
     """All ordered pairs of distinct bonds (i->j, i->k) with both lengths <= ``cutoff``.
 
     Vectorised over atoms. Returns ``(edge_ij, edge_ik)`` int32 arrays sorted by ``edge_ij``.
+    Raises StructureError, before allocating them, if there are more than ``checks.max_triplets``.
     """
     bonds = np.flatnonzero(distances <= cutoff)
     bonds = bonds[np.argsort(senders[bonds], kind="stable")]  # grouped by source atom
     src = senders[bonds]
     counts = np.bincount(src, minlength=n_nodes)
+    check_triplets(int(np.sum(counts.astype(np.int64) * (counts - 1))), n_nodes, checks)
     group_start = np.cumsum(counts) - counts
     per_bond = counts[src]  # each bond pairs with every bond of its group (itself dropped below)
     first = np.repeat(np.arange(bonds.size), per_bond)

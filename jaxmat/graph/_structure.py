@@ -10,8 +10,8 @@ A structure reaches a model only after these checks (``atoms_to_graph`` runs the
    structure's density implies; a collapsed cell is refused before it can exhaust memory.
 4. ``check_contacts``: every bond is longer than ``min_distance_factor`` x the sum of the two
    atoms' covalent radii (ASE's table), and no atom has more than ``max_neighbors`` neighbours.
-5. ``check_triplets``: the number of three-body triplets, counted before they are built, is at
-   most ``max_triplets``.
+5. ``check_triplets``: the number of three-body triplets, counted by ``build_triplets`` before it
+   allocates them, is at most ``max_triplets``.
 
 Thresholds live in ``StructureChecks`` (defaults documented in the README's "Bad input").
 """
@@ -98,8 +98,7 @@ def _basis(cell, pbc):
     periodic = cell[pbc]
     if periodic.shape[0] == 3:
         return cell
-    _, _, vt = np.linalg.svd(periodic) if periodic.size else (None, None, np.eye(3))
-    complement = vt[periodic.shape[0]:]
+    complement = np.linalg.svd(periodic)[2][periodic.shape[0]:]  # rows of V^T beyond the periodic span
     basis = np.empty((3, 3))
     basis[pbc], basis[~pbc] = periodic, complement
     return basis
@@ -125,16 +124,26 @@ def localize_positions(positions, cell, pbc) -> np.ndarray:
 
 
 def check_density(n_atoms: int, cell, pbc, cutoff: float, checks: StructureChecks = DEFAULT_CHECKS) -> None:
-    """Refuse a periodic cell so dense that its atoms would average more than twice
-    ``max_neighbors`` neighbours within ``cutoff`` (checked before any neighbour search; the exact
-    per-atom count is checked by ``check_contacts``)."""
-    if not pbc.all():
+    """Refuse, before any neighbour search, a cell whose periodic images alone would give its atoms
+    far more than ``max_neighbors`` neighbours within ``cutoff`` (the exact per-atom count is
+    checked by ``check_contacts``).
+
+    Periodic in all three directions: the mean count, n / V x (4/3) pi rc^3, may not exceed twice
+    ``max_neighbors``. Periodic in one or two: each atom's own images, (2 rc) / L or pi rc^2 / A
+    for the periodic length or area, may not exceed twice ``max_neighbors``.
+    """
+    k = int(np.sum(pbc))
+    if k == 0:
         return
-    volume = abs(np.linalg.det(cell))
-    mean = n_atoms / volume * 4.0 / 3.0 * math.pi * cutoff**3
+    periodic = cell[pbc]
+    measure = math.sqrt(abs(np.linalg.det(periodic @ periodic.T)))  # length, area or volume
+    ball = {1: 2 * cutoff, 2: math.pi * cutoff**2, 3: 4.0 / 3.0 * math.pi * cutoff**3}[k]
+    mean = ball / measure * (n_atoms if k == 3 else 1)
     if mean > 2 * checks.max_neighbors:
+        what = {1: "periodic length", 2: "periodic area", 3: "cell volume"}[k]
+        unit = {1: "A", 2: "A^2", 3: "A^3"}[k]
         raise StructureError(
-            f"{n_atoms} atom(s) in a {volume:.4g} A^3 cell: about {mean:.3g} neighbours per atom within {cutoff} A "
+            f"{n_atoms} atom(s), {what} {measure:.4g} {unit}: about {mean:.3g} neighbours per atom within {cutoff} A "
             f"(limit max_neighbors={checks.max_neighbors}); the cell has collapsed or its lattice vectors are in the "
             "wrong unit")
 
@@ -166,13 +175,9 @@ def check_contacts(numbers, senders, receivers, distances, checks: StructureChec
                 f"cutoff (limit max_neighbors={checks.max_neighbors}): the structure is far denser than any solid")
 
 
-def count_triplets(senders, distances, n_nodes: int, cutoff: float) -> int:
-    """Number of ordered pairs of distinct bonds (i->j, i->k) within ``cutoff`` (no arrays built)."""
-    c = np.bincount(senders[distances <= cutoff], minlength=n_nodes).astype(np.int64)
-    return int(np.sum(c * (c - 1)))
-
-
 def check_triplets(n_triplets: int, n_atoms: int, checks: StructureChecks = DEFAULT_CHECKS) -> None:
+    """Raise StructureError if a structure has more than ``max_triplets`` triplets (called by
+    ``build_triplets`` before it allocates them)."""
     if n_triplets > checks.max_triplets:
         raise StructureError(
             f"the structure ({n_atoms} atoms) has {n_triplets:,} three-body triplets, more than max_triplets="
