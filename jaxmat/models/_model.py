@@ -68,11 +68,13 @@ class Model:
     def with_params(self, params) -> "Model":
         return Model(self.family, self.hyperparameters, params, self.metadata)
 
-    def predict(self, structures, batch_size: int = 32, dtype: str = "float32"):
-        """(len(structures),) numpy predictions; see ``jaxmat.models._predict.predict``."""
+    def predict(self, structures, batch_size: int = 32, dtype: str = "float32", checks=None):
+        """(len(structures),) numpy predictions; see ``jaxmat.models._predict.predict``. ``checks``:
+        a ``jaxmat.graph.StructureChecks`` (default thresholds if None)."""
+        from jaxmat.graph import DEFAULT_CHECKS
         from jaxmat.models._predict import predict
 
-        return predict(self, structures, batch_size, dtype, cache=self._cache)
+        return predict(self, structures, batch_size, dtype, cache=self._cache, checks=checks or DEFAULT_CHECKS)
 
     def hyperparameter(self, name: str):
         """A hyperparameter as the module uses it: the bundle's value or the family's default

@@ -9,7 +9,7 @@ import jax.numpy as jnp
 import numpy as np
 
 from jaxmat._checks import at_least, check_value, one_of
-from jaxmat.graph import PadSizes, atoms_to_graph, batch_graphs, cast_floats, pad_graph
+from jaxmat.graph import DEFAULT_CHECKS, PadSizes, StructureChecks, atoms_to_graph, batch_graphs, cast_floats, pad_graph
 
 
 def _budget(graphs, batch_size: int) -> PadSizes:
@@ -40,7 +40,8 @@ def warn_outside_domain(model, structures) -> None:
             stacklevel=3)
 
 
-def predict(model, structures, batch_size: int = 32, dtype: str = "float32", cache: dict | None = None) -> np.ndarray:
+def predict(model, structures, batch_size: int = 32, dtype: str = "float32", cache: dict | None = None,
+            checks: StructureChecks = DEFAULT_CHECKS) -> np.ndarray:
     """Predictions for ``structures`` (list of ``ase.Atoms``) -> (len(structures),) numpy array.
 
     Graph models (MEGNet) give their target (e.g. formation energy, eV/atom); potentials give
@@ -53,7 +54,7 @@ def predict(model, structures, batch_size: int = 32, dtype: str = "float32", cac
     graphs = []
     for atoms in structures:
         model.check_species(atoms.numbers)
-        graphs.append(atoms_to_graph(atoms, model.cutoff, model.three_body_cutoff))
+        graphs.append(atoms_to_graph(atoms, model.cutoff, model.three_body_cutoff, checks))
     if not graphs:
         return np.zeros(0)
     batch_size = min(batch_size, len(graphs))
