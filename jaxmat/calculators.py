@@ -13,7 +13,7 @@ import numpy as np
 import vesin
 from ase.calculators.calculator import Calculator, PropertyNotImplementedError, all_changes
 
-from jaxmat._checks import at_least, check_value, non_negative, one_of
+from jaxmat._checks import ConfigError, at_least, check_value, non_negative, one_of
 from jaxmat.graph import (
     CUTOFF_TOLERANCE,
     DEFAULT_CHECKS,
@@ -71,6 +71,10 @@ class JaxmatCalculator(Calculator):
         if not isinstance(checks, StructureChecks):
             raise TypeError(f"JaxmatCalculator.checks must be a jaxmat.graph.StructureChecks, got {type(checks).__name__}")
         self.model = load_model(model)
+        if self.model.output_kind != "atoms":
+            raise ConfigError(f"JaxmatCalculator.model = {self.model.name!r}: expected a potential (per-atom energies, "
+                              f"forces, stress); {self.model.family} maps a structure to one property: use "
+                              "model.predict(structures) or jaxmat predict")
         self.dtype = dtype
         self.headroom, self.growth, self.checks = headroom, growth, checks
         self.sizes: PadSizes | None = None

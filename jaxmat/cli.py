@@ -81,11 +81,15 @@ def _train(args) -> int:
 
 
 def _evaluate(args) -> int:
+    from jaxmat._checks import ConfigError
     from jaxmat.data import read_frames
     from jaxmat.models import load_model
     from jaxmat.train import error_metrics, format_metrics, format_metrics_by_group, metrics_by_group, predict
 
     model = load_model(args.model)
+    if model.output_kind == "graph" and args.energy_key is None:
+        raise ConfigError(f"--energy-key is required for {model.name}, a structure -> property model: it names the "
+                          "info key of the per-structure target (e.g. eform_per_atom)")
     for path in args.data:
         require = ("energy",) if model.output_kind == "graph" else ("energy", "forces")
         frames = read_frames(path, energy_key=args.energy_key, require=require)
@@ -191,9 +195,10 @@ def main(argv=None) -> int:
     args = build_parser().parse_args(argv)
     try:
         return args.func(args)
-    except (ValueError, FileNotFoundError, SimulationError, TrainingError) as err:
+    except (ValueError, OSError, SimulationError, TrainingError) as err:
         # jaxmat's own errors (StructureError, ConfigError, BundleError, DatasetError, ...) are
-        # ValueErrors; runs that blew up are Simulation/TrainingErrors. Each message names the cause.
+        # ValueErrors; runs that blew up are Simulation/TrainingErrors; OSErrors name their file.
+        # Each message names the cause.
         print(f"jaxmat {args.command}: error: {err}", file=sys.stderr)
         return 2
 

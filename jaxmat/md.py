@@ -34,7 +34,7 @@ def load_structure(spec: str, supercell=None, min_atoms: int = 64):
         if len(supercell) != 3:
             raise ConfigError(f"md.supercell = {list(supercell)}: expected three repetitions (a b c)")
     path = Path(spec)
-    if path.is_file():
+    if path.exists():  # a file (or a directory, which read_structures names as such)
         atoms = read_structures(path, -1)[0]
     else:
         atoms = _named_crystal(spec)
@@ -44,6 +44,9 @@ def load_structure(spec: str, supercell=None, min_atoms: int = 64):
             reps += 1
         supercell = (reps, reps, reps)
     if supercell is not None:
+        if not all(atoms.pbc):
+            raise ConfigError(f"md.supercell = {list(supercell)}: {spec} is not periodic in all three directions "
+                              f"(pbc={atoms.pbc.tolist()}), so it cannot be repeated")
         atoms = atoms.repeat(tuple(supercell))
     return atoms
 

@@ -97,6 +97,8 @@ CASES = {  # name: (mutation of a saved bundle folder, message regex)
     "repeated element": (_hyper("element_types", ["Si", "Si"]), "distinct chemical symbols"),
     "widths that do not fit the weights": (_hyper("units", 32), "has shape"),
     "unknown rbf": (_hyper("rbf_type", "gaussian"), "rbf_type = 'gaussian'"),
+    "weights file a folder": (lambda p: ((p / "params.msgpack").unlink(), (p / "params.msgpack").mkdir()),
+                              "params.msgpack is not a file"),
     "truncated weights": (lambda p: (p / "params.msgpack").write_bytes((p / "params.msgpack").read_bytes()[:100]),
                           "is corrupt"),
     "garbage weights": (lambda p: _write_raw(p, b"\xc1\xc1\xc1"), "cannot be decoded"),
@@ -144,7 +146,15 @@ def test_load_model_wrong_types(arg):
         load_model(arg)
 
 
+def test_saving_over_a_file(tmp_path, tiny):
+    (tmp_path / "taken").write_text("x")
+    with pytest.raises(BundleError, match="it is a file, and a bundle is a folder"):
+        tiny.save(tmp_path / "taken")
+
+
 def test_missing_bundles(tmp_path):
+    with pytest.raises(BundleError, match="empty name"):
+        load_model("")
     with pytest.raises(BundleError, match="no model bundle at .*does-not-exist.*pretrained models: M3GNet"):
         load_model(tmp_path / "does-not-exist")
     (tmp_path / "empty").mkdir()

@@ -61,6 +61,12 @@ STRUCTURES = {
                                     "5.24e.08 neighbours per atom"),
     "atom on its own image (thin cell)": (Atoms("Cu", cell=np.diag([2.5, 2.5, 0.8]), pbc=True), None, StructureError,
                                           "atom 0 .Cu. and its own periodic image overlap"),
+    "cell in metres (Si a = 5.43e-10)": (bulk("Si", "diamond", 5.43e-10), None, StructureError,
+                                         r"volume 4e-29 A\^3: far too small for atoms \(lengths in m or nm"),
+    "partially occupied sites (CIF)": (_with(bulk("Ni", "fcc", 3.56, cubic=True), lambda a: a.info.update(
+        occupancy={"0": {"Fe": 0.5, "Ni": 0.5}})), None, StructureError, r"partially occupied sites \(site 0"),
+    "vacancy site (CIF occupancy 0.25)": (_with(bulk("Cu", "fcc", 3.6, cubic=True), lambda a: a.info.update(
+        occupancy={"0": {"Cu": 0.25}})), None, StructureError, "partially occupied"),
     "triplet cap": (_si(cubic=True), StructureChecks(max_triplets=1000), StructureError,
                     "1,920 three-body triplets, more than max_triplets=1,000"),
     "neighbour cap": (_si(cubic=True), StructureChecks(max_neighbors=20), StructureError, "limit max_neighbors=20"),
@@ -93,6 +99,7 @@ SETTINGS = [
     (dict(headroom="5%"), ConfigError, "headroom = '5%' .*finite number"),
     (dict(checks={"max_neighbors": 10}), TypeError, "StructureChecks"),
     (dict(model=None), TypeError, "load_model expects"),
+    (dict(model="MEGNet-MP-2018.6.1-Eform"), ConfigError, "expected a potential .* use model.predict"),
 ]
 
 
@@ -108,6 +115,28 @@ def test_bad_calculator_settings(kwargs, error, match):
 def test_bad_structure_checks(kwargs, match):
     with pytest.raises(ConfigError, match=match):
         StructureChecks(**kwargs)
+
+
+def test_wire_in_a_huge_periodic_box(calc32):
+    """A periodic direction whose images lie beyond the cutoff is searched as open: the same bonds
+    (vesin 0.6 crashed the process on such cells) and the same numbers as the open structure."""
+    wire = Atoms("Si2", positions=[[1000, 1000, 0], [1000, 1000, 2.35]], cell=[2000, 2000, 4.7], pbc=True)
+    open_ = wire.copy()
+    open_.pbc = [False, False, True]
+    energies = []
+    for a in (wire, open_):
+        a.calc = calc32
+        energies.append(a.get_potential_energy())
+    assert np.isfinite(energies[0]) and energies[0] == energies[1]
+
+
+@pytest.mark.parametrize("structures, error, match", [
+    (["Si"], TypeError, "item 0 is a str"), (bulk("Si"), TypeError, r"wrap a single structure: predict\(\[atoms\]\)"),
+    ([bulk("Si"), Atoms("Si2", positions=[[0, 0, 0], [0.5, 0, 0]])], StructureError, r"structure 1 \(Si2\): atoms"),
+    ([bulk("Si"), Atoms("Og")], UnknownElementError, r"structure 1 \(Og\): element\(s\) Og")])
+def test_bad_predict_input(model, structures, error, match):
+    with pytest.raises(error, match=match):
+        model.predict(structures)
 
 
 def test_stress_of_non_periodic_structure_is_an_error(calc32):

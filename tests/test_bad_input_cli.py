@@ -4,6 +4,7 @@ naming the file, option or structure at fault (run in-process; the compilation c
 import re
 
 import ase.io
+import numpy as np
 import pytest
 from ase.build import molecule
 
@@ -23,7 +24,16 @@ def files(tmp_path_factory):
     (d / "broken.xyz").write_text("3\ncomment\nSi 0 0\n")
     (d / "empty.extxyz").write_text("")
     (d / "cfg.json").write_text('{"optim": {"epochs": "2"}, "data": {"train": "x.extxyz"}}')
+    (d / "cfg_ok.json").write_text('{"data": {"train": "labelled.extxyz"}}')
     ase.io.write(d / "ethanol.xyz", molecule("CH3CH2OH"))
+    labelled = molecule("H2O")
+    labelled.info.update(config_type="strained", vector=[1.0, 2.0, 3.0])
+    from ase.calculators.singlepoint import SinglePointCalculator
+
+    labelled.calc = SinglePointCalculator(labelled, energy=-14.0, forces=np.zeros((3, 3)))
+    ase.io.write(d / "labelled.extxyz", labelled)
+    (d / "adir").mkdir()
+    (d / "afile").write_text("x")
     return d
 
 
@@ -45,9 +55,26 @@ CASES = {  # name: (argv with {d} for the inputs folder, stderr regex)
     "md zero log interval": (["md", "Si", "--log-every", "0"], r"md.log_every = 0"),
     "md missing model": (["md", "Si", "--model", "{d}/no-model"], "no model bundle at"),
     "md collapsed crystal": (["md", "Si:diamond:1.7"], "overlap: 0.736 A apart"),
-    "predict missing file": (["predict", "M3GNet-MP-2021.2.8-PES", "{d}/nope.xyz"], "nope.xyz: no such file"),
+    "md a directory": (["md", "{d}/adir"], "adir is a directory, not a structure file"),
+    "md supercell of a molecule": (["md", "{d}/ethanol.xyz", "--supercell", "2", "2", "2"], "cannot be repeated"),
+    "md trajectory a directory": (["md", "Si", "--steps", "1", "--trajectory", "{d}/adir"], "Is a directory"),
+    "md with a property model": (["md", "Si", "--model", "MEGNet-MP-2018.6.1-Eform"], "expected a potential"),
+    "md runaway limit below the temperature": (["md", "Si", "--temperature", "6000", "--max-temperature", "5000"],
+                                               "must be above the temperature"),
+    "predict missing file": (["predict", "M3GNet-MP-2021.2.8-PES", "{d}/nope.xyz"], "file .*nope.xyz does not exist"),
     "predict garbage": (["predict", "M3GNet-MP-2021.2.8-PES", "{d}/garbage.xyz"], "garbage.xyz: cannot be read"),
     "evaluate garbage": (["evaluate", "M3GNet-MP-2021.2.8-PES", "{d}/garbage.xyz"], "garbage.xyz: cannot be read"),
+    "evaluate zero batch": (["evaluate", "M3GNet-MP-2021.2.8-PES", "{d}/labelled.extxyz", "--graphs-per-batch", "0"],
+                            r"evaluate.graphs_per_batch = 0 \(int\): expected >= 1"),
+    "evaluate property model without its key": (["evaluate", "MEGNet-MP-2018.6.1-Eform", "{d}/labelled.extxyz"],
+                                                "--energy-key is required"),
+    "evaluate a text label": (["evaluate", "M3GNet-MP-2021.2.8-PES", "{d}/labelled.extxyz", "--energy-key", "config_type"],
+                              r"labelled.extxyz:0: the energy label \(key 'config_type'\) is not a number"),
+    "evaluate a vector label": (["evaluate", "M3GNet-MP-2021.2.8-PES", "{d}/labelled.extxyz", "--energy-key", "vector"],
+                                r"the energy label \(key 'vector'\) is not a number"),
+    "evaluate a misspelt group key": (["evaluate", "M3GNet-MP-2021.2.8-PES", "{d}/labelled.extxyz", "--group-key", "grp"],
+                                      r"no frame has info\['grp'\]"),
+    "train workdir a file": (["train", "{d}/cfg_ok.json", "--workdir", "{d}/afile"], "File exists"),
     "train missing config": (["train", "{d}/nope.json"], "config file .*nope.json does not exist"),
     "train wrong type": (["train", "{d}/cfg.json"], r"cfg.json: config: optim.epochs = '2' \(str\): expected an integer"),
     "train not JSON": (["train", "{d}/notes.txt"], "notes.txt is not valid JSON"),

@@ -5,6 +5,7 @@ import json
 import math
 import re
 
+import ase.io
 import flax.serialization
 import jax
 import numpy as np
@@ -12,7 +13,8 @@ import pytest
 
 from conftest import tiny_train_config
 from jaxmat import cli
-from jaxmat.errors import CheckpointError, ConfigError, TrainingError
+from jaxmat.data import read_frames
+from jaxmat.errors import CheckpointError, ConfigError, DatasetError, TrainingError
 from jaxmat.train import config_from_dict, load_config, train_and_evaluate
 
 _BASE = {"data": {"valid_fraction": 0.25, "graphs_per_batch": 2},
@@ -101,10 +103,49 @@ def _config(path, **over):
     return tiny_train_config(path, _BASE, **over)
 
 
-def test_a_freeze_prefix_must_name_a_parameter(tmp_path, labelled_file):
-    cfg = config_from_dict(_config(labelled_file, model={"freeze": ["energy_scales/element_refs", "conv_", "conv_7"]}))
-    with pytest.raises(ConfigError, match=r"model.freeze \['energy_scales/element_refs', 'conv_7'\] names no parameter"):
-        train_and_evaluate(cfg, tmp_path, log=lambda *_: None)
+def _ge_frames(path):
+    """Two labelled Ge cells (an element the Si training file does not have)."""
+    from ase.build import bulk
+    from ase.calculators.singlepoint import SinglePointCalculator
+
+    frames = []
+    for k in range(2):
+        a = bulk("Ge", "diamond", 5.66, cubic=True)
+        a.rattle(0.05, seed=k)
+        a.calc = SinglePointCalculator(a, energy=-36.0, forces=np.zeros((8, 3)), stress=np.zeros(6))
+        frames.append(a)
+    ase.io.write(path, frames)
+    return path
+
+
+@pytest.mark.parametrize("case", ["freeze typo", "freeze everything", "element only in validation",
+                                  "property model without its key"])
+def test_configs_refused_once_the_model_is_known(tmp_path, labelled_file, case):
+    over, error, match = {
+        "freeze typo": ({"model": {"freeze": ["energy_scales/element_refs", "conv_", "conv_7"]}}, ConfigError,
+                        r"model.freeze \['energy_scales/element_refs', 'conv_7'\] names no parameter"),
+        "freeze everything": ({"model": {"freeze": ["node_embedding", "edge_embedding", "conv_", "three_body_",
+                                                    "readout", "energy_scale"]}}, ConfigError, "freezes every parameter"),
+        "element only in validation": ({"data": {"valid": str(_ge_frames(tmp_path / "ge.extxyz"))}}, DatasetError,
+                                       r"ge.extxyz:0: element\(s\) \['Ge'\] occur in validation frames but in no training"),
+        "property model without its key": ({"model": {"family": "MEGNet", "hyperparameters": {}}}, ConfigError,
+                                           "data.energy_key is required for a structure -> property model"),
+    }[case]
+    cfg = config_from_dict(_config(labelled_file, **over))
+    with pytest.raises(error, match=match):
+        train_and_evaluate(cfg, tmp_path / "run", log=lambda *_: None)
+
+
+def test_forces_in_the_wrong_unit_are_flagged(tmp_path, labelled_file):
+    frames = ase.io.read(labelled_file, ":2")
+    from ase.calculators.singlepoint import SinglePointCalculator
+
+    for a in frames:
+        r = a.calc.results
+        a.calc = SinglePointCalculator(a, energy=r["energy"] * 1000, forces=r["forces"] * 1000)
+    ase.io.write(tmp_path / "mev.extxyz", frames)
+    with pytest.warns(UserWarning, match=r"force components up to .* eV/A .*are the labels in meV/A"):
+        read_frames(tmp_path / "mev.extxyz")
 
 
 def test_diverging_training_stops_at_the_first_non_finite_step(tmp_path, labelled_file, capsys):

@@ -9,6 +9,7 @@ opposite sign must be converted with ``stress_factor`` (e.g. ``-ase.units.GPa``)
 
 from __future__ import annotations
 
+import warnings
 from pathlib import Path
 from typing import NamedTuple
 
@@ -47,12 +48,27 @@ def _get(atoms, key, default_names):
     return None
 
 
+def _numeric(value, label: str, key, where: str, scalar: bool = False):
+    """A label as float64 (a float if ``scalar``); DatasetError naming frame and key otherwise."""
+    if value is None:
+        return None
+    try:
+        arr = np.asarray(value, np.float64)
+        return float(arr.reshape(())) if scalar else arr
+    except (TypeError, ValueError) as err:
+        named = f" (key {key!r})" if key else ""
+        raise DatasetError(f"{where}: the {label} label{named} is not {'a number' if scalar else 'numeric'}: "
+                           f"{value!r:.60} ({err})") from None
+
+
 def read_structures(path, index=":") -> list:
     """``ase.io.read(path, index)`` as a list of ``ase.Atoms``; every failure (missing file, unknown
     format, garbage, a malformed text file) is a ``DatasetError`` naming the file."""
     path = Path(path)
+    if path.is_dir():
+        raise DatasetError(f"{path} is a directory, not a structure file")
     if not path.is_file():
-        raise DatasetError(f"{path}: no such file")
+        raise DatasetError(f"file {path} does not exist")
     try:
         images = ase.io.read(path, index)
     except Exception as err:  # noqa: BLE001 - ase raises many types for unreadable files
@@ -83,8 +99,6 @@ def read_frames(
       require: labels every frame must have ("energy", "forces", "stress").
     """
     path = Path(path)
-    if not path.is_file():
-        raise DatasetError(f"dataset file {path} does not exist")
     images = read_structures(path, index)
     frames = []
     for i, atoms in enumerate(images):
@@ -100,18 +114,19 @@ def read_frames(
         for name in require:
             if labels[name] is None:
                 raise DatasetError(f"{where}: required label '{name}' is missing")
-        if energy is not None:
-            energy = float(np.asarray(energy).reshape(()))
-            if not np.isfinite(energy):
-                raise DatasetError(f"{where}: energy is not finite ({energy})")
+        energy = _numeric(energy, "energy", energy_key, where, scalar=True)
+        forces = _numeric(forces, "forces", forces_key, where)
+        stress = _numeric(stress, "stress", stress_key, where)
+        if stress is not None:
+            stress = stress.reshape(-1)
+        if energy is not None and not np.isfinite(energy):
+            raise DatasetError(f"{where}: energy is not finite ({energy})")
         if forces is not None:
-            forces = np.asarray(forces, np.float64)
             if forces.shape != (len(atoms), 3):
                 raise DatasetError(f"{where}: forces have shape {forces.shape}, expected ({len(atoms)}, 3)")
             if not np.isfinite(forces).all():
                 raise DatasetError(f"{where}: forces are not finite")
         if stress is not None:
-            stress = np.asarray(stress, np.float64).reshape(-1)
             if stress.size == 6:
                 stress = voigt_6_to_full_3x3_stress(stress)
             elif stress.size == 9:
@@ -125,4 +140,18 @@ def read_frames(
             if not atoms.pbc.all():
                 stress = None  # stress of a non-periodic frame is not defined: masked
         frames.append(Frame(atoms, energy, forces, stress, where))
+    _warn_implausible_forces(frames, path)
     return frames
+
+
+#: force components above this (eV/A) are far beyond DFT data near equilibrium or in MD: a unit slip
+IMPLAUSIBLE_FORCE = 100.0
+
+
+def _warn_implausible_forces(frames, path) -> None:
+    worst = max(((float(np.abs(f.forces).max()), f.source) for f in frames if f.forces is not None and f.forces.size),
+                default=(0.0, ""))
+    if worst[0] > IMPLAUSIBLE_FORCE:
+        warnings.warn(f"{path}: force components up to {worst[0]:.4g} eV/A ({worst[1]}): far above DFT forces of "
+                      f"structures near equilibrium or in MD; are the labels in meV/A or another unit?", UserWarning,
+                      stacklevel=3)

@@ -14,6 +14,7 @@ from jaxmat.graph._structure import (
     StructureChecks,
     check_contacts,
     check_density,
+    check_occupancy,
     check_structure,
     localize_positions,
 )
@@ -41,6 +42,7 @@ def atoms_to_graph(
     the others), so the graph's coordinates stay small whatever the input's.
     """
     positions, cell, pbc = check_structure(atoms.positions, atoms.cell.array, atoms.pbc)
+    check_occupancy(atoms.info)
     positions = localize_positions(positions, cell, pbc)
     n = positions.shape[0]
     check_density(n, cell, pbc, cutoff, checks)

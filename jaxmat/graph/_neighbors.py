@@ -5,11 +5,30 @@ from __future__ import annotations
 import numpy as np
 import vesin
 
-from jaxmat.graph._structure import DEFAULT_CHECKS, StructureChecks, check_triplets
+from jaxmat.graph._structure import DEFAULT_CHECKS, StructureChecks, lattice_basis, check_triplets
 
 #: bonds up to ``cutoff + CUTOFF_TOLERANCE`` [A] are kept, as pymatgen's find_points_in_spheres
 #: (used by matgl) does: a bond of exactly the cutoff length is a bond (MEGNet is not smooth there).
 CUTOFF_TOLERANCE = 1e-8
+
+
+def searched_pbc(positions, cell, pbc, cutoff: float) -> np.ndarray:
+    """The periodic directions the neighbour search must follow: a periodic direction whose cell
+    height exceeds the atoms' spread across it plus the cutoff has no image within the cutoff, so
+    it is searched as open (the same bonds; and vesin 0.6 crashes, SIGFPE, on such cells, e.g. a
+    wire in 2000 x 2000 A of vacuum)."""
+    pbc = np.array(pbc, bool)
+    if not pbc.any():
+        return pbc
+    basis = lattice_basis(cell, pbc)
+    normals = np.linalg.inv(basis).T  # row i: reciprocal vector of direction i (1 / height long)
+    for i in np.flatnonzero(pbc):
+        unit = normals[i] / np.linalg.norm(normals[i])
+        height = 1.0 / np.linalg.norm(normals[i])
+        proj = positions @ unit
+        if height - (proj.max() - proj.min()) > cutoff + 1.0:
+            pbc[i] = False
+    return pbc
 
 
 def neighbor_edges(positions, cell, pbc, cutoff: float, neighbor_list=None):
@@ -28,7 +47,7 @@ def neighbor_edges(positions, cell, pbc, cutoff: float, neighbor_list=None):
       Edges are sorted by receiver, then sender.
     """
     nl = neighbor_list or vesin.NeighborList(cutoff=float(cutoff) + CUTOFF_TOLERANCE, full_list=True)
-    i, j, shifts, d = nl.compute(positions, cell, pbc, quantities="ijSd")
+    i, j, shifts, d = nl.compute(positions, cell, searched_pbc(positions, cell, pbc, cutoff), quantities="ijSd")
     order = np.lexsort((i, j))
     return (
         i[order].astype(np.int32),

@@ -78,6 +78,9 @@ def check_structure(positions, cell, pbc) -> tuple[np.ndarray, np.ndarray, np.nd
         raise StructureError("the cell contains NaN or inf")
     if pbc.all():
         volume = np.linalg.det(cell)
+        if 0 < volume <= 1e-6:
+            raise StructureError(f"the periodic cell has volume {volume:.3g} A^3: far too small for atoms (lengths in "
+                                 "m or nm instead of Angstrom?)")
         if not volume > 1e-6:
             raise StructureError(
                 f"the periodic cell has volume {volume:.6g} A^3; it must be positive "
@@ -93,7 +96,25 @@ def check_structure(positions, cell, pbc) -> tuple[np.ndarray, np.ndarray, np.nd
     return positions, cell, pbc
 
 
-def _basis(cell, pbc):
+def check_occupancy(info) -> None:
+    """Refuse a disordered structure: ASE reads a CIF with partial occupancies as an ordered cell of
+    one of the species (keeping ``info["occupancy"]``); a potential would evaluate that cell."""
+    occupancy = info.get("occupancy") if isinstance(info, dict) else None
+    if not isinstance(occupancy, dict):
+        return
+    def ordered(occ):  # one species, fully occupied
+        return not isinstance(occ, dict) or (len(occ) == 1 and abs(float(next(iter(occ.values()))) - 1.0) < 1e-6)
+
+    partial = {site: occ for site, occ in occupancy.items() if not ordered(occ)}
+    if partial:
+        site, occ = next(iter(partial.items()))
+        raise StructureError(
+            f"the structure has partially occupied sites (site {site}: {occ}; {len(partial)} site(s) in all): ASE reads "
+            "them as an ordered cell of one species, which is not the material. Build an ordered supercell (e.g. "
+            "special quasirandom structures) and evaluate that")
+
+
+def lattice_basis(cell, pbc):
     """Rows: the periodic lattice vectors, then an orthonormal basis of their complement."""
     periodic = cell[pbc]
     if periodic.shape[0] == 3:
@@ -114,7 +135,7 @@ def localize_positions(positions, cell, pbc) -> np.ndarray:
     """
     if not pbc.any():
         return positions - 0.5 * (positions.min(axis=0) + positions.max(axis=0))
-    basis = _basis(cell, pbc)
+    basis = lattice_basis(cell, pbc)
     frac = np.linalg.solve(basis.T, positions.T).T
     eps = 1e-9  # an atom at -1e-17 stays at 0, not at 1 (as ase.geometry.wrap_positions)
     frac[:, pbc] -= np.floor(frac[:, pbc] + eps)

@@ -78,7 +78,12 @@ def save_bundle(path, family: str, hyperparameters: dict, params, metadata: dict
     path = Path(path)
     host = jax.tree_util.tree_map(lambda x: np.asarray(x), params)
     check_weights(host, f"model bundle {path}")
-    path.mkdir(parents=True, exist_ok=True)
+    if path.exists() and not path.is_dir():
+        raise BundleError(f"cannot save a model bundle to {path}: it is a file, and a bundle is a folder")
+    try:
+        path.mkdir(parents=True, exist_ok=True)
+    except OSError as err:
+        raise BundleError(f"cannot save a model bundle to {path}: {err}") from None
     blob = flax.serialization.msgpack_serialize(flax.serialization.to_state_dict(host))
     atomic_write(path / PARAMS_FILE, blob)
     config = {
@@ -100,7 +105,8 @@ def read_bundle(path) -> tuple[dict, dict]:
     cfg_file, par_file = path / CONFIG_FILE, path / PARAMS_FILE
     for f in (cfg_file, par_file):
         if not f.is_file():
-            raise BundleError(f"{path} is not a jaxmat model bundle: {f.name} is missing")
+            what = "is not a file" if f.exists() else "is missing"
+            raise BundleError(f"{path} is not a jaxmat model bundle: {f.name} {what}")
     try:
         config = json.loads(cfg_file.read_bytes().decode("utf-8"))
     except (json.JSONDecodeError, UnicodeDecodeError) as err:

@@ -174,6 +174,8 @@ def load_model(name_or_path=DEFAULT_MODEL) -> Model:
     if not isinstance(name_or_path, (str, os.PathLike)):
         raise TypeError(f"load_model expects a pretrained model name, a bundle folder path or a jaxmat.Model, "
                         f"got {type(name_or_path).__name__} {name_or_path!r:.60}")
+    if not str(name_or_path).strip():
+        raise BundleError(f"load_model got an empty name; pretrained models: {', '.join(list_pretrained())}")
     path = Path(name_or_path)
     if not path.is_dir():
         candidate = PRETRAINED_DIR / str(name_or_path)

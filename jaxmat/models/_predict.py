@@ -7,6 +7,7 @@ import warnings
 import jax
 import jax.numpy as jnp
 import numpy as np
+from ase import Atoms
 
 from jaxmat._checks import at_least, check_value, one_of
 from jaxmat.graph import DEFAULT_CHECKS, PadSizes, StructureChecks, atoms_to_graph, batch_graphs, cast_floats, pad_graph
@@ -49,12 +50,20 @@ def predict(model, structures, batch_size: int = 32, dtype: str = "float32", cac
     """
     check_value("Model.predict", "batch_size", batch_size, "int", at_least(1))
     check_value("Model.predict", "dtype", dtype, "str", one_of("float32", "float64"))
+    if isinstance(structures, Atoms):
+        raise TypeError("predict takes a list of ase.Atoms; wrap a single structure: predict([atoms])")
     structures = list(structures)
+    for k, atoms in enumerate(structures):
+        if not isinstance(atoms, Atoms):
+            raise TypeError(f"predict takes a list of ase.Atoms; item {k} is a {type(atoms).__name__}")
     warn_outside_domain(model, structures)
     graphs = []
-    for atoms in structures:
-        model.check_species(atoms.numbers)
-        graphs.append(atoms_to_graph(atoms, model.cutoff, model.three_body_cutoff, checks))
+    for k, atoms in enumerate(structures):
+        try:
+            model.check_species(atoms.numbers)
+            graphs.append(atoms_to_graph(atoms, model.cutoff, model.three_body_cutoff, checks))
+        except ValueError as err:  # StructureError, UnknownElementError: say which structure
+            raise type(err)(f"structure {k} ({atoms.get_chemical_formula()}): {err}") from None
     if not graphs:
         return np.zeros(0)
     batch_size = min(batch_size, len(graphs))

@@ -5,7 +5,8 @@ from __future__ import annotations
 import jax
 import numpy as np
 
-from jaxmat.data import batch_budget, build_graphs, make_batch, pack
+from jaxmat._checks import at_least, check_value, one_of
+from jaxmat.data import DatasetError, batch_budget, build_graphs, make_batch, pack
 from jaxmat.graph import DEFAULT_CHECKS, StructureChecks
 from jaxmat.models._predict import host_graph_totals, warn_outside_domain
 from jaxmat.potential import energy_forces_stress
@@ -15,6 +16,8 @@ def predict(model, params, frames, graphs_per_batch: int = 4, dtype: str = "floa
             checks: StructureChecks = DEFAULT_CHECKS) -> dict:
     """Per-frame predictions and labels: energy per atom (eV/atom), forces (eV/A), stress (eV/A^3);
     for structure -> property models the target in ``e_pred``/``e_ref`` (forces/stress empty)."""
+    check_value("evaluate", "graphs_per_batch", graphs_per_batch, "int", at_least(1))
+    check_value("evaluate", "dtype", dtype, "str", one_of("float32", "float64"))
     warn_outside_domain(model, [f.atoms for f in frames])
     graphs = graphs if graphs is not None else build_graphs(frames, model, checks)
     budget = batch_budget(graphs, graphs_per_batch)
@@ -63,6 +66,9 @@ def error_metrics(pred: dict) -> dict:
 def metrics_by_group(model, params, frames, key: str, graphs_per_batch: int = 4, dtype: str = "float32") -> dict:
     """``error_metrics`` per value of ``atoms.info[key]`` (e.g. mlearn's ``group``: AIMD-NVT,
     Elastic, Surface, Vacancy), each with ``n`` structures; frames without the key form "(none)"."""
+    if frames and not any(key in f.atoms.info for f in frames):
+        known = sorted({k for f in frames for k in f.atoms.info})
+        raise DatasetError(f"no frame has info[{key!r}] (the group key); info keys present: {known}")
     groups: dict[str, list] = {}
     for f in frames:
         groups.setdefault(str(f.atoms.info.get(key, "(none)")), []).append(f)

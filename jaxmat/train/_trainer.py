@@ -15,7 +15,7 @@ from ase.data import atomic_numbers
 
 from jaxmat._checks import ConfigError
 from jaxmat.errors import TrainingError
-from jaxmat.data import batch_budget, build_graphs, epoch_batches, epoch_groups, make_batch, read_frames, split
+from jaxmat.data import DatasetError, batch_budget, build_graphs, epoch_batches, epoch_groups, make_batch, read_frames, split
 from jaxmat.graph import StructureChecks
 from jaxmat.models import FAMILIES, Model, grow_model, load_model
 from jaxmat.models._model import default_hyperparameters
@@ -93,7 +93,12 @@ def _make_model(cfg, frames, kind, valid_frames=()) -> Model:
     if m.init_from:  # hyperparameters may only grow the pretrained model (function-preserving)
         base = load_model(m.init_from)
         return grow_model(base, seed=cfg.run.seed, **m.hyperparameters) if m.hyperparameters else base
-    symbols = {s for f in list(frames) + list(valid_frames) for s in f.atoms.get_chemical_symbols()}
+    symbols = {s for f in frames for s in f.atoms.get_chemical_symbols()}
+    for f in valid_frames:  # an element no training frame has would keep its random initial weights
+        unseen = sorted(set(f.atoms.get_chemical_symbols()) - symbols)
+        if unseen:
+            raise DatasetError(f"{f.source}: element(s) {unseen} occur in validation frames but in no training frame: "
+                               "a model trained from scratch would predict them with untrained weights")
     elements = sorted(symbols, key=atomic_numbers.get)
     hyper = {**default_hyperparameters(m.family), "element_types": elements}
     if kind == "graph" and m.scale_from_data:  # output de-normalisation from the training targets
@@ -186,6 +191,10 @@ def _write_config(cfg, workdir: Path, log, resumed: bool) -> None:
 
 def _train(cfg, workdir, resume, dtype, log):
     kind = output_kind(cfg)
+    if kind == "graph" and cfg.data.energy_key is None:
+        raise ConfigError("config: data.energy_key is required for a structure -> property model (MEGNet): it names "
+                          "the info key of the per-structure target; the calculator's total energy (eV) is not that "
+                          "target (MEGNet-MP-2018.6.1-Eform predicts formation energy in eV/atom)")
     train_frames, valid_frames = _load_data(cfg, kind)
     model = _make_model(cfg, train_frames, kind, valid_frames)
     checks = StructureChecks(**cfg.data.structure_checks)
@@ -202,7 +211,7 @@ def _train(cfg, workdir, resume, dtype, log):
     # the template fixes the structure for restoring; fresh runs fill it from the prepared params
     proto = cast(model.params if model.params is not None else model.init_params(first.graph, cfg.run.seed))
     # the model's constants (M3GNet's per-structure shift) are never trained, whatever the config says
-    _check_freeze(proto, cfg.model.freeze)
+    _check_freeze(proto, cfg.model.freeze, model.constant_params)
     tx = with_frozen(tx, proto, list(cfg.model.freeze) + list(model.constant_params))
     state = {"params": proto, "ema": proto, "opt_state": tx.init(proto), "step": 0, "epoch": 0,
              "batch_in_epoch": 0, "lr_scale": 1.0, "best_val": np.inf, "bad_epochs": 0,
@@ -358,14 +367,16 @@ def _divergence(health, state, epoch, k, n_batches, group, frames, cfg, workdir)
         f"evaluate. This batch holds {sources}")
 
 
-def _check_freeze(params, prefixes) -> None:
+def _check_freeze(params, prefixes, constants=()) -> None:
     """A freeze prefix must name at least one parameter (a typo would otherwise freeze nothing)."""
     paths = [param_path(kp) for kp, _ in jax.tree_util.tree_flatten_with_path(params)[0]]
     unknown = [p for p in prefixes if not any(path.startswith(p) for path in paths)]
+    groups = sorted({path.split("/")[0] for path in paths})
     if unknown or "" in prefixes:
-        groups = sorted({path.split("/")[0] for path in paths})
         raise ConfigError(f"config: model.freeze {unknown or ['']} names no parameter of this model; parameter "
                           f"paths start with one of {groups} (e.g. 'conv_', 'energy_scale/element_refs')")
+    if prefixes and all(any(path.startswith(p) for p in list(prefixes) + list(constants)) for path in paths):
+        raise ConfigError(f"config: model.freeze {list(prefixes)} freezes every parameter: nothing would be trained")
 
 
 def _zero_sums():
