@@ -199,6 +199,8 @@ def _train(cfg, workdir, resume, dtype, log):
     model = _make_model(cfg, train_frames, kind, valid_frames)
     checks = StructureChecks(**cfg.data.structure_checks)
     g_train, g_valid = build_graphs(train_frames, model, checks), build_graphs(valid_frames, model, checks)
+    if cfg.data.test and not resume:  # a test file the model cannot read fails now, not after training
+        build_graphs(_read(cfg, cfg.data.test, kind), model, checks)
     budget = batch_budget(g_train + g_valid, cfg.data.graphs_per_batch)
     first = epoch_batches(train_frames[:1], g_train[:1], budget, 0, 0, False, dtype)[0]
     lcfg, ema_decay = cfg.loss, cfg.optim.ema_decay
