@@ -20,10 +20,12 @@ from jaxmat.graph import StructureChecks
 from jaxmat.models import FAMILIES, Model, grow_model, load_model
 from jaxmat.models._model import default_hyperparameters
 from jaxmat.train._config import check_config
-from jaxmat.train._checkpoint import CHECKPOINT_FILE, CheckpointError, load_checkpoint, recover_dir, replace_dir, save_checkpoint
+from jaxmat.train._checkpoint import CHECKPOINT_FILE, load_checkpoint, replace_dir, save_checkpoint
+from jaxmat.train._guards import (all_finite, check_freeze, divergence, healthy, record_config, remove_orphans,
+                                  saved_state)
 from jaxmat.train._evaluate import error_metrics, predict
 from jaxmat.train._loss import METRIC_KEYS, loss_and_metrics, summarize
-from jaxmat.train._optim import freeze_labels, make_optimizer, param_path, with_frozen
+from jaxmat.train._optim import freeze_labels, make_optimizer, with_frozen
 from jaxmat.train._plots import learning_curves, parity_plots
 from jaxmat.train._refs import fit_element_refs
 
@@ -138,55 +140,12 @@ def train_and_evaluate(cfg, workdir, resume: bool = False, log=print) -> dict:
     has_ckpt = (workdir / CHECKPOINT_FILE).is_file()
     if has_ckpt and not resume:
         raise ValueError(f"{workdir} already holds a checkpoint: pass --resume to continue it, or use a new workdir")
-    _remove_orphans(workdir, log)
+    remove_orphans(workdir, log)
     if resume and not has_ckpt:
         log(f"--resume: {workdir} holds no {CHECKPOINT_FILE}, so there is nothing to continue: starting a new run")
     dtype = cfg.run.dtype
     with jax.enable_x64(dtype == "float64"):
         return _train(cfg, workdir, resume and has_ckpt, dtype, log)
-
-
-def _remove_orphans(workdir: Path, log) -> None:
-    """Clean up after a killed run: finish an interrupted best-model swap (``recover_dir``), then
-    delete half-written temporary files (the complete files they were to replace are untouched)."""
-    import shutil
-
-    done = recover_dir(workdir / "best_model")
-    if done:
-        log(done)
-    leftovers = sorted(workdir.glob(f".{CHECKPOINT_FILE}.*.tmp")) + sorted(workdir.glob("best_model.tmp"))
-    for path in leftovers:
-        shutil.rmtree(path) if path.is_dir() else path.unlink()
-    if leftovers:
-        log(f"removed {len(leftovers)} file(s) a killed run left half-written: {', '.join(p.name for p in leftovers)}")
-
-
-#: fields a resumed run may not change: they decide which frames form which batch, and the precision
-REPLAY_FIELDS = {"data": ("train", "valid", "valid_fraction", "graphs_per_batch"), "run": ("seed", "dtype")}
-
-
-def _write_config(cfg, workdir: Path, log, resumed: bool) -> None:
-    """Record the run's config; on resume (after the checkpoint was accepted) refuse a change to
-    ``REPLAY_FIELDS`` (CheckpointError) and name every other change."""
-    path = workdir / "config.json"
-    new = cfg.to_dict()
-    if resumed and path.is_file():
-        try:
-            old = json.loads(path.read_text())
-        except (json.JSONDecodeError, UnicodeDecodeError):
-            old = {}
-        changed = {(sec, k): (old[sec].get(k), v) for sec, fields in new.items() for k, v in fields.items()
-                   if isinstance(old.get(sec), dict) and old[sec].get(k) != v}
-        text = lambda keys: "; ".join(f"{sec}.{k}: {changed[sec, k][0]!r} -> {changed[sec, k][1]!r}"  # noqa: E731
-                                      for sec, k in keys)
-        fixed = [key for key in changed if key[1] in REPLAY_FIELDS.get(key[0], ())]
-        if fixed:
-            raise CheckpointError(
-                f"{workdir} cannot resume with {text(fixed)}: these decide the data split, the batches or the "
-                f"precision of the checkpointed run. Resume with its config ({path}) or start a new workdir")
-        if changed:
-            log("resumed with a changed config: " + text(changed))
-    path.write_text(json.dumps(new, indent=2) + "\n")
 
 
 def _train(cfg, workdir, resume, dtype, log):
@@ -213,7 +172,7 @@ def _train(cfg, workdir, resume, dtype, log):
     # the template fixes the structure for restoring; fresh runs fill it from the prepared params
     proto = cast(model.params if model.params is not None else model.init_params(first.graph, cfg.run.seed))
     # the model's constants (M3GNet's per-structure shift) are never trained, whatever the config says
-    _check_freeze(proto, cfg.model.freeze, model.constant_params)
+    check_freeze(proto, cfg.model.freeze, model.constant_params)
     tx = with_frozen(tx, proto, list(cfg.model.freeze) + list(model.constant_params))
     state = {"params": proto, "ema": proto, "opt_state": tx.init(proto), "step": 0, "epoch": 0,
              "batch_in_epoch": 0, "lr_scale": 1.0, "best_val": np.inf, "bad_epochs": 0,
@@ -227,7 +186,7 @@ def _train(cfg, workdir, resume, dtype, log):
         state.update(params=params, ema=ema0, opt_state=tx.init(params))
         with open(workdir / "metrics.csv", "w", newline="") as fh:
             csv.writer(fh).writerow(CSV_FIELDS)
-    _write_config(cfg, workdir, log, resume)
+    record_config(cfg, workdir, log, resume)
     _truncate_csv(workdir / "metrics.csv", int(state["epoch"]))
 
 
@@ -242,7 +201,7 @@ def _train(cfg, workdir, resume, dtype, log):
         else:
             ema = params
         # the host refuses the step (and keeps the previous state) unless all three are finite
-        health = {"loss": loss, "gradient": _all_finite(grads), "parameters": _all_finite((params, ema))}
+        health = {"loss": loss, "gradient": all_finite(grads), "parameters": all_finite((params, ema))}
         return params, opt_state, ema, sums, health
 
     frozen = freeze_labels(proto, cfg.model.freeze)
@@ -279,9 +238,9 @@ def _train(cfg, workdir, resume, dtype, log):
             p, o, e, sums, health = train_step(state["params"], state["opt_state"], state["ema"], batch,
                                                jnp.asarray(state["lr_scale"], dtype))
             sums, health = jax.device_get((sums, health))
-            if not _healthy(health):
+            if not healthy(health):
                 save_checkpoint(workdir, state)  # the last good state: resumable, e.g. with a lower learning rate
-                raise _divergence(health, state, epoch, k, len(batches), groups[k], train_frames, cfg, workdir)
+                raise divergence(health, state, epoch, k, len(batches), groups[k], train_frames, cfg, workdir)
             acc = state["epoch_sums"]
             state.update(params=p, opt_state=o, ema=e, step=int(state["step"]) + 1, batch_in_epoch=k + 1,
                          epoch_sums={key: float(acc[key]) + float(sums[key]) for key in METRIC_KEYS})
@@ -313,7 +272,7 @@ def _train(cfg, workdir, resume, dtype, log):
                 raise TrainingError(
                     f"epoch {epoch + 1}: the validation loss is {val_loss} although every parameter is finite: the model "
                     f"gives a non-finite prediction for a validation structure. This epoch's model was not kept as "
-                    f"best; {_saved(workdir)}")
+                    f"best; {saved_state(workdir)}")
             improved = val_loss < float(state["best_val"])
             state.update(best_val=min(val_loss, float(state["best_val"])),
                          bad_epochs=0 if improved else int(state["bad_epochs"]) + 1,
@@ -339,46 +298,6 @@ def _train(cfg, workdir, resume, dtype, log):
         if early_stopped():
             log(f"early stopping after {epoch + 1} epochs")
     return _finish(cfg, workdir, dtype, valid_frames, log)
-
-
-def _saved(workdir: Path) -> str:
-    best = "best_model/ (the best epoch so far)" if (workdir / "best_model").is_dir() else "no best_model yet"
-    return f"{workdir} holds the last good state ({CHECKPOINT_FILE}, --resume continues from it) and {best}"
-
-
-def _all_finite(tree):
-    """True (a jax bool) if every entry of every leaf is finite."""
-    return jnp.all(jnp.stack([jnp.all(jnp.isfinite(x)) for x in jax.tree_util.tree_leaves(tree)]))
-
-
-def _healthy(health) -> bool:
-    return bool(np.isfinite(health["loss"]) and health["gradient"] and health["parameters"])
-
-
-def _divergence(health, state, epoch, k, n_batches, group, frames, cfg, workdir) -> TrainingError:
-    """The error for a step whose loss, gradient or updated weights were not finite."""
-    bad = ([f"the loss is {float(health['loss'])}"] if not np.isfinite(health["loss"]) else []) + [
-        f"the {name} after the update hold NaN or inf" if name == "parameters" else f"the {name} holds NaN or inf"
-        for name in ("gradient", "parameters") if not bool(health[name])]
-    sources = ", ".join(frames[i].source for i in group[:8])
-    return TrainingError(
-        f"training diverged at step {int(state['step']) + 1} (epoch {epoch + 1}, batch {k + 1} of {n_batches}): "
-        f"{'; '.join(bad)}. The step was not applied and nothing non-finite was saved: {_saved(workdir)}. "
-        f"Likely causes: a learning rate ({cfg.optim.learning_rate:g}) too high for this model (try 10x lower, "
-        f"a longer warm-up or gradient clipping), labels in the wrong unit, or a structure the model cannot "
-        f"evaluate. This batch holds {sources}")
-
-
-def _check_freeze(params, prefixes, constants=()) -> None:
-    """A freeze prefix must name at least one parameter (a typo would otherwise freeze nothing)."""
-    paths = [param_path(kp) for kp, _ in jax.tree_util.tree_flatten_with_path(params)[0]]
-    unknown = [p for p in prefixes if not any(path.startswith(p) for path in paths)]
-    groups = sorted({path.split("/")[0] for path in paths})
-    if unknown or "" in prefixes:
-        raise ConfigError(f"config: model.freeze {unknown or ['']} names no parameter of this model; parameter "
-                          f"paths start with one of {groups} (e.g. 'conv_', 'energy_scale/element_refs')")
-    if prefixes and all(any(path.startswith(p) for p in list(prefixes) + list(constants)) for path in paths):
-        raise ConfigError(f"config: model.freeze {list(prefixes)} freezes every parameter: nothing would be trained")
 
 
 def _zero_sums():
