@@ -5,7 +5,7 @@ from __future__ import annotations
 import numpy as np
 import vesin
 
-from jaxmat.graph._structure import DEFAULT_CHECKS, StructureChecks, lattice_basis, check_triplets
+from jaxmat.graph._structure import DEFAULT_CHECKS, StructureChecks, check_triplets, lattice_basis
 
 #: bonds up to ``cutoff + CUTOFF_TOLERANCE`` [A] are kept, as pymatgen's find_points_in_spheres
 #: (used by matgl) does: a bond of exactly the cutoff length is a bond (MEGNet is not smooth there).

@@ -102,6 +102,7 @@ def check_occupancy(info) -> None:
     occupancy = info.get("occupancy") if isinstance(info, dict) else None
     if not isinstance(occupancy, dict):
         return
+
     def ordered(occ):  # one species, fully occupied
         return not isinstance(occ, dict) or (len(occ) == 1 and abs(float(next(iter(occ.values()))) - 1.0) < 1e-6)
 
@@ -184,8 +185,8 @@ def check_contacts(numbers, senders, receivers, distances, checks: StructureChec
             pair = (f"atom {i} ({chemical_symbols[zi[k]]}) and its own periodic image" if i == j else
                     f"atoms {i} ({chemical_symbols[zi[k]]}) and {j} ({chemical_symbols[zj[k]]})")
             raise StructureError(
-                f"{pair} overlap: {distances[k]:.3g} A apart, closer than {checks.min_distance_factor:g} x the sum of their covalent "
-                f"radii ({limit[k]:.3g} A); the structure has collapsed (compressed cell, wrong unit, duplicated atom). "
+                f"{pair} overlap: {distances[k]:.3g} A apart, closer than {checks.min_distance_factor:g} x the sum of "
+                f"their covalent radii ({limit[k]:.3g} A); the structure has collapsed (compressed cell, wrong unit, duplicated atom). "
                 "StructureChecks(min_distance_factor=...) sets the limit")
     if senders.size:
         counts = np.bincount(senders, minlength=numbers.size)
