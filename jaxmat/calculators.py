@@ -1,7 +1,10 @@
 """ASE calculator for jaxmat models: energy, free_energy, per-atom energies, forces, stress.
 
 Stress is returned in eV/A^3 with ASE's sign and Voigt order (see ``jaxmat.potential``); it is
-only defined for cells periodic in all three directions.
+only defined for cells periodic in all three directions. For an ensemble (``jaxmat.models.Ensemble``)
+these are the members' means, and the results also hold the calibrated spreads ``energy_std`` (eV),
+``forces_std`` (N, 3) and ``stress_std`` (6,), and the members' own ``energies_members`` (K,),
+``forces_members`` (K, N, 3) and ``stress_members`` (K, 6).
 """
 
 from __future__ import annotations
@@ -26,7 +29,7 @@ from jaxmat.graph import (
     graph_sizes,
     pad_graph,
 )
-from jaxmat.models import DEFAULT_MODEL, load_model
+from jaxmat.models import DEFAULT_MODEL, Ensemble, load_model
 from jaxmat.potential import energy_forces_stress, to_voigt
 
 
@@ -44,6 +47,8 @@ class JaxmatCalculator(Calculator):
       skin: Verlet skin (A) of the cached vesin neighbour list kept between calls.
       checks: thresholds of the structure checks (``jaxmat.graph.StructureChecks``: closest
         approach, neighbour and triplet caps); a failing structure raises ``StructureError``.
+      ensemble_mode: for an ensemble: "auto" (``Ensemble.choose_mode``), "vmap" (all members in
+        one call) or "sequential" (one member after another, the memory of one).
 
     ``n_compilations`` counts how often the energy/force/stress function was traced and compiled.
     The total energy is the float64 sum of the per-atom energies (exact to the last digit of the
@@ -51,6 +56,8 @@ class JaxmatCalculator(Calculator):
     """
 
     implemented_properties = ["energy", "free_energy", "energies", "forces", "stress"]
+    ensemble_properties = ["energy_std", "forces_std", "stress_std", "energies_members", "forces_members",
+                           "stress_members"]
 
     def __init__(
         self,
@@ -60,13 +67,15 @@ class JaxmatCalculator(Calculator):
         growth: float = 1.3,
         skin: float = 1.0,
         checks: StructureChecks = DEFAULT_CHECKS,
+        ensemble_mode: str = "auto",
         **kwargs,
     ):
         super().__init__(**kwargs)
         for name, value, kind, rule in (("dtype", dtype, "str", one_of("float32", "float64")),
                                         ("headroom", headroom, "float", non_negative()),
                                         ("growth", growth, "float", at_least(1, strict=True)),
-                                        ("skin", skin, "float", non_negative())):
+                                        ("skin", skin, "float", non_negative()),
+                                        ("ensemble_mode", ensemble_mode, "str", one_of("auto", "vmap", "sequential"))):
             check_value("JaxmatCalculator", name, value, kind, rule)
         if not isinstance(checks, StructureChecks):
             raise TypeError(f"JaxmatCalculator.checks must be a jaxmat.graph.StructureChecks, got {type(checks).__name__}")
@@ -76,15 +85,20 @@ class JaxmatCalculator(Calculator):
                               f"forces, stress); {self.model.family} maps a structure to one property: use "
                               "model.predict(structures) or jaxmat predict")
         self.dtype = dtype
+        self.ensemble_mode = ensemble_mode
+        if isinstance(self.model, Ensemble):
+            self.implemented_properties = self.implemented_properties + self.ensemble_properties
         self.headroom, self.growth, self.checks = headroom, growth, checks
         self.sizes: PadSizes | None = None
         self.n_compilations = 0
         self._nl = vesin.NeighborList(cutoff=self.model.cutoff + CUTOFF_TOLERANCE, full_list=True, skin=skin)
-        self._fn = jax.jit(self._evaluate, static_argnums=2)
+        self._fn = jax.jit(self._evaluate, static_argnums=(2, 3))
         self._params = None
 
-    def _evaluate(self, params, graph, compute_stress):
+    def _evaluate(self, params, graph, compute_stress, mode):
         self.n_compilations += 1  # runs only while tracing
+        if mode is not None:  # an ensemble: every member's energy, forces and stress (K, ...)
+            return self.model.member_results(params, graph, compute_stress, mode)
         return energy_forces_stress(self.model.apply, params, graph, compute_stress)
 
     def _choose_sizes(self, real: PadSizes) -> PadSizes:
@@ -116,8 +130,12 @@ class JaxmatCalculator(Calculator):
         with jax.enable_x64(self.dtype == "float64"):
             if self._params is None:
                 self._params = jax.tree_util.tree_map(lambda p: jax.numpy.asarray(p, self.dtype), self.model.params)
-            out = jax.device_get(self._fn(self._params, graph, periodic))
+            mode = self.model.choose_mode(self.ensemble_mode, self.sizes.n_edge) if self.is_ensemble else None
+            out = jax.device_get(self._fn(self._params, graph, periodic, mode))
         n = len(atoms)
+        if self.is_ensemble:
+            self.results = self._ensemble_results(out, n, periodic)
+            return
         energies = np.asarray(out["energies"][:n], np.float64)
         energy = float(np.sum(energies))  # float64 total: a float32 sum of 2,048 atoms is off by ~0.1 eV
         self.results = {
@@ -128,3 +146,26 @@ class JaxmatCalculator(Calculator):
         }
         if periodic:
             self.results["stress"] = np.asarray(to_voigt(out["stress"][0]), np.float64)
+
+    @property
+    def is_ensemble(self) -> bool:
+        return isinstance(self.model, Ensemble)
+
+    def _ensemble_results(self, out, n: int, periodic: bool) -> dict:
+        """Means, calibrated spreads (ddof=1 x the bundle's scales) and the members' own values."""
+        from jaxmat.uncertainty import member_stats
+
+        cal = self.model.calibration
+        energies = np.asarray(out["energies"][:, :n], np.float64)  # (K, n)
+        members = energies.sum(axis=1)  # float64 totals per member
+        forces = np.asarray(out["forces"][:, :n], np.float64)
+        e_mean, e_std = member_stats(members)
+        f_mean, f_std = member_stats(forces)
+        res = {"energy": float(e_mean), "free_energy": float(e_mean), "energies": energies.mean(axis=0),
+               "forces": f_mean, "energy_std": float(cal["energy"] * e_std), "forces_std": cal["forces"] * f_std,
+               "energies_members": members, "forces_members": forces}
+        if periodic:
+            stress = np.asarray(to_voigt(out["stress"][:, 0]), np.float64)  # (K, 6)
+            s_mean, s_std = member_stats(stress)
+            res.update(stress=s_mean, stress_std=cal["stress"] * s_std, stress_members=stress)
+        return res

@@ -1,6 +1,7 @@
 """Model families, model bundles and the pretrained registry."""
 
 from jaxmat.models._bundle import BundleError, read_bundle, save_bundle
+from jaxmat.models._ensemble import Ensemble, stack_members
 from jaxmat.models._grow import GROWABLE, grow_model
 from jaxmat.models._m3gnet import M3GNet
 from jaxmat.models._model import (
@@ -15,6 +16,7 @@ from jaxmat.models._model import (
 __all__ = [
     "BundleError",
     "DEFAULT_MODEL",
+    "Ensemble",
     "FAMILIES",
     "GROWABLE",
     "M3GNet",
@@ -25,4 +27,5 @@ __all__ = [
     "load_model",
     "read_bundle",
     "save_bundle",
+    "stack_members",
 ]

@@ -4,7 +4,9 @@
 free-form ``metadata`` (origin, licence, training data), the sha256 of the weights file and (format
 2) ``config_sha256``, the sha256 of the canonical JSON of family, hyperparameters and weights hash.
 A truncated or altered weights file and a hand-edited hyperparameter (cutoff, element order) are
-both detected before use; ``metadata`` may be edited freely. Weights must be finite floating-point
+both detected before use; ``metadata`` may be edited freely. Ensembles (format 3) add an
+``ensemble`` section (kind, size K, the stacked parameter groups, the calibration scales), also
+covered by ``config_sha256``; single models are still written as format 2. Weights must be finite floating-point
 arrays. Every failure to read, decode or verify a bundle is a ``BundleError`` naming the file.
 Format-1 bundles (no ``config_sha256``) still load, with a warning to re-save them.
 """
@@ -24,7 +26,8 @@ import numpy as np
 
 FORMAT = "jaxmat-bundle"
 FORMAT_VERSION = 2
-SUPPORTED_VERSIONS = (1, 2)
+ENSEMBLE_FORMAT_VERSION = 3
+SUPPORTED_VERSIONS = (1, 2, 3)
 CONFIG_FILE = "config.json"
 PARAMS_FILE = "params.msgpack"
 
@@ -52,6 +55,8 @@ def atomic_write(path: Path, data: bytes) -> None:
 def config_digest(config: dict) -> str:
     """sha256 of the canonical JSON of the parts of a bundle config that decide its numbers."""
     core = {k: config.get(k) for k in ("model", "hyperparameters", "params_sha256")}
+    if "ensemble" in config:  # format 3
+        core["ensemble"] = config["ensemble"]
     return hashlib.sha256(json.dumps(core, sort_keys=True, separators=(",", ":")).encode()).hexdigest()
 
 
@@ -72,9 +77,11 @@ def check_weights(params, where: str) -> None:
             raise BundleError(f"{where}: weight {name} has {bad} non-finite value(s) (NaN or inf)")
 
 
-def save_bundle(path, family: str, hyperparameters: dict, params, metadata: dict | None = None) -> Path:
+def save_bundle(path, family: str, hyperparameters: dict, params, metadata: dict | None = None,
+                ensemble: dict | None = None) -> Path:
     """Write a bundle folder (weights first, then the config that certifies them). Non-finite
-    weights are refused (BundleError): a bundle never holds NaN."""
+    weights are refused (BundleError): a bundle never holds NaN. ``ensemble``: the section of an
+    ensemble bundle (``Ensemble.ensemble_config()``; format 3)."""
     path = Path(path)
     host = jax.tree_util.tree_map(lambda x: np.asarray(x), params)
     check_weights(host, f"model bundle {path}")
@@ -88,12 +95,14 @@ def save_bundle(path, family: str, hyperparameters: dict, params, metadata: dict
     atomic_write(path / PARAMS_FILE, blob)
     config = {
         "format": FORMAT,
-        "format_version": FORMAT_VERSION,
+        "format_version": FORMAT_VERSION if ensemble is None else ENSEMBLE_FORMAT_VERSION,
         "model": family,
         "hyperparameters": hyperparameters,
         "metadata": metadata or {},
         "params_sha256": hashlib.sha256(blob).hexdigest(),
     }
+    if ensemble is not None:
+        config["ensemble"] = ensemble
     config["config_sha256"] = config_digest(json.loads(json.dumps(config)))
     atomic_write(path / CONFIG_FILE, (json.dumps(config, indent=2) + "\n").encode())
     return path

@@ -197,10 +197,31 @@ def load_model(name_or_path=DEFAULT_MODEL) -> Model:
         expected = expected_param_shapes(family, hyper)
     except (TypeError, ValueError, KeyError, IndexError) as err:  # the module cannot be built from them
         raise BundleError(f"{path}: hyperparameters do not fit {family}: {type(err).__name__}: {err}") from None
-    check_params(params, expected, str(path))
     metadata = dict(config.get("metadata", {}))
     metadata.setdefault("name", path.name)
+    if "ensemble" in config or config.get("format_version") == 3:
+        return _load_ensemble(path, config, family, hyper, params, expected, metadata)
+    check_params(params, expected, str(path))
     return Model(family, hyper, params, metadata)
+
+
+def _load_ensemble(path, config, family, hyper, params, expected, metadata):
+    """An ``Ensemble`` from a verified format-3 bundle: the stacked groups carry (K, ...) shapes."""
+    from jaxmat.models._ensemble import Ensemble, check_ensemble_config
+
+    try:
+        ens = check_ensemble_config(config.get("ensemble"), f"{path / 'config.json'}")
+    except ConfigError as err:
+        raise BundleError(str(err)) from None
+    unknown = sorted(set(ens["stacked"]) - set(expected))
+    if unknown:
+        raise BundleError(f"{path}: ensemble stacks parameter group(s) {unknown} the model does not have")
+    K = ens["size"]
+    stacked_shapes = {g: (jax.tree_util.tree_map(lambda s: jax.ShapeDtypeStruct((K, *s.shape), s.dtype), v)
+                          if g in ens["stacked"] else v) for g, v in expected.items()}
+    check_params(params, stacked_shapes, str(path))
+    return Ensemble(family, hyper, params, metadata, kind=ens["kind"], stacked=tuple(ens["stacked"]),
+                    calibration=ens["calibration"])
 
 
 def check_hyperparameters(family: str, hyper: dict, where: str, required: tuple = ()) -> None:

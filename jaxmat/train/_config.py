@@ -97,8 +97,26 @@ class OptimConfig(_Section):
 
 
 @dataclasses.dataclass
+class EnsembleConfig(_Section):
+    kind: str = "none"  #: "none" (one model), "deep" (size full models trained side by side in one vmapped step) or "shallow" (one body, size readout heads)
+    size: int = 5  #: number of members K (>= 2)
+    bootstrap: float = 1.0  #: deep: fraction of the training frames each member trains on (sub-sampled without replacement, seeded per member; the others get loss weight 0); 1: all
+    heads: list[str] = dataclasses.field(default_factory=lambda: ["readout"])  #: shallow: parameter groups with one copy per member
+    reinit: list[str] = dataclasses.field(default_factory=list)  #: fine-tuning: parameter groups drawn fresh per member (member k: seed run.init_seed + k), e.g. ["readout"]; shallow heads always are
+    objective: str = "crps"  #: shallow: "crps" or "nll" of N(mean, std^2) over the heads, on energy/atom and force components (zero labels excluded), added to the loss of the mean
+    uncertainty_weight: float = 1.0  #: shallow: weight of that term
+    calibration: str = "nll"  #: scale of the spreads fit on the validation frames after training: "nll" (sqrt(mean(err^2/sigma^2))), "musil" (Musil/Imbalzano alpha, K >= 4) or "none"
+
+    SECTION: ClassVar[str] = "ensemble"
+    RULES: ClassVar[dict] = {"kind": one_of("none", "deep", "shallow"), "size": at_least(2),
+                             "bootstrap": between(0, 1, lo_open=True), "objective": one_of("crps", "nll"),
+                             "uncertainty_weight": non_negative(), "calibration": one_of("nll", "musil", "none")}
+
+
+@dataclasses.dataclass
 class RunConfig(_Section):
-    seed: int = 0  #: seed of initialisation, split and data order
+    seed: int = 0  #: seed of the validation split and the data order (and of initialisation unless init_seed is set)
+    init_seed: int | None = None  #: seed of the initial parameters (None: seed); ensemble member k uses init_seed + k
     dtype: str = "float32"  #: "float32" or "float64"
     checkpoint_every_steps: int = 20  #: also checkpoint at every epoch end
     max_steps: int | None = None  #: stop after this many optimizer steps (tests, smoke runs)
@@ -106,7 +124,7 @@ class RunConfig(_Section):
     progress: bool = True  #: tqdm progress bar with the live loss
 
     SECTION: ClassVar[str] = "run"
-    RULES: ClassVar[dict] = {"seed": non_negative(), "dtype": one_of("float32", "float64"),
+    RULES: ClassVar[dict] = {"seed": non_negative(), "init_seed": non_negative(), "dtype": one_of("float32", "float64"),
                              "checkpoint_every_steps": at_least(1), "max_steps": at_least(1),
                              "max_wall_minutes": positive()}
 
@@ -118,12 +136,14 @@ class TrainConfig:
     loss: LossConfig = dataclasses.field(default_factory=LossConfig)
     optim: OptimConfig = dataclasses.field(default_factory=OptimConfig)
     run: RunConfig = dataclasses.field(default_factory=RunConfig)
+    ensemble: EnsembleConfig = dataclasses.field(default_factory=EnsembleConfig)
 
     def to_dict(self) -> dict:
         return dataclasses.asdict(self)
 
 
-SECTIONS = {"data": DataConfig, "model": ModelConfig, "loss": LossConfig, "optim": OptimConfig, "run": RunConfig}
+SECTIONS = {"data": DataConfig, "model": ModelConfig, "loss": LossConfig, "optim": OptimConfig, "run": RunConfig,
+            "ensemble": EnsembleConfig}
 
 
 def config_from_dict(d: dict, base: Path | None = None) -> TrainConfig:
@@ -169,6 +189,17 @@ def check_config(cfg: TrainConfig) -> None:
         if cfg.model.family not in FAMILIES:
             raise ConfigError(f"config: model.family = {cfg.model.family!r}: expected one of {sorted(FAMILIES)}")
         check_hyperparameters(cfg.model.family, cfg.model.hyperparameters, "config: model.hyperparameters")
+    ens = cfg.ensemble
+    if ens.kind != "none":
+        if ens.calibration == "musil" and ens.size < 4:
+            raise ConfigError(f"config: ensemble.calibration = 'musil' needs ensemble.size >= 4, got {ens.size}")
+        if ens.kind == "deep" and cfg.model.init_from and not ens.reinit and ens.bootstrap == 1:
+            raise ConfigError("config: a deep ensemble fine-tuned from one model with ensemble.reinit [] and "
+                              "ensemble.bootstrap 1 would train K identical members: re-draw some groups per member "
+                              "(ensemble.reinit, e.g. [\"readout\"]) or sub-sample (ensemble.bootstrap < 1)")
+        if ens.kind == "shallow" and cfg.loss.forces_weight == 0:
+            raise ConfigError("config: a shallow ensemble needs loss.forces_weight > 0: trained on energies only, "
+                              "its force spreads are not calibrated")
 
 
 def load_config(path) -> TrainConfig:

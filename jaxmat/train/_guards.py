@@ -31,7 +31,8 @@ def remove_orphans(workdir: Path, log) -> None:
 
 
 #: fields a resumed run may not change: they decide which frames form which batch, and the precision
-REPLAY_FIELDS = {"data": ("train", "valid", "valid_fraction", "graphs_per_batch"), "run": ("seed", "dtype")}
+REPLAY_FIELDS = {"data": ("train", "valid", "valid_fraction", "graphs_per_batch"), "run": ("seed", "init_seed", "dtype"),
+                 "ensemble": ("kind", "size", "bootstrap", "heads")}
 
 
 def record_config(cfg, workdir: Path, log, resumed: bool) -> None:

@@ -40,7 +40,13 @@ def loss_and_metrics(params, batch, apply_fn, cfg, kind: str = "atoms"):
                       "n_f": zero, "f_abs": zero, "f_sq": zero, "n_s": zero, "s_abs": zero, "s_sq": zero,
                       "loss_sum": loss}
     want_stress = cfg.stress_weight > 0
-    out = energy_forces_stress(apply_fn, params, batch.graph, compute_stress=want_stress)
+    return potential_terms(energy_forces_stress(apply_fn, params, batch.graph, compute_stress=want_stress), lab, cfg)
+
+
+def potential_terms(out: dict, lab, cfg):
+    """The potential's (loss, metrics) of ``loss_and_metrics`` from its predictions ``out``
+    (``energy`` (G,), ``forces`` (N, 3) and, when ``cfg.stress_weight`` > 0, ``stress``)."""
+    want_stress = cfg.stress_weight > 0
     e_err = (out["energy"] - lab.energy) / lab.n_atoms
     f_err = out["forces"] - lab.forces
     em, fm, sm = lab.energy_mask, lab.forces_mask[:, None], lab.stress_mask[:, None, None]

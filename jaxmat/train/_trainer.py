@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import csv
+import dataclasses
 import json
 import time
 from pathlib import Path
@@ -10,24 +11,25 @@ from pathlib import Path
 import jax
 import jax.numpy as jnp
 import numpy as np
-import optax
 from ase.data import atomic_numbers
 
 from jaxmat._checks import ConfigError
 from jaxmat.errors import TrainingError
 from jaxmat.data import DatasetError, batch_budget, build_graphs, epoch_batches, epoch_groups, make_batch, read_frames, split
 from jaxmat.graph import StructureChecks
-from jaxmat.models import FAMILIES, Model, grow_model, load_model
+from jaxmat.models import FAMILIES, Ensemble, Model, grow_model, load_model
 from jaxmat.models._model import default_hyperparameters
 from jaxmat.train._config import check_config
 from jaxmat.train._checkpoint import CHECKPOINT_FILE, load_checkpoint, replace_dir, save_checkpoint
-from jaxmat.train._guards import (all_finite, check_freeze, divergence, healthy, record_config, remove_orphans,
+from jaxmat.train._guards import (check_freeze, divergence, healthy, record_config, remove_orphans,
                                   saved_state)
 from jaxmat.train._evaluate import error_metrics, predict
-from jaxmat.train._loss import METRIC_KEYS, loss_and_metrics, summarize
+from jaxmat.train._loss import METRIC_KEYS, summarize
 from jaxmat.train._optim import freeze_labels, make_optimizer, with_frozen
+from jaxmat.train._steps import build_steps, ensemble_template, init_seed, initial_members, member_batch, stack, subsample_masks
 from jaxmat.train._plots import learning_curves, parity_plots
 from jaxmat.train._refs import fit_element_refs
+from jaxmat.train._uq import fit_calibration, member_predict, uncertainty_plots, uncertainty_report
 
 CSV_FIELDS = ["epoch", "step", "lr_scale", "train_loss", "train_e_mae", "train_f_mae", "train_s_mae",
               "val_loss", "val_e_mae", "val_e_rmse", "val_f_mae", "val_f_rmse", "val_s_mae", "val_s_rmse",
@@ -94,7 +96,7 @@ def _make_model(cfg, frames, kind, valid_frames=()) -> Model:
     m = cfg.model
     if m.init_from:  # hyperparameters may only grow the pretrained model (function-preserving)
         base = load_model(m.init_from)
-        return grow_model(base, seed=cfg.run.seed, **m.hyperparameters) if m.hyperparameters else base
+        return grow_model(base, seed=init_seed(cfg), **m.hyperparameters) if m.hyperparameters else base
     symbols = {s for f in frames for s in f.atoms.get_chemical_symbols()}
     for f in valid_frames:  # an element no training frame has would keep its random initial weights
         unseen = sorted(set(f.atoms.get_chemical_symbols()) - symbols)
@@ -154,15 +156,19 @@ def _train(cfg, workdir, resume, dtype, log):
         raise ConfigError("config: data.energy_key is required for a structure -> property model (MEGNet): it names "
                           "the info key of the per-structure target; the calculator's total energy (eV) is not that "
                           "target (MEGNet-MP-2018.6.1-Eform predicts formation energy in eV/atom)")
+    if kind == "graph" and cfg.ensemble.kind != "none":
+        raise ConfigError("config: ensemble.kind must be 'none' for a structure -> property model (MEGNet): ensembles "
+                          "are of potentials (energies, forces, stress)")
     train_frames, valid_frames = _load_data(cfg, kind)
     model = _make_model(cfg, train_frames, kind, valid_frames)
+    deep = cfg.ensemble.kind == "deep"
     checks = StructureChecks(**cfg.data.structure_checks)
     g_train, g_valid = build_graphs(train_frames, model, checks), build_graphs(valid_frames, model, checks)
     if cfg.data.test and not resume:  # a test file the model cannot read fails now, not after training
         build_graphs(_read(cfg, cfg.data.test, kind), model, checks)
     budget = batch_budget(g_train + g_valid, cfg.data.graphs_per_batch)
     first = epoch_batches(train_frames[:1], g_train[:1], budget, 0, 0, False, dtype)[0]
-    lcfg, ema_decay = cfg.loss, cfg.optim.ema_decay
+    ema_decay = cfg.optim.ema_decay
     steps_per_epoch = len(epoch_groups(g_train, budget, cfg.run.seed, 0))
     tx = make_optimizer(cfg.optim, steps_per_epoch)
 
@@ -170,39 +176,33 @@ def _train(cfg, workdir, resume, dtype, log):
         return jax.tree_util.tree_map(lambda x: jnp.asarray(x, dtype), tree)
 
     # the template fixes the structure for restoring; fresh runs fill it from the prepared params
-    proto = cast(model.params if model.params is not None else model.init_params(first.graph, cfg.run.seed))
+    member = cast(model.params if model.params is not None else model.init_params(first.graph, init_seed(cfg)))
+    proto = stack(cfg, [member] * (1 if cfg.ensemble.kind == "none" else cfg.ensemble.size))
+    run_model = ensemble_template(cfg, model, member)  # the model itself, or an ensemble of its architecture
     # the model's constants (M3GNet's per-structure shift) are never trained, whatever the config says
-    check_freeze(proto, cfg.model.freeze, model.constant_params)
-    tx = with_frozen(tx, proto, list(cfg.model.freeze) + list(model.constant_params))
-    state = {"params": proto, "ema": proto, "opt_state": tx.init(proto), "step": 0, "epoch": 0,
+    check_freeze(member, cfg.model.freeze, model.constant_params)
+    tx = with_frozen(tx, member if deep else proto, list(cfg.model.freeze) + list(model.constant_params))
+    tx_init = jax.vmap(tx.init) if deep else tx.init  # a deep ensemble: one optimizer state per member
+    state = {"params": proto, "ema": proto, "opt_state": tx_init(proto), "step": 0, "epoch": 0,
              "batch_in_epoch": 0, "lr_scale": 1.0, "best_val": np.inf, "bad_epochs": 0,
              "plateau_bad": 0, "epoch_sums": _zero_sums(), "seed": cfg.run.seed}
     if resume:
         state = load_checkpoint(workdir, state)
         log(f"resumed from step {int(state['step'])} (epoch {int(state['epoch'])}, batch {int(state['batch_in_epoch'])})")
     else:
-        params = cast(_prepare_params(cfg, model, proto, train_frames, g_train))
+        prepare = lambda p: cast(_prepare_params(cfg, model, p, train_frames, g_train))  # noqa: E731
+        params = stack(cfg, initial_members(cfg, model, first.graph, prepare))
         ema0 = jax.tree_util.tree_map(jnp.zeros_like, params) if ema_decay > 0 else params
-        state.update(params=params, ema=ema0, opt_state=tx.init(params))
+        state.update(params=params, ema=ema0, opt_state=tx_init(params))
         with open(workdir / "metrics.csv", "w", newline="") as fh:
             csv.writer(fh).writerow(CSV_FIELDS)
     record_config(cfg, workdir, log, resume)
     _truncate_csv(workdir / "metrics.csv", int(state["epoch"]))
 
 
-    @jax.jit
-    def train_step(params, opt_state, ema, batch, lr_scale):
-        (loss, sums), grads = jax.value_and_grad(loss_and_metrics, has_aux=True)(params, batch, model.apply, lcfg, kind)
-        updates, opt_state = tx.update(grads, opt_state, params)
-        updates = jax.tree_util.tree_map(lambda u: u * lr_scale, updates)
-        params = optax.apply_updates(params, updates)
-        if ema_decay > 0:  # debiased EMA (as optax.ema(debias=True)): zero start, see ema_params
-            ema = jax.tree_util.tree_map(lambda e, p: ema_decay * e + (1 - ema_decay) * p, ema, params)
-        else:
-            ema = params
-        # the host refuses the step (and keeps the previous state) unless all three are finite
-        health = {"loss": loss, "gradient": all_finite(grads), "parameters": all_finite((params, ema))}
-        return params, opt_state, ema, sums, health
+    train_step, eval_step = build_steps(cfg, run_model, tx, kind)
+    masks = subsample_masks(cfg, len(train_frames))  # deep ensembles: the frames each member trains on
+    n_atoms = [len(f.atoms) for f in train_frames]
 
     frozen = freeze_labels(proto, cfg.model.freeze)
 
@@ -214,7 +214,6 @@ def _train(cfg, workdir, resume, dtype, log):
         return jax.tree_util.tree_map(lambda lab, e, p: p if lab == "frozen" else e / norm,
                                       frozen, state["ema"], state["params"])
 
-    eval_step = jax.jit(lambda p, b: loss_and_metrics(p, b, model.apply, lcfg, kind)[1])
     valid_batches = epoch_batches(valid_frames, g_valid, budget, 0, 0, False, dtype) if valid_frames else []
     if not valid_batches:
         log("no validation frames (data.valid_fraction 0): the last epoch's model is kept; no plateau, no early stopping")
@@ -231,6 +230,8 @@ def _train(cfg, workdir, resume, dtype, log):
         epoch = int(state["epoch"])
         groups = epoch_groups(g_train, budget, cfg.run.seed, epoch)  # as epoch_batches, keeping the frame indices
         batches = [make_batch(idx, train_frames, g_train, budget, dtype) for idx in groups]
+        if deep:
+            batches = [member_batch(cfg, b, idx, masks, n_atoms) for b, idx in zip(batches, groups)]
         bar = _progress(cfg, len(batches), epoch)
         for k, batch in enumerate(batches):
             if k < int(state["batch_in_epoch"]):
@@ -292,7 +293,7 @@ def _train(cfg, workdir, resume, dtype, log):
             f"E {shown.get('e_mae', float('nan')):.2f} meV/atom  F {shown.get('f_mae', float('nan')):.4f} eV/A"
             f"{'  *' if improved and valid_batches else ''}")
         if improved:
-            _save_best(workdir, model, ema_params(state), {"epoch": epoch + 1, **vm})
+            _save_best(workdir, run_model, ema_params(state), {"epoch": epoch + 1, **vm})
         state.update(epoch=epoch + 1, batch_in_epoch=0, epoch_sums=_zero_sums())
         save_checkpoint(workdir, state)
         if early_stopped():
@@ -319,8 +320,25 @@ def _save_best(workdir, model, params, metrics):
     meta = {**model.metadata, "validation": metrics, "name": Path(workdir).resolve().name}
     if "name" in model.metadata:
         meta["init_from"] = model.metadata["name"]
-    Model(model.family, model.hyperparameters, params32, meta).save(tmp)
+    dataclasses.replace(model, params=params32, metadata=meta, _cache={}).save(tmp)
     replace_dir(tmp, workdir / "best_model")
+
+
+def _calibrate(cfg, workdir, model, valid_frames, dtype, checks, log):
+    """Fit the spreads' scales on the validation frames and store them in best_model/."""
+    method = cfg.ensemble.calibration
+    if method == "none" or not valid_frames:
+        if method != "none":
+            log("no validation frames: the ensemble's spreads are left uncalibrated (scale 1)")
+        return model
+    pred = member_predict(model, valid_frames, cfg.data.graphs_per_batch, dtype, checks)
+    model = model.with_calibration(fit_calibration(model, pred, method))
+    model.save(workdir / "best_model.tmp")
+    replace_dir(workdir / "best_model.tmp", workdir / "best_model")
+    cal = model.calibration
+    log(f"calibrated on {len(valid_frames)} validation frames ({method}): spreads x {cal['energy']:.3g} (energy), "
+        f"x {cal['forces']:.3g} (forces), x {cal['stress']:.3g} (stress)")
+    return model
 
 
 def _truncate_csv(path: Path, epochs_done: int):
@@ -340,15 +358,21 @@ def _finish(cfg, workdir, dtype, valid_frames, log):
             f"continue it with --resume (jaxmat train CONFIG --workdir {workdir} --resume)")
         return {}
     model = load_model(best)
+    checks = StructureChecks(**cfg.data.structure_checks)
+    if isinstance(model, Ensemble):
+        model = _calibrate(cfg, workdir, model, valid_frames, dtype, checks, log)
     results = {}
     sets = [("valid", valid_frames)] if valid_frames else []
     if cfg.data.test:
         sets.append(("test", _read(cfg, cfg.data.test, model.output_kind)))
     for name, frames in sets:
-        pred = predict(model, model.params, frames, cfg.data.graphs_per_batch, dtype,
-                       checks=StructureChecks(**cfg.data.structure_checks))
+        pred = predict(model, model.params, frames, cfg.data.graphs_per_batch, dtype, checks=checks)
         results[name] = error_metrics(pred)
         parity_plots(pred, workdir / f"parity_{name}.png", title=name)
+        if isinstance(model, Ensemble):  # the spreads on this set, raw and calibrated
+            members = member_predict(model, frames, cfg.data.graphs_per_batch, dtype, checks)
+            results[name]["uncertainty"] = uncertainty_report(model, members)
+            uncertainty_plots(model, members, workdir / f"uncertainty_{name}")
     learning_curves(workdir / "metrics.csv", workdir / "learning_curves.png")
     (workdir / "results.json").write_text(json.dumps(results, indent=2) + "\n")
     log(json.dumps(results))

@@ -1,0 +1,157 @@
+"""An ensemble on labelled frames: every member's predictions, the calibration of its spreads, the
+uncertainty report (``jaxmat.uncertainty`` metrics) and its plots."""
+
+from __future__ import annotations
+
+import jax
+import numpy as np
+
+from jaxmat import uncertainty as uq
+from jaxmat._checks import ConfigError, at_least, check_value, one_of
+from jaxmat.data import DatasetError, batch_budget, build_graphs, make_batch, pack
+from jaxmat.graph import DEFAULT_CHECKS
+from jaxmat.models import Ensemble
+
+#: quantities of the report: key, prediction unit, the key of its error scale in ``error_metrics``
+QUANTITIES = (("energy", "eV/atom"), ("forces", "eV/A"), ("stress", "eV/A^3"))
+
+
+def member_predict(ens: Ensemble, frames, graphs_per_batch: int = 4, dtype: str = "float32",
+                   checks=DEFAULT_CHECKS, mode: str = "auto") -> dict:
+    """Per-member predictions and labels of the labelled entries of ``frames``:
+    ``energy`` (K, n_e) eV/atom, ``forces`` (K, n_f, 3) eV/A, ``stress`` (K, n_s, 3, 3) eV/A^3, and
+    the references ``energy_ref`` (n_e,), ``forces_ref`` (n_f, 3), ``stress_ref`` (n_s, 3, 3)."""
+    if not isinstance(ens, Ensemble):
+        raise ConfigError(f"an uncertainty report needs an ensemble (jaxmat.models.Ensemble), got {type(ens).__name__}")
+    check_value("evaluate", "graphs_per_batch", graphs_per_batch, "int", at_least(1))
+    check_value("evaluate", "dtype", dtype, "str", one_of("float32", "float64"))
+    graphs = build_graphs(frames, ens, checks)
+    budget = batch_budget(graphs, graphs_per_batch)
+    mode = ens.choose_mode(mode, budget.n_edge)
+    out = {k: [] for k in ("energy", "energy_ref", "forces", "forces_ref", "stress", "stress_ref")}
+    with jax.enable_x64(dtype == "float64"):
+        fn = jax.jit(lambda p, g: ens.member_results(p, g, True, mode))
+        params = jax.tree_util.tree_map(lambda x: np.asarray(x, dtype), ens.params)
+        for idx in pack(np.arange(len(frames)), graphs, budget):
+            g = make_batch(idx, frames, graphs, budget, dtype).graph
+            res = jax.device_get(fn(params, g))
+            index = np.asarray(g.graph.nodes["graph_index"])
+            energies = np.asarray(res["energies"], np.float64)
+            totals = np.stack([np.bincount(index, weights=e, minlength=budget.n_graph) for e in energies])
+            start = 0
+            for k, i in enumerate(idx):
+                f, n = frames[i], len(frames[i].atoms)
+                if f.energy is not None:
+                    out["energy"].append(totals[:, k] / n)
+                    out["energy_ref"].append(f.energy / n)
+                if f.forces is not None:
+                    out["forces"].append(res["forces"][:, start : start + n])
+                    out["forces_ref"].append(f.forces)
+                if f.stress is not None:
+                    out["stress"].append(res["stress"][:, k])
+                    out["stress_ref"].append(f.stress)
+                start += n
+    K = ens.size
+    return {"energy": np.stack(out["energy"], 1) if out["energy"] else np.zeros((K, 0)),
+            "energy_ref": np.asarray(out["energy_ref"]),
+            "forces": np.concatenate(out["forces"], 1) if out["forces"] else np.zeros((K, 0, 3)),
+            "forces_ref": np.concatenate(out["forces_ref"]) if out["forces_ref"] else np.zeros((0, 3)),
+            "stress": np.stack(out["stress"], 1) if out["stress"] else np.zeros((K, 0, 3, 3)),
+            "stress_ref": np.asarray(out["stress_ref"]) if out["stress_ref"] else np.zeros((0, 3, 3))}
+
+
+def errors_and_sigmas(pred: dict, calibration: dict | None = None) -> dict:
+    """{quantity: (ref, err of the mean, sigma)} flat, sigma times the calibration scale."""
+    out = {}
+    for q, _ in QUANTITIES:
+        if pred[f"{q}_ref"].size:
+            mean, std = uq.member_stats(pred[q])
+            scale = 1.0 if calibration is None else float(calibration[q])
+            out[q] = (pred[f"{q}_ref"].ravel(), (mean - pred[f"{q}_ref"]).ravel(), scale * std.ravel())
+    return out
+
+
+def fit_calibration(ens: Ensemble, pred: dict, method: str = "nll") -> dict:
+    """Scales of the energy, force and stress spreads from held-out predictions (``member_predict``):
+    "nll" (``uncertainty.nll_scale``), "musil" (``uncertainty.musil_alpha``) or "none" (all 1)."""
+    cal = {"energy": 1.0, "forces": 1.0, "stress": 1.0, "method": method}
+    if method == "none":
+        return cal
+    for q, (ref, err, sigma) in errors_and_sigmas(pred).items():
+        e, s = uq.usable(ref, err, sigma)
+        if e.size == 0:
+            continue
+        cal[q] = uq.musil_alpha(e, s, ens.size) if method == "musil" else uq.nll_scale(e, s)
+    if not errors_and_sigmas(pred):
+        raise DatasetError("cannot calibrate: the frames have no energy, force or stress labels")
+    return cal
+
+
+def uncertainty_report(ens: Ensemble, pred: dict) -> dict:
+    """{quantity: {"raw": metrics, "calibrated": metrics}} of ``uncertainty.calibration_metrics``
+    (entries with zero reference or zero spread dropped); energies per atom."""
+    report = {}
+    for q, (ref, err, sigma) in errors_and_sigmas(pred).items():
+        e, s = uq.usable(ref, err, sigma)
+        if e.size < 2:
+            continue
+        scale = float(ens.calibration[q])
+        report[q] = {"raw": uq.calibration_metrics(e, s), "calibrated": uq.calibration_metrics(e, scale * s),
+                     "scale": scale}
+    return report
+
+
+def format_report(report: dict) -> str:
+    cols = (("mae", "MAE", ".4f"), ("rms_sigma", "RMS sig", ".4f"), ("nll", "NLL", ".3f"), ("spearman", "Spearman", ".3f"),
+            ("auroc_worst10", "AUROC10", ".3f"), ("miscalibration_area", "mis.area", ".3f"),
+            ("coverage_68", "cov68", ".3f"), ("coverage_95", "cov95", ".3f"))
+    lines = [f"{'quantity':18s} " + " ".join(f"{h:>9s}" for _, h, _ in cols)]
+    for q, r in report.items():
+        for which in ("raw", "calibrated"):
+            m = r[which]
+            label = f"{q} {which if which == 'raw' else 'x%.3g' % r['scale']}"
+            lines.append(f"{label:18s} " + " ".join(f"{m[k]:9{f}}" for k, _, f in cols))
+    return "\n".join(lines)
+
+
+def uncertainty_plots(ens: Ensemble, pred: dict, prefix) -> list:
+    """``<prefix>_reliability.png`` (RMSE vs RMS sigma per bin, calibrated) and ``<prefix>_scatter.png``
+    (|error| vs sigma) for forces and energies; returns the paths written."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    data = {q: uq.usable(ref, err, sigma * float(ens.calibration[q]))
+            for q, (ref, err, sigma) in errors_and_sigmas(pred).items() if q != "stress"}
+    data = {q: v for q, v in data.items() if v[0].size >= 2}
+    if not data:
+        raise DatasetError("nothing to plot: no labelled energies or forces with a non-zero spread")
+    units = dict(QUANTITIES)
+    paths = []
+    for kind in ("reliability", "scatter"):
+        fig, axes = plt.subplots(1, len(data), figsize=(4.5 * len(data), 4), squeeze=False)
+        for ax, (q, (e, s)) in zip(axes[0], data.items()):
+            if kind == "reliability":
+                rs, rmse, _ = uq.reliability_curve(e, s, 10)
+                top = 1.05 * max(rs.max(), rmse.max())
+                ax.plot([0, top], [0, top], "k--", lw=1, label="calibrated")
+                ax.plot(rs, rmse, "o-", label=f"{ens.name}")
+                ax.set_xlabel(f"RMS predicted sigma ({units[q]})")
+                ax.set_ylabel(f"RMSE of the mean ({units[q]})")
+                ax.legend()
+            else:
+                ax.loglog(s, np.abs(e) + 1e-12, ".", ms=2, alpha=0.3)
+                lo, hi = max(s.min(), 1e-6), s.max()
+                ax.plot([lo, hi], [lo, hi], "k--", lw=1, label="|err| = sigma")
+                ax.set_xlabel(f"predicted sigma ({units[q]})")
+                ax.set_ylabel(f"|error| ({units[q]})")
+                ax.set_title(f"Spearman {uq.spearman(e, s):.2f}")
+                ax.legend()
+            ax.set_title(f"{q}: " + ax.get_title())
+        fig.tight_layout()
+        path = f"{prefix}_{kind}.png"
+        fig.savefig(path, dpi=110)
+        plt.close(fig)
+        paths.append(path)
+    return paths
