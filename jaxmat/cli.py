@@ -1,4 +1,4 @@
-"""Command line: ``jaxmat md``, ``predict``, ``train``, ``evaluate``, ``convert``, ``list``."""
+"""Command line: ``jaxmat md``, ``predict``, ``train``, ``evaluate``, ``ensemble``, ``convert``, ``list``."""
 
 from __future__ import annotations
 
@@ -32,7 +32,8 @@ def _md(args) -> int:
 
     options = dict(temperature=args.temperature, timestep=args.timestep, steps=args.steps, ensemble=args.ensemble,
                    friction=args.friction, log_every=args.log_every, seed=args.seed,
-                   max_temperature=args.max_temperature, max_energy_drift=args.max_energy_drift)
+                   max_temperature=args.max_temperature, max_energy_drift=args.max_energy_drift,
+                   max_force_std=args.max_force_std, on_uncertain=args.on_uncertain)
     settings = MDSettings(**{k: v for k, v in options.items() if v is not None})  # checked before any work
     atoms = load_structure(args.structure, args.supercell)
     calc = JaxmatCalculator(model=args.model, dtype=args.dtype)
@@ -48,7 +49,10 @@ def _md(args) -> int:
             print(f"first step reached {first[0]:.1f} s after start", flush=True)
         print(line, flush=True)
 
-    run_md(atoms, calc, settings, trajectory=args.trajectory, printer=printer)
+    log = run_md(atoms, calc, settings, trajectory=args.trajectory, printer=printer, uncertain_file=args.uncertain_file)
+    if log.get("stopped_at", -1) >= 0:
+        print(f"stopped at step {log['stopped_at']}: the ensemble's force std passed {args.max_force_std} eV/A",
+              flush=True)
     print(f"done in {time.perf_counter() - _T0:.1f} s; {calc.n_compilations} compilation(s); "
           f"trajectory {args.trajectory}", flush=True)
     return 0
@@ -83,7 +87,7 @@ def _train(args) -> int:
 def _evaluate(args) -> int:
     from jaxmat._checks import ConfigError
     from jaxmat.data import read_frames
-    from jaxmat.models import load_model
+    from jaxmat.models import Ensemble, load_model
     from jaxmat.train import error_metrics, format_metrics, format_metrics_by_group, metrics_by_group, predict
 
     model = load_model(args.model)
@@ -96,11 +100,26 @@ def _evaluate(args) -> int:
         metrics = error_metrics(predict(model, model.params, frames, args.graphs_per_batch, args.dtype))
         print(f"{path}  ({len(frames)} structures, model {model.name})")
         print(format_metrics(metrics))
+        if isinstance(model, Ensemble):
+            _uncertainty_table(model, frames, path, args)
         if args.group_key:
             table = metrics_by_group(model, model.params, frames, args.group_key, args.graphs_per_batch, args.dtype)
             print(f"by info[{args.group_key!r}]:")
             print(format_metrics_by_group(table))
     return 0
+
+
+def _uncertainty_table(model, frames, path, args) -> None:
+    """The calibration metrics of an ensemble on ``frames`` and its two plots."""
+    from jaxmat.train._uq import format_report, member_predict, uncertainty_plots, uncertainty_report
+
+    members = member_predict(model, frames, args.graphs_per_batch, args.dtype)
+    print(f"uncertainty ({model.kind} ensemble of {model.size}, calibration {model.calibration['method']}; "
+          "entries with zero reference excluded; energies per atom):")
+    print(format_report(uncertainty_report(model, members)))
+    Path(args.plots).mkdir(parents=True, exist_ok=True)
+    written = uncertainty_plots(model, members, Path(args.plots) / Path(path).stem)
+    print("plots: " + ", ".join(str(p) for p in written))
 
 
 def _predict(args) -> int:
@@ -119,6 +138,23 @@ def _predict(args) -> int:
     print(f"# model {model.name}: {what} [{unit}]")
     for name, atoms, value in zip(names, structures, values):
         print(f"{name}\t{atoms.get_chemical_formula()}\t{value:.6f}")
+    return 0
+
+
+def _ensemble(args) -> int:
+    from jaxmat.data import read_frames
+    from jaxmat.models import load_model, stack_members
+    from jaxmat.train._uq import fit_calibration, member_predict
+
+    ens = stack_members([load_model(m) for m in args.members], kind="deep",
+                        metadata={"name": Path(args.output).name, "members": list(args.members)})
+    if args.calibrate_on:
+        frames = read_frames(args.calibrate_on, require=("energy",))
+        ens = ens.with_calibration(fit_calibration(ens, member_predict(ens, frames), args.method))
+    ens.save(args.output)
+    cal = ens.calibration
+    print(f"wrote {args.output}: deep ensemble of {ens.size} {ens.family} members; spreads x {cal['energy']:.3g} "
+          f"(energy), x {cal['forces']:.3g} (forces), x {cal['stress']:.3g} (stress) [{cal['method']}]")
     return 0
 
 
@@ -151,6 +187,13 @@ def build_parser() -> argparse.ArgumentParser:
                     help="K: stop if the temperature exceeds this (default max(5000, 10 x --temperature))")
     md.add_argument("--max-energy-drift", type=float, default=None,
                     help="eV/atom: NVE stops if the total energy moves more than this (default 0.02)")
+    md.add_argument("--max-force-std", type=float, default=None,
+                    help="eV/A: with an ensemble model, write a step whose largest force std exceeds this for "
+                    "relabelling (see --on-uncertain); the std is always logged")
+    md.add_argument("--on-uncertain", choices=("stop", "collect"), default=None,
+                    help="stop at the first such step (default) or collect every one and go on")
+    md.add_argument("--uncertain-file", default=None,
+                    help="extxyz file of those steps (default: <trajectory>_uncertain.extxyz)")
     md.set_defaults(func=_md)
 
     pr = sub.add_parser("predict", help="predict with a model (e.g. MEGNet formation energy) for structure files")
@@ -182,7 +225,17 @@ def build_parser() -> argparse.ArgumentParser:
                     "e.g. eform_per_atom for a MEGNet formation-energy model")
     ev.add_argument("--group-key", default=None, help="also print metrics per value of this info key "
                     "(e.g. group for mlearn: AIMD-NVT, Elastic, Surface, Vacancy)")
+    ev.add_argument("--plots", default=".", help="ensembles: folder of the reliability and error-vs-sigma plots "
+                    "(<data stem>_reliability.png, <data stem>_scatter.png; default .)")
     ev.set_defaults(func=_evaluate)
+
+    en = sub.add_parser("ensemble", help="stack trained models of one architecture into one ensemble bundle")
+    en.add_argument("output", help="folder of the ensemble bundle")
+    en.add_argument("members", nargs="+", help="bundle folders (or pretrained names) of the members, >= 2")
+    en.add_argument("--calibrate-on", default=None, help="labelled file none of the members trained on: fit the "
+                    "scales of the energy/force/stress spreads there (default: uncalibrated, scale 1)")
+    en.add_argument("--method", choices=("nll", "musil"), default="nll")
+    en.set_defaults(func=_ensemble)
 
     ls = sub.add_parser("list", help="list the pretrained models shipped with jaxmat")
     ls.set_defaults(func=_list)

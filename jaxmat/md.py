@@ -102,11 +102,14 @@ class MDSettings:
     seed: int = 0  #: seed of the initial velocities and the Langevin noise
     max_temperature: float | None = GuardLimits.max_temperature  #: K: runaway limit (None: max(5000 K, 10 x temperature))
     max_energy_drift: float = GuardLimits.max_energy_drift  #: eV/atom: NVE total-energy drift limit
+    max_force_std: float | None = None  #: eV/A: with an ensemble, the largest calibrated force std allowed (None: only logged)
+    on_uncertain: str = "stop"  #: when max_force_std is exceeded: "stop" (write the frame, end the run) or "collect" (write every such frame, go on)
 
     RULES: ClassVar[dict] = {
         "temperature": non_negative(), "steps": non_negative(), "log_every": at_least(1), "seed": non_negative(),
         "timestep": Rule(lambda v: 0 < v <= 10, "in (0, 10] fs (atomistic MD is unstable beyond a few fs)"),
         "ensemble": one_of("langevin", "nve"), "friction": Rule(lambda v: 0 < v <= 1, "in (0, 1] 1/fs"),
+        "max_force_std": Rule(lambda v: v > 0, "> 0 eV/A"), "on_uncertain": one_of("stop", "collect"),
         **GuardLimits.RULES}
 
     def __post_init__(self):
@@ -120,8 +123,21 @@ class MDSettings:
         return GuardLimits(self.max_temperature, self.max_energy_drift)
 
 
-def run_md(atoms, calc, settings: MDSettings = MDSettings(), trajectory: str | None = "md.traj", printer=print):
+class _Uncertain(Exception):
+    """Internal: ends ``dyn.run`` when the ensemble's force spread passed ``max_force_std``."""
+
+
+def run_md(atoms, calc, settings: MDSettings = MDSettings(), trajectory: str | None = "md.traj", printer=print,
+           uncertain_file: str | None = None):
     """Run MD; returns a dict of arrays (step, time_ps, epot, ekin, temperature, etotal) per log line.
+
+    With an ensemble calculator (``calc.results`` holds ``forces_std``) the log also has
+    ``max_force_std`` (eV/A, the largest calibrated per-component force std of the logged step) and
+    every step is compared with ``settings.max_force_std``: a step above it is appended to
+    ``uncertain_file`` (extxyz; default ``<trajectory stem>_uncertain.extxyz``, or
+    ``uncertain.extxyz``) for relabelling, and the run ends there ("stop") or goes on ("collect").
+    The returned dict then has ``uncertain_steps`` (the steps written) and ``stopped_at`` (the step
+    the run ended at, or -1).
 
     ``settings.ensemble`` is "langevin" (NVT) or "nve" (velocity Verlet). Velocities start from a
     Maxwell-Boltzmann distribution at ``settings.temperature`` with zero total momentum. Every step
@@ -132,6 +148,11 @@ def run_md(atoms, calc, settings: MDSettings = MDSettings(), trajectory: str | N
     if not isinstance(settings, MDSettings):
         raise TypeError(f"run_md: settings must be a jaxmat.md.MDSettings, got {type(settings).__name__}")
     s = settings
+    if s.max_force_std is not None and "forces_std" not in getattr(calc, "implemented_properties", ()):
+        raise ConfigError(f"md.max_force_std = {s.max_force_std} needs an ensemble model (one that reports forces_std); "
+                          f"{getattr(getattr(calc, 'model', None), 'name', type(calc).__name__)} is a single model")
+    if uncertain_file is None:
+        uncertain_file = str(Path(trajectory).with_suffix("")) + "_uncertain.extxyz" if trajectory else "uncertain.extxyz"
     guard = MDGuard(len(atoms), s.temperature, s.timestep, s.ensemble == "nve", s.guard_limits)
     atoms.calc = calc
     atoms.get_potential_energy()  # a structure the calculator refuses fails here, as itself (StructureError)
@@ -143,13 +164,27 @@ def run_md(atoms, calc, settings: MDSettings = MDSettings(), trajectory: str | N
     else:
         dyn = VelocityVerlet(atoms, s.timestep * units.fs)
     traj = ase.io.Trajectory(trajectory, "w", atoms) if trajectory else None
-    log = {k: [] for k in ("step", "time_ps", "epot", "ekin", "temperature", "etotal")}
+    watch = "forces_std" in getattr(calc, "implemented_properties", ())
+    log = {k: [] for k in ("step", "time_ps", "epot", "ekin", "temperature", "etotal")
+           + (("max_force_std",) if watch else ())}
     t0 = [time.perf_counter()]
+    flagged, stopped = [], [-1]
 
     def observe():  # every step: the guard first, then (on logged steps) the frame and the log line
         step = dyn.nsteps
         epot, ekin = atoms.get_potential_energy(), atoms.get_kinetic_energy()
         guard.check(step, atoms.positions, epot, ekin)
+        sigma = float(np.max(calc.results["forces_std"])) if watch else None
+        if sigma is not None and s.max_force_std is not None and sigma > s.max_force_std:
+            frame = atoms.copy()
+            frame.info.update(step=step, max_force_std=sigma)
+            ase.io.write(uncertain_file, frame, format="extxyz", append=bool(flagged))
+            flagged.append(step)
+            printer(f"step {step:6d}  max force std {sigma:.3f} eV/A > {s.max_force_std} eV/A: frame written to "
+                    f"{uncertain_file}" + (" for relabelling; stopping" if s.on_uncertain == "stop" else ""))
+            if s.on_uncertain == "stop":
+                stopped[0] = step
+                raise _Uncertain
         if step % s.log_every:
             return
         if traj is not None:
@@ -158,20 +193,25 @@ def run_md(atoms, calc, settings: MDSettings = MDSettings(), trajectory: str | N
         rate = (now - t0[0]) / s.log_every if step else float("nan")
         t0[0] = now
         temp = atoms.get_temperature()
-        for k, v in zip(log, (step, step * s.timestep / 1000, epot, ekin, temp, epot + ekin)):
+        for k, v in zip(log, (step, step * s.timestep / 1000, epot, ekin, temp, epot + ekin, sigma)):
             log[k].append(v)
         printer(
             f"step {step:6d}  t {step * s.timestep / 1000:7.3f} ps  Epot {epot:12.4f} eV  "
             f"Ekin {ekin:9.4f} eV  T {temp:7.1f} K  Etot {epot + ekin:12.4f} eV  "
-            f"{rate * 1000:7.1f} ms/step"
+            + (f"max F std {sigma:6.3f} eV/A  " if watch else "") + f"{rate * 1000:7.1f} ms/step"
         )
 
     dyn.attach(observe, interval=1)
     try:
         dyn.run(s.steps)
+    except _Uncertain:
+        pass
     except StructureError as err:  # the calculator refused a state the blow-up produced
         raise guard.failure(dyn.nsteps + 1, err) from err
     finally:
         if traj is not None:
             traj.close()
-    return {k: np.asarray(v) for k, v in log.items()}
+    out = {k: np.asarray(v) for k, v in log.items()}
+    if watch:
+        out.update(uncertain_steps=np.asarray(flagged, int), stopped_at=stopped[0])
+    return out

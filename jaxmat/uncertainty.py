@@ -116,16 +116,18 @@ def nll_scale(err, sigma) -> float:
     return float(np.sqrt(np.mean((err / sigma) ** 2)))
 
 
-def musil_alpha(err, sigma, n_members: int) -> float:
-    """Calibration factor of a sub-sampled committee of M members (Musil et al., JCTC 15, 906 (2019);
-    Imbalzano et al., JCP 154, 074102 (2021)): alpha^2 = -1/M + (M-3)/(M-1) mean(err^2/sigma^2),
-    with sigma the committee's ddof=1 spread and err its mean's error on frames its members did not
-    train on. Needs M >= 4 (below, the estimator is undefined)."""
+def musil_alpha(err, sigma, n_members) -> float:
+    """Calibration factor of a sub-sampled committee (Musil et al., JCTC 15, 906 (2019); Imbalzano et
+    al., JCP 154, 074102 (2021)): alpha^2 = mean(-1/M + (M-3)/(M-1) err^2/sigma^2), with sigma the
+    committee's ddof=1 spread and err its mean's error, both over the M members that did not train
+    on the entry. ``n_members``: M (an int, or one per entry). Needs M >= 4 (the estimator is
+    undefined below)."""
     err, sigma = _flat(err, sigma)
-    M = int(n_members)
-    if M < 4:
-        raise ValueError(f"the Musil/Imbalzano alpha needs a committee of at least 4 members, got {M}")
-    alpha2 = -1.0 / M + (M - 3) / (M - 1) * np.mean((err / sigma) ** 2)
+    M = np.broadcast_to(np.asarray(n_members, np.float64).ravel() if np.ndim(n_members) else float(n_members),
+                        err.shape)
+    if np.any(M < 4):
+        raise ValueError(f"the Musil/Imbalzano alpha needs a committee of at least 4 members, got {int(M.min())}")
+    alpha2 = float(np.mean(-1.0 / M + (M - 3) / (M - 1) * (err / sigma) ** 2))
     if alpha2 <= 0:
         raise ValueError(f"the Musil/Imbalzano alpha^2 is {alpha2:.3g} <= 0: the committee spread is far larger "
                          "than its errors on these frames; use the NLL scale instead")

@@ -105,12 +105,14 @@ class EnsembleConfig(_Section):
     reinit: list[str] = dataclasses.field(default_factory=list)  #: fine-tuning: parameter groups drawn fresh per member (member k: seed run.init_seed + k), e.g. ["readout"]; shallow heads always are
     objective: str = "crps"  #: shallow: "crps" or "nll" of N(mean, std^2) over the heads, on energy/atom and force components (zero labels excluded), added to the loss of the mean
     uncertainty_weight: float = 1.0  #: shallow: weight of that term
-    calibration: str = "nll"  #: scale of the spreads fit on the validation frames after training: "nll" (sqrt(mean(err^2/sigma^2))), "musil" (Musil/Imbalzano alpha, K >= 4) or "none"
+    calibration: str = "nll"  #: scale of the spreads fit after training: "nll" (sqrt(mean(err^2/sigma^2))), "musil" (Musil/Imbalzano alpha, K >= 4) or "none"
+    calibrate_on: str = "valid"  #: frames the scales are fit on: "valid" (held out from every member) or "out_of_sample" (deep with bootstrap < 1: each training frame scored by the members that did not train on it)
 
     SECTION: ClassVar[str] = "ensemble"
     RULES: ClassVar[dict] = {"kind": one_of("none", "deep", "shallow"), "size": at_least(2),
                              "bootstrap": between(0, 1, lo_open=True), "objective": one_of("crps", "nll"),
-                             "uncertainty_weight": non_negative(), "calibration": one_of("nll", "musil", "none")}
+                             "uncertainty_weight": non_negative(), "calibration": one_of("nll", "musil", "none"),
+                             "calibrate_on": one_of("valid", "out_of_sample")}
 
 
 @dataclasses.dataclass
@@ -191,6 +193,9 @@ def check_config(cfg: TrainConfig) -> None:
         check_hyperparameters(cfg.model.family, cfg.model.hyperparameters, "config: model.hyperparameters")
     ens = cfg.ensemble
     if ens.kind != "none":
+        if ens.calibrate_on == "out_of_sample" and (ens.kind != "deep" or ens.bootstrap == 1):
+            raise ConfigError("config: ensemble.calibrate_on = 'out_of_sample' needs a deep ensemble with "
+                              "ensemble.bootstrap < 1 (otherwise every member trained on every training frame)")
         if ens.calibration == "musil" and ens.size < 4:
             raise ConfigError(f"config: ensemble.calibration = 'musil' needs ensemble.size >= 4, got {ens.size}")
         if ens.kind == "deep" and cfg.model.init_from and not ens.reinit and ens.bootstrap == 1:

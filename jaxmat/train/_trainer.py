@@ -298,7 +298,7 @@ def _train(cfg, workdir, resume, dtype, log):
         save_checkpoint(workdir, state)
         if early_stopped():
             log(f"early stopping after {epoch + 1} epochs")
-    return _finish(cfg, workdir, dtype, valid_frames, log)
+    return _finish(cfg, workdir, dtype, train_frames, valid_frames, log)
 
 
 def _zero_sums():
@@ -324,19 +324,23 @@ def _save_best(workdir, model, params, metrics):
     replace_dir(tmp, workdir / "best_model")
 
 
-def _calibrate(cfg, workdir, model, valid_frames, dtype, checks, log):
-    """Fit the spreads' scales on the validation frames and store them in best_model/."""
-    method = cfg.ensemble.calibration
-    if method == "none" or not valid_frames:
+def _calibrate(cfg, workdir, model, train_frames, valid_frames, dtype, checks, log):
+    """Fit the spreads' scales (on the validation frames, or out of sample on the training frames)
+    and store them in best_model/."""
+    method, oos = cfg.ensemble.calibration, cfg.ensemble.calibrate_on == "out_of_sample"
+    frames = train_frames if oos else valid_frames
+    if method == "none" or not frames:
         if method != "none":
             log("no validation frames: the ensemble's spreads are left uncalibrated (scale 1)")
         return model
-    pred = member_predict(model, valid_frames, cfg.data.graphs_per_batch, dtype, checks)
-    model = model.with_calibration(fit_calibration(model, pred, method))
+    pred = member_predict(model, frames, cfg.data.graphs_per_batch, dtype, checks)
+    seen = subsample_masks(cfg, len(train_frames)) > 0 if oos else None
+    model = model.with_calibration(fit_calibration(model, pred, method, seen))
     model.save(workdir / "best_model.tmp")
     replace_dir(workdir / "best_model.tmp", workdir / "best_model")
     cal = model.calibration
-    log(f"calibrated on {len(valid_frames)} validation frames ({method}): spreads x {cal['energy']:.3g} (energy), "
+    where = "training frames, each by the members that did not train on it" if oos else "validation frames"
+    log(f"calibrated on {len(frames)} {where} ({method}): spreads x {cal['energy']:.3g} (energy), "
         f"x {cal['forces']:.3g} (forces), x {cal['stress']:.3g} (stress)")
     return model
 
@@ -351,7 +355,7 @@ def _truncate_csv(path: Path, epochs_done: int):
         csv.writer(fh).writerows(keep)
 
 
-def _finish(cfg, workdir, dtype, valid_frames, log):
+def _finish(cfg, workdir, dtype, train_frames, valid_frames, log):
     best = workdir / "best_model"
     if not best.is_dir():
         log(f"no best model was written: the run stopped (step budget or wall time) before its first epoch ended; "
@@ -360,7 +364,7 @@ def _finish(cfg, workdir, dtype, valid_frames, log):
     model = load_model(best)
     checks = StructureChecks(**cfg.data.structure_checks)
     if isinstance(model, Ensemble):
-        model = _calibrate(cfg, workdir, model, valid_frames, dtype, checks, log)
+        model = _calibrate(cfg, workdir, model, train_frames, valid_frames, dtype, checks, log)
     results = {}
     sets = [("valid", valid_frames)] if valid_frames else []
     if cfg.data.test:

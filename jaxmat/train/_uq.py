@@ -20,7 +20,8 @@ def member_predict(ens: Ensemble, frames, graphs_per_batch: int = 4, dtype: str 
                    checks=DEFAULT_CHECKS, mode: str = "auto") -> dict:
     """Per-member predictions and labels of the labelled entries of ``frames``:
     ``energy`` (K, n_e) eV/atom, ``forces`` (K, n_f, 3) eV/A, ``stress`` (K, n_s, 3, 3) eV/A^3, and
-    the references ``energy_ref`` (n_e,), ``forces_ref`` (n_f, 3), ``stress_ref`` (n_s, 3, 3)."""
+    the references ``energy_ref`` (n_e,), ``forces_ref`` (n_f, 3), ``stress_ref`` (n_s, 3, 3), and
+    the index of each entry's frame in ``energy_frame``, ``forces_frame``, ``stress_frame``."""
     if not isinstance(ens, Ensemble):
         raise ConfigError(f"an uncertainty report needs an ensemble (jaxmat.models.Ensemble), got {type(ens).__name__}")
     check_value("evaluate", "graphs_per_batch", graphs_per_batch, "int", at_least(1))
@@ -28,7 +29,7 @@ def member_predict(ens: Ensemble, frames, graphs_per_batch: int = 4, dtype: str 
     graphs = build_graphs(frames, ens, checks)
     budget = batch_budget(graphs, graphs_per_batch)
     mode = ens.choose_mode(mode, budget.n_edge)
-    out = {k: [] for k in ("energy", "energy_ref", "forces", "forces_ref", "stress", "stress_ref")}
+    out = {f"{q}{s}": [] for q, _ in QUANTITIES for s in ("", "_ref", "_frame")}
     with jax.enable_x64(dtype == "float64"):
         fn = jax.jit(lambda p, g: ens.member_results(p, g, True, mode))
         params = jax.tree_util.tree_map(lambda x: np.asarray(x, dtype), ens.params)
@@ -44,12 +45,15 @@ def member_predict(ens: Ensemble, frames, graphs_per_batch: int = 4, dtype: str 
                 if f.energy is not None:
                     out["energy"].append(totals[:, k] / n)
                     out["energy_ref"].append(f.energy / n)
+                    out["energy_frame"].append(i)
                 if f.forces is not None:
                     out["forces"].append(res["forces"][:, start : start + n])
                     out["forces_ref"].append(f.forces)
+                    out["forces_frame"].append(np.full(n, i))
                 if f.stress is not None:
                     out["stress"].append(res["stress"][:, k])
                     out["stress_ref"].append(f.stress)
+                    out["stress_frame"].append(i)
                 start += n
     K = ens.size
     return {"energy": np.stack(out["energy"], 1) if out["energy"] else np.zeros((K, 0)),
@@ -57,7 +61,9 @@ def member_predict(ens: Ensemble, frames, graphs_per_batch: int = 4, dtype: str 
             "forces": np.concatenate(out["forces"], 1) if out["forces"] else np.zeros((K, 0, 3)),
             "forces_ref": np.concatenate(out["forces_ref"]) if out["forces_ref"] else np.zeros((0, 3)),
             "stress": np.stack(out["stress"], 1) if out["stress"] else np.zeros((K, 0, 3, 3)),
-            "stress_ref": np.asarray(out["stress_ref"]) if out["stress_ref"] else np.zeros((0, 3, 3))}
+            "stress_ref": np.asarray(out["stress_ref"]) if out["stress_ref"] else np.zeros((0, 3, 3)),
+            "energy_frame": np.asarray(out["energy_frame"], int), "stress_frame": np.asarray(out["stress_frame"], int),
+            "forces_frame": np.concatenate(out["forces_frame"]) if out["forces_frame"] else np.zeros(0, int)}
 
 
 def errors_and_sigmas(pred: dict, calibration: dict | None = None) -> dict:
@@ -71,19 +77,47 @@ def errors_and_sigmas(pred: dict, calibration: dict | None = None) -> dict:
     return out
 
 
-def fit_calibration(ens: Ensemble, pred: dict, method: str = "nll") -> dict:
-    """Scales of the energy, force and stress spreads from held-out predictions (``member_predict``):
-    "nll" (``uncertainty.nll_scale``), "musil" (``uncertainty.musil_alpha``) or "none" (all 1)."""
-    cal = {"energy": 1.0, "forces": 1.0, "stress": 1.0, "method": method}
+def out_of_sample(pred: dict, seen) -> dict:
+    """{quantity: (ref, err, sigma, M)} flat, from the members that did not train on each entry's
+    frame (``seen``: (K, n_frames) bool, ``member_predict`` on those training frames); entries with
+    fewer than 2 such members are dropped."""
+    seen = np.asarray(seen, bool)
+    out = {}
+    for q, _ in QUANTITIES:
+        ref = pred[f"{q}_ref"]
+        if not ref.size:
+            continue
+        values, free = pred[q], ~seen[:, pred[f"{q}_frame"]]  # (K, n, ...), (K, n)
+        w = free.reshape(free.shape + (1,) * (values.ndim - 2)).astype(np.float64)
+        M = w.sum(axis=0)
+        mean = (w * values).sum(axis=0) / np.maximum(M, 1)
+        var = (w * (values - mean) ** 2).sum(axis=0) / np.maximum(M - 1, 1)
+        keep = np.broadcast_to(M >= 2, ref.shape).ravel()
+        out[q] = tuple(a.ravel()[keep] for a in (ref, mean - ref, np.sqrt(var), np.broadcast_to(M, ref.shape)))
+    return out
+
+
+def fit_calibration(ens: Ensemble, pred: dict, method: str = "nll", seen=None) -> dict:
+    """Scales of the energy, force and stress spreads from predictions (``member_predict``):
+    "nll" (``uncertainty.nll_scale``), "musil" (``uncertainty.musil_alpha``) or "none" (all 1).
+    The frames are held out (validation), or, with ``seen`` ((K, n_frames) bool: which member
+    trained on which frame), training frames scored by the members that did not see them."""
+    cal = {"energy": 1.0, "forces": 1.0, "stress": 1.0, "method": method if seen is None else f"{method}, out of sample"}
     if method == "none":
         return cal
-    for q, (ref, err, sigma) in errors_and_sigmas(pred).items():
-        e, s = uq.usable(ref, err, sigma)
-        if e.size == 0:
-            continue
-        cal[q] = uq.musil_alpha(e, s, ens.size) if method == "musil" else uq.nll_scale(e, s)
-    if not errors_and_sigmas(pred):
+    if seen is None:
+        data = {q: (*v, np.full(v[0].shape, ens.size)) for q, v in errors_and_sigmas(pred).items()}
+    else:
+        data = out_of_sample(pred, seen)
+    if not data:
         raise DatasetError("cannot calibrate: the frames have no energy, force or stress labels")
+    for q, (ref, err, sigma, M) in data.items():
+        keep = (ref != 0) & (sigma > 0)
+        if method == "musil":
+            keep &= M >= 4
+        if not np.any(keep):
+            continue
+        cal[q] = uq.musil_alpha(err[keep], sigma[keep], M[keep]) if method == "musil" else uq.nll_scale(err[keep], sigma[keep])
     return cal
 
 

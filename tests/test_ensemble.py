@@ -1,0 +1,255 @@
+"""Ensembles: stacked members, bundles, the calculator's spreads, training in one vmapped step,
+calibration, uncertainty in MD, and the errors on bad input."""
+
+from __future__ import annotations
+
+import json
+import os
+import signal
+import subprocess
+import sys
+import time
+
+import ase.io
+import flax.serialization
+import jax
+import numpy as np
+import pytest
+from ase.build import bulk
+
+from conftest import tiny_train_config
+from jaxmat import load_model
+from jaxmat.calculators import JaxmatCalculator
+from jaxmat.models import BundleError, Ensemble, Model, stack_members
+from jaxmat._checks import ConfigError
+
+_BASE = {"data": {"valid_fraction": 0.25, "graphs_per_batch": 2},
+         "optim": {"epochs": 2, "learning_rate": 5e-3, "warmup_epochs": 0.5},
+         "run": {"progress": False, "checkpoint_every_steps": 1, "dtype": "float64"}}
+
+
+def _perturbed(model, k: int, scale: float = 0.05) -> Model:
+    """The pretrained model with its readout weights perturbed (seed k): a member that disagrees."""
+    rng = np.random.default_rng(k)
+    readout = jax.tree_util.tree_map(lambda x: np.asarray(x) * (1 + scale * rng.normal(size=np.shape(x))),
+                                     model.params["readout"])
+    return model.with_params({**model.params, "readout": readout})
+
+
+@pytest.fixture(scope="module")
+def si_rattled():
+    a = bulk("Si", "diamond", 5.43, cubic=True)
+    a.rattle(0.05, seed=1)
+    return a
+
+
+def _results(calc, atoms):
+    a = atoms.copy()
+    a.calc = calc
+    a.get_potential_energy()
+    return calc.results
+
+
+@pytest.mark.parametrize("kind", ["deep", "shallow"])
+def test_identical_members_have_zero_spread_and_equal_the_single_model(model, calc64, si_rattled, kind):
+    ens = stack_members([model] * 3, kind=kind)
+    calc = JaxmatCalculator(ens, dtype="float64")
+    got, ref = _results(calc, si_rattled), _results(calc64, si_rattled)
+    assert got["energy"] == pytest.approx(ref["energy"], abs=1e-10)
+    np.testing.assert_allclose(got["forces"], ref["forces"], atol=1e-10)
+    np.testing.assert_allclose(got["stress"], ref["stress"], atol=1e-12)
+    assert got["energy_std"] < 1e-10 and got["forces_std"].max() < 1e-10 and got["stress_std"].max() < 1e-12
+    assert got["forces_members"].shape == (3, len(si_rattled), 3) and got["energies_members"].shape == (3,)
+
+
+def test_spreads_are_the_members_std_times_the_calibration(model, si_rattled, tmp_path):
+    members = [_perturbed(model, k) for k in range(4)]
+    ens = stack_members(members).with_calibration({"energy": 2.0, "forces": 3.0, "stress": 0.5, "method": "test"})
+    ens.save(tmp_path / "ens")
+    loaded = load_model(tmp_path / "ens")  # a format-3 bundle round trip
+    assert isinstance(loaded, Ensemble) and loaded.size == 4 and loaded.calibration["forces"] == 3.0
+    res = {}
+    for mode in ("vmap", "sequential"):
+        res[mode] = _results(JaxmatCalculator(loaded, dtype="float64", ensemble_mode=mode), si_rattled)
+    singles = [_results(JaxmatCalculator(m, dtype="float64"), si_rattled) for m in members]
+    e = np.array([s["energy"] for s in singles])
+    f = np.stack([s["forces"] for s in singles])
+    for got in res.values():
+        np.testing.assert_allclose(got["energies_members"], e, atol=1e-9)
+        np.testing.assert_allclose(got["forces_members"], f, atol=1e-9)
+        assert got["energy"] == pytest.approx(e.mean(), abs=1e-9)
+        assert got["energy_std"] == pytest.approx(2.0 * e.std(ddof=1), rel=1e-6)
+        np.testing.assert_allclose(got["forces_std"], 3.0 * f.std(axis=0, ddof=1), rtol=1e-6, atol=1e-12)
+    assert res["vmap"]["energy_std"] > 1e-4  # the perturbed members do disagree
+
+
+def test_ensemble_calculator_compiles_once_per_bucket(model):
+    calc = JaxmatCalculator(stack_members([model] * 2, kind="shallow"))
+    for k in range(3):
+        a = bulk("Si", "diamond", 5.43, cubic=True).repeat((2, 2, 2))
+        a.rattle(0.02, seed=k)
+        a.calc = calc
+        a.get_forces()
+    assert calc.n_compilations == 1
+
+
+def _train(tmp_path, labelled_file, name, **over):
+    from jaxmat.train import config_from_dict, train_and_evaluate
+
+    cfg = config_from_dict(tiny_train_config(labelled_file, _BASE, **over))
+    train_and_evaluate(cfg, tmp_path / name, log=lambda *a: None)
+    return tmp_path / name
+
+
+def _state(workdir):
+    return flax.serialization.msgpack_restore((workdir / "checkpoint.msgpack").read_bytes())["state"]
+
+
+def test_each_deep_member_trains_exactly_as_it_would_alone(tmp_path, labelled_file):
+    """Two members in one vmapped step (init seeds 0 and 1) vs two single runs with those init
+    seeds and the same data order: float64 parameters and optimizer states agree to round-off."""
+    ens = _state(_train(tmp_path, labelled_file, "ens", ensemble={"kind": "deep", "size": 2}, run={"max_steps": 3}))
+    assert int(ens["step"]) == 3
+    for k in range(2):
+        alone = _state(_train(tmp_path, labelled_file, f"alone{k}", run={"max_steps": 3, "init_seed": k}))
+        for key in ("params", "ema", "opt_state"):
+            a, b = jax.tree_util.tree_leaves(ens[key]), jax.tree_util.tree_leaves(alone[key])
+            assert len(a) == len(b)
+            for x, y in zip(a, b):
+                np.testing.assert_allclose(np.asarray(x)[k], np.asarray(y), rtol=1e-12, atol=1e-13)
+
+
+@pytest.mark.slow
+def test_shallow_ensemble_trains_and_is_calibrated_on_validation(tmp_path, labelled_file):
+    wd = _train(tmp_path, labelled_file, "shallow", ensemble={"kind": "shallow", "size": 3})
+    ens = load_model(wd / "best_model")
+    assert isinstance(ens, Ensemble) and ens.kind == "shallow" and ens.stacked == ("readout",)
+    assert ens.calibration["method"] == "nll" and ens.calibration["forces"] > 0
+    results = json.loads((wd / "results.json").read_text())
+    assert results["valid"]["uncertainty"]["forces"]["calibrated"]["scale"] == pytest.approx(1.0, rel=1e-6)
+    assert (wd / "uncertainty_valid_reliability.png").is_file()
+
+
+def test_sigkill_then_resume_of_an_ensemble_equals_the_uninterrupted_run(tmp_path, labelled_file):
+    # no validation and fewer steps than an epoch: the runs end without the (costly) final evaluation
+    cfg = tiny_train_config(labelled_file, _BASE, ensemble={"kind": "deep", "size": 2}, data={"valid_fraction": 0},
+                            run={"dtype": "float32", "max_steps": 5}, optim={"epochs": 2})
+    (tmp_path / "cfg.json").write_text(json.dumps(cfg))
+    cmd = [sys.executable, "-m", "jaxmat.cli", "train", str(tmp_path / "cfg.json")]
+    env = {**os.environ, "JAX_PLATFORMS": "cpu"}
+    subprocess.run(cmd + ["--workdir", str(tmp_path / "full")], check=True, capture_output=True, env=env, timeout=600)
+    proc = subprocess.Popen(cmd + ["--workdir", str(tmp_path / "killed")], stdout=subprocess.DEVNULL,
+                            stderr=subprocess.DEVNULL, env=env)
+    ckpt, killed = tmp_path / "killed" / "checkpoint.msgpack", False
+    deadline = time.time() + 300
+    while time.time() < deadline and proc.poll() is None:
+        if ckpt.is_file() and 0 < int(_state(tmp_path / "killed")["step"]) < 5:
+            proc.send_signal(signal.SIGKILL)
+            killed = True
+            break
+        time.sleep(0.01)
+    proc.wait()
+    assert killed, "the run finished before it could be killed"
+    subprocess.run(cmd + ["--workdir", str(tmp_path / "killed"), "--resume"], check=True, capture_output=True,
+                   env=env, timeout=600)
+    full, resumed = _state(tmp_path / "full"), _state(tmp_path / "killed")
+    assert int(full["step"]) == int(resumed["step"]) == 5
+    for a, b in zip(jax.tree_util.tree_leaves(full), jax.tree_util.tree_leaves(resumed)):
+        np.testing.assert_array_equal(np.asarray(a), np.asarray(b))
+
+
+def test_md_logs_the_force_std_and_stops_above_the_threshold(model, tmp_path):
+    from jaxmat.md import MDSettings, run_md
+
+    ens = stack_members([_perturbed(model, k, 0.2) for k in range(3)], kind="shallow")
+    atoms = bulk("Si", "diamond", 5.43, cubic=True)
+    out = tmp_path / "flagged.extxyz"
+    log = run_md(atoms, JaxmatCalculator(ens), MDSettings(steps=20, log_every=5, max_force_std=1e-6),
+                 trajectory=None, printer=lambda *a: None, uncertain_file=str(out))
+    assert log["stopped_at"] == 0 and list(log["uncertain_steps"]) == [0]
+    frame = ase.io.read(out)
+    assert frame.info["step"] == 0 and frame.info["max_force_std"] > 1e-6
+    log = run_md(bulk("Si", "diamond", 5.43, cubic=True), JaxmatCalculator(ens), MDSettings(steps=10, log_every=5),
+                 trajectory=None, printer=lambda *a: None)
+    assert len(log["max_force_std"]) == 3 and np.all(log["max_force_std"] > 0) and log["stopped_at"] == -1
+
+
+def test_cli_evaluate_prints_the_calibration_table_and_writes_plots(model, labelled_file, tmp_path, capsys):
+    from jaxmat.cli import main
+
+    paths = []
+    for k in range(3):
+        paths.append(str(_perturbed(model, k).save(tmp_path / f"member{k}")))
+    assert main(["ensemble", str(tmp_path / "ens"), *paths, "--calibrate-on", str(labelled_file)]) == 0
+    assert "deep ensemble of 3 M3GNet members" in capsys.readouterr().out
+    assert load_model(tmp_path / "ens").calibration["method"] == "nll"
+    assert main(["evaluate", str(tmp_path / "ens"), str(labelled_file), "--plots", str(tmp_path / "plots")]) == 0
+    out = capsys.readouterr().out
+    assert "forces raw" in out and "Spearman" in out and "deep ensemble of 3" in out
+    assert {p.name for p in (tmp_path / "plots").iterdir()} == {"si_labelled_reliability.png", "si_labelled_scatter.png"}
+
+
+# ------------------------------------------------------------------------------------------ bad input
+def test_bad_ensembles_are_refused(model, tmp_path, labelled_file):
+    with pytest.raises(ConfigError, match="at least 2 members"):
+        stack_members([model])
+    tiny = Model("M3GNet", {"element_types": ["Si"], "dim_node": 16}, None)
+    with pytest.raises(ConfigError, match="not the architecture of member 0.*dim_node"):
+        stack_members([model, tiny])
+    with pytest.raises(ConfigError, match="differs from member 0 in the shared group"):
+        stack_members([model, _perturbed(model, 1).with_params({**model.params, "conv_0_edge": jax.tree_util.tree_map(
+            lambda x: x + 1, model.params["conv_0_edge"])})], kind="shallow")
+    with pytest.raises(ConfigError, match="ensemble.size = 1"):
+        tiny_cfg = tiny_train_config(labelled_file, _BASE, ensemble={"kind": "deep", "size": 1})
+        from jaxmat.train import config_from_dict
+        config_from_dict(tiny_cfg)
+    from jaxmat.md import MDSettings, run_md
+    with pytest.raises(ConfigError, match="needs an ensemble"):
+        run_md(bulk("Si"), JaxmatCalculator(model), MDSettings(max_force_std=0.1), trajectory=None)
+
+
+def test_calibration_needs_labels(model, tmp_path):
+    from jaxmat.data import DatasetError, read_frames
+    from jaxmat.train._uq import fit_calibration, member_predict
+
+    a = bulk("Si", "diamond", 5.43, cubic=True)
+    ase.io.write(tmp_path / "unlabelled.extxyz", [a])
+    frames = read_frames(tmp_path / "unlabelled.extxyz", require=())
+    ens = stack_members([_perturbed(model, k) for k in range(2)])
+    with pytest.raises(DatasetError, match="no energy, force or stress labels"):
+        fit_calibration(ens, member_predict(ens, frames))
+
+
+def test_tampered_ensemble_bundles_are_refused(model, tmp_path):
+    stack_members([_perturbed(model, k) for k in range(2)]).save(tmp_path / "ens")
+    cfg_file = tmp_path / "ens" / "config.json"
+    cfg = json.loads(cfg_file.read_text())
+    cfg["ensemble"]["calibration"]["forces"] = 0.01  # a hand-edited calibration changes every sigma
+    cfg_file.write_text(json.dumps(cfg))
+    with pytest.raises(BundleError, match="edited after it was saved"):
+        load_model(tmp_path / "ens")
+
+
+def test_out_of_sample_calibration_uses_only_the_members_that_did_not_see_a_frame():
+    """K = 8 sub-sampled members: those that trained on a frame reproduce its label exactly (they
+    would shrink the spread to nothing); the others scatter with spread `s` around a mean that is
+    off the label by alpha x s. The Musil/Imbalzano alpha of the out-of-sample members (M >= 4 of
+    them; it is unbiased for each M) recovers alpha."""
+    from jaxmat.train._uq import fit_calibration
+
+    rng = np.random.default_rng(3)
+    K, n, alpha = 8, 20_000, 2.5
+    seen = rng.random((K, n)) < 0.4
+    s = rng.uniform(0.01, 0.1, n)
+    ref = rng.normal(size=n)
+    values = (ref + alpha * s * rng.normal(size=n)) + s * rng.normal(size=(K, n))
+    values = np.where(seen, ref, values)
+    pred = {"energy": values, "energy_ref": ref, "energy_frame": np.arange(n),
+            "forces": np.zeros((K, 0, 3)), "forces_ref": np.zeros((0, 3)), "forces_frame": np.zeros(0, int),
+            "stress": np.zeros((K, 0, 3, 3)), "stress_ref": np.zeros((0, 3, 3)), "stress_frame": np.zeros(0, int)}
+    ens = stack_members([Model("M3GNet", {"element_types": ["Si"]}, {"readout": {"w": np.zeros(2)}})] * K)
+    cal = fit_calibration(ens, pred, "musil", seen)
+    assert cal["energy"] == pytest.approx(alpha, rel=0.05)
+    assert cal["method"] == "musil, out of sample"
+    with_in_sample = fit_calibration(ens, pred, "musil")  # every member counted: mean and spread are wrong
+    assert abs(with_in_sample["energy"] - alpha) > 1.0
