@@ -14,7 +14,7 @@ import pytest
 from conftest import tiny_train_config
 from jaxmat import cli
 from jaxmat.data import read_frames
-from jaxmat.errors import CheckpointError, ConfigError, DatasetError, TrainingError
+from jaxmat.errors import CheckpointError, ConfigError, DatasetError
 from jaxmat.train import config_from_dict, load_config, train_and_evaluate
 
 _BASE = {"data": {"valid_fraction": 0.25, "graphs_per_batch": 2},
@@ -168,6 +168,7 @@ def test_diverging_training_stops_at_the_first_non_finite_step(tmp_path, labelle
     assert not (tmp_path / "run" / "best_model").exists()
 
 
+@pytest.mark.slow  # minutes on 2 cores: outside the default suite (-m slow)
 def test_resume_and_interrupted_runs_say_what_they_do(tmp_path, labelled_file, capsys):
     run = tmp_path / "run"
     d = _config(labelled_file, run={"max_steps": 1})

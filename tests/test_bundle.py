@@ -1,7 +1,5 @@
 """Model bundles: round trip, corruption and incompatibility are detected; no torch needed."""
 
-import json
-import shutil
 import subprocess
 import sys
 

@@ -129,6 +129,7 @@ def test_brnet_learns_real_bulk_moduli():
     assert np.mean(np.abs(predict(x[va]) - y[va])) < baseline
 
 
+@pytest.mark.slow  # minutes on 2 cores: outside the default suite (-m slow)
 def test_composition_driver_smoke(tmp_path):
     cfg = json.loads((ROOT / "experiments" / "composition" / "config.json").read_text())
     data = tmp_path / "data" / "toy"

@@ -4,20 +4,14 @@ calibration, uncertainty in MD, and the errors on bad input."""
 from __future__ import annotations
 
 import json
-import os
-import signal
-import subprocess
-import sys
-import time
 
 import ase.io
-import flax.serialization
 import jax
 import numpy as np
 import pytest
 from ase.build import bulk
 
-from conftest import tiny_train_config
+from conftest import checkpoint_state, tiny_train_config, train_killed_and_resumed
 from jaxmat import load_model
 from jaxmat.calculators import JaxmatCalculator
 from jaxmat.models import BundleError, Ensemble, Model, stack_members
@@ -101,17 +95,13 @@ def _train(tmp_path, labelled_file, name, **over):
     return tmp_path / name
 
 
-def _state(workdir):
-    return flax.serialization.msgpack_restore((workdir / "checkpoint.msgpack").read_bytes())["state"]
-
-
 def test_each_deep_member_trains_exactly_as_it_would_alone(tmp_path, labelled_file):
     """Two members in one vmapped step (init seeds 0 and 1) vs two single runs with those init
     seeds and the same data order: float64 parameters and optimizer states agree to round-off."""
-    ens = _state(_train(tmp_path, labelled_file, "ens", ensemble={"kind": "deep", "size": 2}, run={"max_steps": 3}))
+    ens = checkpoint_state(_train(tmp_path, labelled_file, "ens", ensemble={"kind": "deep", "size": 2}, run={"max_steps": 3}))
     assert int(ens["step"]) == 3
     for k in range(2):
-        alone = _state(_train(tmp_path, labelled_file, f"alone{k}", run={"max_steps": 3, "init_seed": k}))
+        alone = checkpoint_state(_train(tmp_path, labelled_file, f"alone{k}", run={"max_steps": 3, "init_seed": k}))
         for key in ("params", "ema", "opt_state"):
             a, b = jax.tree_util.tree_leaves(ens[key]), jax.tree_util.tree_leaves(alone[key])
             assert len(a) == len(b)
@@ -134,25 +124,7 @@ def test_sigkill_then_resume_of_an_ensemble_equals_the_uninterrupted_run(tmp_pat
     # no validation and fewer steps than an epoch: the runs end without the (costly) final evaluation
     cfg = tiny_train_config(labelled_file, _BASE, ensemble={"kind": "deep", "size": 2}, data={"valid_fraction": 0},
                             run={"dtype": "float32", "max_steps": 5}, optim={"epochs": 2})
-    (tmp_path / "cfg.json").write_text(json.dumps(cfg))
-    cmd = [sys.executable, "-m", "jaxmat.cli", "train", str(tmp_path / "cfg.json")]
-    env = {**os.environ, "JAX_PLATFORMS": "cpu"}
-    subprocess.run(cmd + ["--workdir", str(tmp_path / "full")], check=True, capture_output=True, env=env, timeout=600)
-    proc = subprocess.Popen(cmd + ["--workdir", str(tmp_path / "killed")], stdout=subprocess.DEVNULL,
-                            stderr=subprocess.DEVNULL, env=env)
-    ckpt, killed = tmp_path / "killed" / "checkpoint.msgpack", False
-    deadline = time.time() + 300
-    while time.time() < deadline and proc.poll() is None:
-        if ckpt.is_file() and 0 < int(_state(tmp_path / "killed")["step"]) < 5:
-            proc.send_signal(signal.SIGKILL)
-            killed = True
-            break
-        time.sleep(0.01)
-    proc.wait()
-    assert killed, "the run finished before it could be killed"
-    subprocess.run(cmd + ["--workdir", str(tmp_path / "killed"), "--resume"], check=True, capture_output=True,
-                   env=env, timeout=600)
-    full, resumed = _state(tmp_path / "full"), _state(tmp_path / "killed")
+    full, resumed = train_killed_and_resumed(tmp_path, cfg, lambda state: 0 < int(state["step"]) < 5)
     assert int(full["step"]) == int(resumed["step"]) == 5
     for a, b in zip(jax.tree_util.tree_leaves(full), jax.tree_util.tree_leaves(resumed)):
         np.testing.assert_array_equal(np.asarray(a), np.asarray(b))
@@ -253,3 +225,33 @@ def test_out_of_sample_calibration_uses_only_the_members_that_did_not_see_a_fram
     assert cal["method"] == "musil, out of sample"
     with_in_sample = fit_calibration(ens, pred, "musil")  # every member counted: mean and spread are wrong
     assert abs(with_in_sample["energy"] - alpha) > 1.0
+
+
+def test_vmapped_and_sequential_deep_steps_agree(labelled_file, monkeypatch):
+    """The two ways of mapping a deep ensemble's step over its members give the same float64 numbers."""
+    import jaxmat.train._steps as steps
+    from jaxmat.data import batch_budget, build_graphs, epoch_groups, make_batch, read_frames
+    from jaxmat.train import config_from_dict
+    from jaxmat.train._optim import make_optimizer
+    from jaxmat.train._trainer import _make_model
+
+    cfg = config_from_dict(tiny_train_config(labelled_file, _BASE, ensemble={"kind": "deep", "size": 2}))
+    frames = read_frames(labelled_file)
+    model = _make_model(cfg, frames, "atoms")
+    out = {}
+    with jax.enable_x64(True):
+        graphs = build_graphs(frames, model)
+        budget = batch_budget(graphs, 2)
+        idx = epoch_groups(graphs, budget, 0, 0)[0]
+        batch = steps.member_batch(cfg, make_batch(idx, frames, graphs, budget, "float64"), idx,
+                                   np.array([[1.0] * 12, [0.0, 1.0] * 6]), [len(f.atoms) for f in frames])
+        members = [jax.tree_util.tree_map(lambda x: np.asarray(x, np.float64), model.init_params(batch.graph, k))
+                   for k in range(2)]
+        params = steps.stack(cfg, members)
+        tx = make_optimizer(cfg.optim, 5)
+        for mode in ("vmap", "sequential"):
+            monkeypatch.setattr(steps, "member_mode", lambda m=mode: m)
+            train_step, _ = steps.build_steps(cfg, steps.ensemble_template(cfg, model, members[0]), tx, "atoms")
+            out[mode] = jax.device_get(train_step(params, jax.vmap(tx.init)(params), params, batch, 1.0))
+    for a, b in zip(jax.tree_util.tree_leaves(out["vmap"]), jax.tree_util.tree_leaves(out["sequential"])):
+        np.testing.assert_allclose(np.asarray(a), np.asarray(b), rtol=1e-10, atol=1e-12)

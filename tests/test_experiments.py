@@ -31,6 +31,7 @@ def test_every_ablation_variant_is_a_valid_config():
         assert expected_param_shapes(cfg.model.family, hyper), name
 
 
+@pytest.mark.slow  # minutes on 2 cores: outside the default suite (-m slow)
 def test_ablation_driver_smoke(tmp_path):
     spec = json.loads((ROOT / "experiments" / "ablations" / "ablations.json").read_text())
     small = copy.deepcopy(spec)
@@ -51,6 +52,7 @@ def test_ablation_driver_smoke(tmp_path):
     assert (tmp_path / "ablation.png").stat().st_size > 1000
 
 
+@pytest.mark.slow  # minutes on 2 cores: outside the default suite (-m slow)
 def test_mlearn_ensemble_driver(tmp_path):
     """Members a (the pretrained default) and b (a with its weights jittered): an ensemble of a with
     itself reproduces a (zero spread); the mean of a and b is no worse than their average error
@@ -117,6 +119,7 @@ COMMITTED_MODEL = ROOT / "experiments" / "mlearn" / "runs" / "si_l7_s001_full_tb
 
 @pytest.mark.skipif(not (SHARED / "data" / "mlearn" / "Si_test.extxyz").is_file(),
                     reason="needs ../shared/data/mlearn (absent)")
+@pytest.mark.slow  # minutes on 2 cores: outside the default suite (-m slow)
 def test_a_committed_mlearn_model_reproduces_its_committed_test_numbers():
     """The committed best model, run through the ASE calculator on the official test split,
     gives the test MAEs committed beside it (results.json, the trainer's own evaluation)."""

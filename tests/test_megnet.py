@@ -79,6 +79,7 @@ def test_potential_predict_gives_total_energy(model, reference_frames):
     assert model.predict([si], dtype="float64")[0] == pytest.approx(si.get_potential_energy(), abs=1e-5)
 
 
+@pytest.mark.slow  # minutes on 2 cores: outside the default suite (-m slow)
 def test_megnet_trains_on_structure_to_scalar_data(tmp_path):
     """From scratch on the 11 labelled structures (target: info["eform_per_atom"]), and fine-tuned
     from the pretrained bundle on a shifted target: the loss falls and the best model predicts."""

@@ -2,11 +2,6 @@
 
 import csv
 import json
-import os
-import signal
-import subprocess
-import sys
-import time
 
 import ase.io
 import ase.units
@@ -18,7 +13,7 @@ import pytest
 from ase.build import bulk, molecule
 from ase.calculators.singlepoint import SinglePointCalculator
 
-from conftest import SHARED, tiny_train_config
+from conftest import SHARED, checkpoint_state, tiny_train_config, train_killed_and_resumed
 from jaxmat.data import DatasetError, batch_budget, build_graphs, epoch_batches, read_frames
 from jaxmat.train import (config_frames, config_from_dict, fit_element_refs, load_config, loss_and_metrics,
                           train_and_evaluate)
@@ -115,6 +110,7 @@ def test_training_without_validation_uses_every_frame_and_keeps_the_last_model(t
                            log=lambda *_: None)
 
 
+@pytest.mark.slow  # minutes on 2 cores: outside the default suite (-m slow)
 def test_resuming_an_early_stopped_run_trains_nothing(tmp_path, labelled_file):
     """With a zero learning rate the validation loss never improves after epoch 1, so patience 1 stops
     the run after epoch 2 of 10; --resume must not train an extra epoch."""
@@ -123,11 +119,11 @@ def test_resuming_an_early_stopped_run_trains_nothing(tmp_path, labelled_file):
     msgs = []
     train_and_evaluate(cfg, tmp_path, log=msgs.append)
     assert "early stopping after 2 epochs" in msgs
-    csv_before, step = (tmp_path / "metrics.csv").read_text(), int(_params(tmp_path)["step"])
+    csv_before, step = (tmp_path / "metrics.csv").read_text(), int(checkpoint_state(tmp_path)["step"])
     msgs.clear()
     train_and_evaluate(cfg, tmp_path, resume=True, log=msgs.append)
     assert any("nothing left to train" in m for m in msgs), msgs
-    assert (tmp_path / "metrics.csv").read_text() == csv_before and int(_params(tmp_path)["step"]) == step
+    assert (tmp_path / "metrics.csv").read_text() == csv_before and int(checkpoint_state(tmp_path)["step"]) == step
 
 
 def test_config_frames_are_the_trainers_split(labelled_file):
@@ -144,6 +140,7 @@ def test_config_frames_are_the_trainers_split(labelled_file):
 
 @pytest.mark.skipif(not (SHARED / "data" / "mlearn" / "Si_train.extxyz").is_file(),
                     reason="../shared/data (mlearn) is not available")
+@pytest.mark.slow  # minutes on 2 cores: outside the default suite (-m slow)
 def test_training_on_real_mlearn_subset(tmp_path):
     frames = ase.io.read(SHARED / "data" / "mlearn" / "Si_train.extxyz", ":12")
     ase.io.write(tmp_path / "si.extxyz", frames)
@@ -153,6 +150,7 @@ def test_training_on_real_mlearn_subset(tmp_path):
     assert float(rows[-1][3]) < 0.9 * float(rows[0][3])  # deterministic seeds: not flaky
 
 
+@pytest.mark.slow  # minutes on 2 cores: outside the default suite (-m slow)
 def test_training_never_moves_the_per_structure_shift(tmp_path, model):
     """Mixed cell sizes make M3GNet's non-extensive ``shift`` worth moving; it must stay 0, so the
     trained model gives a 2-atom cell and its 16-atom supercell the same energy per atom."""
@@ -170,7 +168,7 @@ def test_training_never_moves_the_per_structure_shift(tmp_path, model):
     ase.io.write(tmp_path / "mixed.extxyz", frames)
     cfg = config_from_dict(_config(tmp_path / "mixed.extxyz", optim={"epochs": 3, "learning_rate": 1e-2}))
     train_and_evaluate(cfg, tmp_path / "run", log=lambda *_: None)
-    assert float(_params(tmp_path / "run")["params"]["energy_scale"]["shift"]) == 0.0
+    assert float(checkpoint_state(tmp_path / "run")["params"]["energy_scale"]["shift"]) == 0.0
     trained = JaxmatCalculator(model=str(tmp_path / "run" / "best_model"), dtype="float64")
     small = bulk("Si", "diamond", 5.45)
     small.calc = trained
@@ -179,39 +177,12 @@ def test_training_never_moves_the_per_structure_shift(tmp_path, model):
     assert big.get_potential_energy() / 16 == pytest.approx(small.get_potential_energy() / 2, abs=1e-9)
 
 
-def _params(workdir):
-    raw = flax.serialization.msgpack_restore((workdir / "checkpoint.msgpack").read_bytes())
-    return raw["state"]
-
-
+@pytest.mark.slow  # minutes on 2 cores: outside the default suite (-m slow)
 def test_sigkill_mid_epoch_then_resume_equals_uninterrupted(tmp_path, labelled_file):
     # several epochs give the watcher many mid-epoch windows to catch (it polls the checkpoint)
     cfg = _config(labelled_file, optim={"epochs": 6}, run={"checkpoint_every_steps": 1})
-    (tmp_path / "cfg.json").write_text(json.dumps(cfg))
-    cmd = [sys.executable, "-m", "jaxmat.cli", "train", str(tmp_path / "cfg.json")]
-    env = {**os.environ, "JAX_PLATFORMS": "cpu"}
-    subprocess.run(cmd + ["--workdir", str(tmp_path / "full")], check=True, capture_output=True, env=env, timeout=600)
-
-    proc = subprocess.Popen(cmd + ["--workdir", str(tmp_path / "killed")], stdout=subprocess.DEVNULL,
-                            stderr=subprocess.DEVNULL, env=env)
-    ckpt = tmp_path / "killed" / "checkpoint.msgpack"
-    killed_mid_epoch = False
-    deadline = time.time() + 300
-    while time.time() < deadline and proc.poll() is None:
-        if ckpt.is_file():
-            state = _params(tmp_path / "killed")  # never half-written: always decodes
-            if int(state["epoch"]) >= 1 and int(state["batch_in_epoch"]) > 0:
-                proc.send_signal(signal.SIGKILL)
-                killed_mid_epoch = True
-                break
-        time.sleep(0.01)
-    proc.wait()
-    assert killed_mid_epoch, "the run finished before it could be killed"
-    state = _params(tmp_path / "killed")
-    assert int(state["epoch"]) < 6
-    subprocess.run(cmd + ["--workdir", str(tmp_path / "killed"), "--resume"], check=True,
-                   capture_output=True, env=env, timeout=600)
-    full, resumed = _params(tmp_path / "full"), _params(tmp_path / "killed")
+    full, resumed = train_killed_and_resumed(
+        tmp_path, cfg, lambda state: int(state["epoch"]) >= 1 and int(state["batch_in_epoch"]) > 0)
     assert int(full["step"]) == int(resumed["step"])
     for a, b in zip(jax.tree_util.tree_leaves(full["params"]), jax.tree_util.tree_leaves(resumed["params"])):
         np.testing.assert_allclose(np.asarray(a), np.asarray(b), rtol=1e-6, atol=1e-7)
@@ -280,12 +251,13 @@ def test_config_paths_are_relative_to_the_config_file(tmp_path):
         assert cfg.data.train == str(tmp_path / "d" / "train.xyz")
 
 
+@pytest.mark.slow  # minutes on 2 cores: outside the default suite (-m slow)
 def test_freeze_keeps_parameters_fixed(tmp_path, labelled_file, model):
     d = _config(labelled_file, model={"init_from": "M3GNet-MP-2021.2.8-PES", "hyperparameters": {},
                                        "freeze": ["node_embedding", "conv_", "three_body_"]},
                 optim={"epochs": 1, "learning_rate": 1e-3})
     train_and_evaluate(config_from_dict(d), tmp_path, log=lambda *_: None)
-    state = _params(tmp_path)
+    state = checkpoint_state(tmp_path)
     trained, start = state["params"], model.params
     for group in ("node_embedding", "conv_0_edge", "three_body_2_bond"):
         for k, v in start[group].items():
@@ -379,6 +351,7 @@ def test_mlearn_stress_sign_and_units_match_ase_convention(calc32, element):
     assert 0.5 < slope < 2.0  # same unit (a GPa/eV-A^3 mix-up would be a factor 160)
 
 
+@pytest.mark.slow  # minutes on 2 cores: outside the default suite (-m slow)
 def test_metrics_by_group_routes_each_frame_to_its_group(model, labelled_file):
     from jaxmat.train import error_metrics, format_metrics_by_group, metrics_by_group, predict
 

@@ -66,7 +66,7 @@ def prediction_table(K, repeats):
     cells = {a.info["name"]: a for a in ase.io.read(REFERENCE, ":")}
     rows = []
     for name in ("Si64", "Cu108"):
-        atoms = cells[name]
+        atoms = cells[f"{name}_rattled"]
         g = atoms_to_graph(atoms, model.cutoff, model.three_body_cutoff)
         sizes = bucket_sizes(graph_sizes(g), 1.05)
         g = jax.tree_util.tree_map(jnp.asarray, cast_floats(pad_graph(g, sizes), "float32"))
@@ -82,8 +82,8 @@ def prediction_table(K, repeats):
         pe = jax.tree_util.tree_map(jnp.asarray, shallow.params)
         energy_only = jax.jit(lambda p, gg: shallow.members_apply(p, gg, "vmap"))
         rows.append((name, f"shallow K={K} energies only", median_ms(lambda: energy_only(pe, g), repeats)))
-        rows.append((name, "one member, energy only",
-                     median_ms(lambda: jax.jit(model.apply)(p1, g), repeats)))
+        energy_one = jax.jit(model.apply)
+        rows.append((name, "one member, energy only", median_ms(lambda: energy_one(p1, g), repeats)))
         rows.append((name, f"(edges padded {sizes.n_edge})", float("nan")))
     return rows
 
@@ -102,7 +102,12 @@ def training_table(K, repeats):
     hyper = {"dim_node": 32, "dim_edge": 32, "units": 32, "nblocks": 2, "readout_features": [32, 32, 1]}
     rows = []
     base_ms = None
-    for kind in ("none", "deep", "shallow"):
+    import jaxmat.train._steps as steps
+
+    for kind in ("none", "deep", "deep-vmap", "shallow"):
+        vmapped = kind == "deep-vmap"
+        kind = "deep" if vmapped else kind
+        steps.member_mode = (lambda: "vmap") if vmapped else (lambda: "sequential")
         cfg = config_from_dict({"data": {"train": str(source), "graphs_per_batch": 4},
                                 "model": {"hyperparameters": hyper}, "run": {"progress": False},
                                 "ensemble": {"kind": kind, "size": K}})
@@ -120,7 +125,8 @@ def training_table(K, repeats):
         step, _ = build_steps(cfg, ensemble_template(cfg, model, member), tx, "atoms")
         ms = median_ms(lambda: step(params, opt, params, batch, 1.0), max(3, repeats // 3))
         base_ms = base_ms or ms
-        label = {"none": "one model", "deep": f"deep K={K} (vmapped step)", "shallow": f"shallow K={K} heads"}[kind]
+        label = {"none": "one model", "deep": f"deep K={K} ({'vmapped' if vmapped else 'lax.map'} step)",
+                 "shallow": f"shallow K={K} heads"}[kind]
         rows.append(("train step", label, ms, ms / base_ms))
     return rows, len(idx)
 
