@@ -15,6 +15,7 @@ import jax.numpy as jnp
 import numpy as np
 import optax
 
+from jaxmat._checks import ConfigError
 from jaxmat.data import Batch, Labels
 from jaxmat.models import Ensemble, Model
 from jaxmat.train._guards import all_finite
@@ -54,7 +55,7 @@ def initial_members(cfg, model: Model, graph, prepare) -> list:
                 fresh = model.init_params(graph, seed)
                 missing = sorted(fresh_groups - set(fresh))
                 if missing:
-                    raise ValueError(f"config: ensemble.reinit/heads name parameter group(s) {missing} this model does "
+                    raise ConfigError(f"config: ensemble.reinit/heads name parameter group(s) {missing} this model does "
                                      f"not have; groups: {sorted(fresh)}")
                 params = {g: (fresh[g] if g in fresh_groups else v) for g, v in params.items()}
         if ens.kind == "shallow" and k > 0:  # the shared body and references are member 0's
