@@ -4,8 +4,8 @@
 * **shallow**: only the groups in ``stacked`` (default ``("readout",)``) carry the member axis; the
   body is shared, so its forward pass runs once for all K heads.
 
-One code path serves both: ``member_axes`` says, per top-level parameter group, whether it is
-stacked (axis 0) or shared (None), and ``jax.vmap`` / ``jax.lax.map`` map over exactly those.
+One code path serves both: ``stacked`` says which top-level parameter groups carry the member axis
+(the others are shared), and ``jax.vmap`` / ``jax.lax.map`` map over exactly those.
 ``Ensemble.apply`` is the members' mean per-atom energy, so everything that evaluates a ``Model``
 (``jaxmat.potential``, ``Model.predict``, ``jaxmat evaluate``, ``jaxmat md``) evaluates the
 ensemble mean unchanged; the spread comes from ``member_results``.
@@ -55,11 +55,6 @@ class Ensemble(Model):
     def size(self) -> int:
         """Number of members K."""
         return int(np.shape(jax.tree_util.tree_leaves(self.params[self.stacked[0]])[0])[0])
-
-    def member_axes(self, params=None) -> dict:
-        """vmap ``in_axes`` for the params: 0 for stacked groups, None for shared ones."""
-        params = self.params if params is None else params
-        return {k: (0 if k in self.stacked else None) for k in params}
 
     def member_params(self, k: int, params=None):
         """Parameters of member ``k`` (a plain single-model tree)."""

@@ -66,14 +66,13 @@ def member_predict(ens: Ensemble, frames, graphs_per_batch: int = 4, dtype: str 
             "forces_frame": np.concatenate(out["forces_frame"]) if out["forces_frame"] else np.zeros(0, int)}
 
 
-def errors_and_sigmas(pred: dict, calibration: dict | None = None) -> dict:
-    """{quantity: (ref, err of the mean, sigma)} flat, sigma times the calibration scale."""
+def errors_and_sigmas(pred: dict) -> dict:
+    """{quantity: (ref, err of the mean, raw sigma)} flat (the members' ddof=1 std, uncalibrated)."""
     out = {}
     for q, _ in QUANTITIES:
         if pred[f"{q}_ref"].size:
             mean, std = uq.member_stats(pred[q])
-            scale = 1.0 if calibration is None else float(calibration[q])
-            out[q] = (pred[f"{q}_ref"].ravel(), (mean - pred[f"{q}_ref"]).ravel(), scale * std.ravel())
+            out[q] = (pred[f"{q}_ref"].ravel(), (mean - pred[f"{q}_ref"]).ravel(), std.ravel())
     return out
 
 
