@@ -28,6 +28,7 @@ from jaxmat.graph import (
     fits,
     graph_sizes,
     pad_graph,
+    sizing_triplets,
 )
 from jaxmat.models import DEFAULT_MODEL, Ensemble, load_model
 from jaxmat.potential import energy_forces_stress, to_voigt
@@ -45,6 +46,8 @@ class JaxmatCalculator(Calculator):
       growth: when a structure no longer fits, the overflowing bucket grows by at least this
         factor, so the number of compilations stays logarithmic in the size range.
       skin: Verlet skin (A) of the cached vesin neighbour list kept between calls.
+      sizing_margin: the triplet bucket holds the triplets of bonds up to the three-body cutoff plus
+        this margin (A), so a neighbour shell on the cutoff does not recompile at every crossing.
       checks: thresholds of the structure checks (``jaxmat.graph.StructureChecks``: closest
         approach, neighbour and triplet caps); a failing structure raises ``StructureError``.
       ensemble_mode: for an ensemble: "auto" (``Ensemble.choose_mode``), "vmap" (all members in
@@ -66,6 +69,7 @@ class JaxmatCalculator(Calculator):
         headroom: float = 0.05,
         growth: float = 1.3,
         skin: float = 1.0,
+        sizing_margin: float = 0.25,
         checks: StructureChecks = DEFAULT_CHECKS,
         ensemble_mode: str = "auto",
         **kwargs,
@@ -75,6 +79,7 @@ class JaxmatCalculator(Calculator):
                                         ("headroom", headroom, "float", non_negative()),
                                         ("growth", growth, "float", at_least(1, strict=True)),
                                         ("skin", skin, "float", non_negative()),
+                                        ("sizing_margin", sizing_margin, "float", non_negative()),
                                         ("ensemble_mode", ensemble_mode, "str", one_of("auto", "vmap", "sequential"))):
             check_value("JaxmatCalculator", name, value, kind, rule)
         if not isinstance(checks, StructureChecks):
@@ -88,7 +93,7 @@ class JaxmatCalculator(Calculator):
         self.ensemble_mode = ensemble_mode
         if isinstance(self.model, Ensemble):
             self.implemented_properties = self.implemented_properties + self.ensemble_properties
-        self.headroom, self.growth, self.checks = headroom, growth, checks
+        self.headroom, self.growth, self.checks, self.sizing_margin = headroom, growth, checks, sizing_margin
         self.sizes: PadSizes | None = None
         self.n_compilations = 0
         self._nl = vesin.NeighborList(cutoff=self.model.cutoff + CUTOFF_TOLERANCE, full_list=True, skin=skin)
@@ -125,7 +130,11 @@ class JaxmatCalculator(Calculator):
             atoms, self.model.cutoff, self.model.three_body_cutoff, self.checks, neighbor_list=self._nl
         )
         real = graph_sizes(graph)
-        self.sizes = self._choose_sizes(real)
+        if self.model.three_body_cutoff is not None and self.sizing_margin > 0:
+            hint = sizing_triplets(graph, self.model.three_body_cutoff, self.sizing_margin)
+            self.sizes = self._choose_sizes(real._replace(n_triplet=max(real.n_triplet, hint)))
+        else:
+            self.sizes = self._choose_sizes(real)
         graph = cast_floats(pad_graph(graph, self.sizes), self.dtype)
         with jax.enable_x64(self.dtype == "float64"):
             if self._params is None:

@@ -1,4 +1,4 @@
-"""Command line: ``jaxmat md``, ``predict``, ``train``, ``evaluate``, ``ensemble``, ``convert``, ``list``."""
+"""Command line: ``jaxmat md``, ``relax``, ``predict``, ``train``, ``evaluate``, ``ensemble``, ``convert``, ``list``."""
 
 from __future__ import annotations
 
@@ -27,15 +27,24 @@ def enable_compilation_cache() -> str | None:
 
 
 def _md(args) -> int:
-    from jaxmat.calculators import JaxmatCalculator
-    from jaxmat.md import MDSettings, load_structure, run_md
+    from jaxmat._checks import ConfigError
+    from jaxmat.md import MDSettings, load_structure
 
     options = dict(temperature=args.temperature, timestep=args.timestep, steps=args.steps, ensemble=args.ensemble,
                    friction=args.friction, log_every=args.log_every, seed=args.seed,
                    max_temperature=args.max_temperature, max_energy_drift=args.max_energy_drift,
-                   max_force_std=args.max_force_std, on_uncertain=args.on_uncertain)
+                   max_force_std=args.max_force_std, on_uncertain=args.on_uncertain, pressure=args.pressure)
     settings = MDSettings(**{k: v for k, v in options.items() if v is not None})  # checked before any work
+    if args.replicas < 1:
+        raise ConfigError(f"md.replicas = {args.replicas}: expected at least 1")
+    if args.engine == "ase" and args.replicas != 1:
+        raise ConfigError(f"md.replicas = {args.replicas}: replicas run on the jax engine (--engine jax)")
     atoms = load_structure(args.structure, args.supercell)
+    if args.engine == "jax":
+        return _md_jax(args, settings, atoms)
+    from jaxmat.calculators import JaxmatCalculator
+    from jaxmat.md import run_md
+
     calc = JaxmatCalculator(model=args.model, dtype=args.dtype)
     cache = enable_compilation_cache()  # after the inputs were checked, before the first compilation
     print(f"jaxmat md: {atoms.get_chemical_formula()} ({len(atoms)} atoms), model {calc.model.name}, "
@@ -55,6 +64,71 @@ def _md(args) -> int:
               flush=True)
     print(f"done in {time.perf_counter() - _T0:.1f} s; {calc.n_compilations} compilation(s); "
           f"trajectory {args.trajectory}", flush=True)
+    return 0
+
+
+def _md_jax(args, settings, atoms) -> int:
+    from jaxmat.simulate import Engine
+
+    engine = Engine(model=args.model, dtype=args.dtype, skin=args.skin)
+    cache = enable_compilation_cache()
+    print(f"jaxmat md (jax engine): {args.replicas} x {atoms.get_chemical_formula()} ({len(atoms)} atoms), model "
+          f"{engine.model.name}, {args.dtype}, {settings.ensemble} {settings.temperature} K, dt {settings.timestep} fs, "
+          f"{settings.steps} steps{', XLA cache ' + cache if cache else ''}", flush=True)
+    first = []
+
+    def printer(line):
+        if not first:
+            first.append(time.perf_counter() - _T0)
+            print(f"first step reached {first[0]:.1f} s after start", flush=True)
+        print(line, flush=True)
+
+    engine.md([atoms] * args.replicas, settings, trajectory=args.trajectory, printer=printer)
+    print(f"done in {time.perf_counter() - _T0:.1f} s; {engine.n_compilations} compilation(s), {engine.n_rebuilds} "
+          f"neighbour-list rebuild(s); trajectory {args.trajectory}", flush=True)
+    return 0
+
+
+def _relax(args) -> int:
+    from jaxmat.data import read_structures
+    from jaxmat.md import _named_crystal
+    from jaxmat.relax import RelaxSettings, format_table, relax_ase, write_relaxed
+
+    settings = RelaxSettings(optimizer=args.optimizer, fmax=args.fmax, steps=args.steps, fix_cell=args.fix_cell,
+                             pressure=args.pressure)
+    if args.engine == "jax" and args.optimizer != "fire":
+        from jaxmat._checks import ConfigError
+
+        raise ConfigError(f"relax.optimizer = {args.optimizer!r}: the jax engine runs FIRE only")
+    structures, names = [], []
+    for spec in args.structures:
+        if Path(spec).exists():
+            frames = read_structures(spec, ":")
+            structures += frames
+            names += [spec if len(frames) == 1 else f"{spec}@{k}" for k in range(len(frames))]
+        else:
+            structures.append(_named_crystal(spec))
+            names.append(spec)
+    t0 = time.perf_counter()
+    if args.engine == "jax":
+        from jaxmat.simulate import Engine
+
+        engine = Engine(model=args.model, dtype=args.dtype)
+        enable_compilation_cache()
+        records = engine.relax(structures, settings, names=names, batch_size=args.batch_size)
+        extra = f"; {engine.n_compilations} compilation(s)"
+    else:
+        from jaxmat.calculators import JaxmatCalculator
+
+        calc = JaxmatCalculator(model=args.model, dtype=args.dtype)
+        enable_compilation_cache()
+        records = [relax_ase(a, calc, settings, name) for a, name in zip(structures, names)]
+        extra = f"; {calc.n_compilations} compilation(s)"
+    print(format_table(records))
+    written = write_relaxed(records, args.output)
+    failed = sum(r.error is not None for r in records)
+    print(f"{written} relaxed structure(s) written to {args.output}" + (f"; {failed} failed (not written)" if failed else "")
+          + f"; {time.perf_counter() - t0:.1f} s ({args.engine} engine){extra}", flush=True)
     return 0
 
 
@@ -176,7 +250,13 @@ def build_parser() -> argparse.ArgumentParser:
     md.add_argument("--temperature", type=float, default=300.0, help="K (default 300)")
     md.add_argument("--timestep", type=float, default=1.0, help="fs (default 1)")
     md.add_argument("--steps", type=int, default=300)
-    md.add_argument("--ensemble", choices=("langevin", "nve"), default="langevin")
+    md.add_argument("--ensemble", choices=("langevin", "nve", "nose_hoover", "npt"), default="langevin",
+                    help="nose_hoover and npt (C-rescale barostat, --pressure) need --engine jax")
+    md.add_argument("--engine", choices=("ase", "jax"), default="ase",
+                    help="ase: ASE integrators, one structure (default); jax: jitted on-device chunks, replicas")
+    md.add_argument("--replicas", type=int, default=1, help="jax engine: copies run at once (seeds seed, seed+1, ...)")
+    md.add_argument("--skin", type=float, default=0.3, help="jax engine: Verlet skin of the neighbour lists, A")
+    md.add_argument("--pressure", type=float, default=None, help="npt: target pressure, GPa (default 0)")
     md.add_argument("--friction", type=float, default=0.01, help="Langevin friction, 1/fs (default 0.01)")
     md.add_argument("--supercell", type=int, nargs=3, default=None, help="repeat the cell (default: >= 64 atoms for named crystals)")
     md.add_argument("--dtype", choices=("float32", "float64"), default="float32")
@@ -195,6 +275,21 @@ def build_parser() -> argparse.ArgumentParser:
     md.add_argument("--uncertain-file", default=None,
                     help="extxyz file of those steps (default: <trajectory>_uncertain.extxyz)")
     md.set_defaults(func=_md)
+
+    rx = sub.add_parser("relax", help="relax structures (positions and cell) with a potential")
+    rx.add_argument("structures", nargs="+", help="structure files (every frame) or crystal names, e.g. NaCl:rocksalt:5.8")
+    rx.add_argument("--model", default="M3GNet-MP-2021.2.8-PES", help="pretrained name or bundle folder")
+    rx.add_argument("--engine", choices=("ase", "jax"), default="ase",
+                    help="ase: ASE optimizer per structure (default); jax: batched FIRE on the device")
+    rx.add_argument("--optimizer", choices=("fire", "bfgs"), default="fire")
+    rx.add_argument("--fmax", type=float, default=0.05, help="eV/A: converged when every force row is below (default 0.05)")
+    rx.add_argument("--steps", type=int, default=500, help="optimizer steps at most (default 500)")
+    rx.add_argument("--fix-cell", action="store_true", help="relax the positions only")
+    rx.add_argument("--pressure", type=float, default=0.0, help="GPa: target hydrostatic pressure (default 0)")
+    rx.add_argument("--dtype", choices=("float32", "float64"), default="float32")
+    rx.add_argument("--batch-size", type=int, default=32, help="jax engine: structures relaxed at once")
+    rx.add_argument("--output", default="relaxed.extxyz", help="extxyz of the relaxed structures (default relaxed.extxyz)")
+    rx.set_defaults(func=_relax)
 
     pr = sub.add_parser("predict", help="predict with a model (e.g. MEGNet formation energy) for structure files")
     pr.add_argument("model", help="pretrained name or bundle folder")

@@ -15,7 +15,7 @@ from ase.md.langevin import Langevin
 from ase.md import velocitydistribution
 from ase.md.verlet import VelocityVerlet
 
-from jaxmat._checks import ConfigError, Rule, at_least, check_instance, check_value, each, non_negative, one_of
+from jaxmat._checks import ConfigError, Rule, at_least, check_instance, check_value, each, non_negative, one_of, positive
 from jaxmat.data import read_structures
 from jaxmat.graph import StructureError
 from jaxmat.guard import GuardLimits, MDGuard
@@ -80,7 +80,11 @@ def _named_crystal(spec: str):
 
 
 def thermalize(atoms, temperature: float, rng) -> None:
-    """Maxwell-Boltzmann momenta at ``temperature`` K with zero total momentum."""
+    """Maxwell-Boltzmann momenta at ``temperature`` K with zero total momentum (a single atom, which has
+    no internal degrees of freedom, is left at rest)."""
+    if len(atoms) < 2:
+        atoms.set_momenta(np.zeros((len(atoms), 3)))
+        return
     vd = velocitydistribution
     if hasattr(vd, "thermalize_momenta"):  # ASE >= 3.28
         vd.thermalize_momenta(atoms, temperature_K=temperature, rng=rng)
@@ -96,7 +100,7 @@ class MDSettings:
     temperature: float = 300.0  #: K: initial velocities and the Langevin target
     timestep: float = 1.0  #: fs
     steps: int = 300  #: number of MD steps
-    ensemble: str = "langevin"  #: "langevin" (NVT) or "nve" (velocity Verlet)
+    ensemble: str = "langevin"  #: "langevin" (NVT), "nve" (velocity Verlet); jax engine also "nose_hoover", "npt"
     friction: float = 0.01  #: Langevin friction, 1/fs
     log_every: int = 10  #: steps between log lines and trajectory frames
     seed: int = 0  #: seed of the initial velocities and the Langevin noise
@@ -104,11 +108,17 @@ class MDSettings:
     max_energy_drift: float = GuardLimits.max_energy_drift  #: eV/atom: NVE total-energy drift limit
     max_force_std: float | None = None  #: eV/A: with an ensemble, the largest calibrated force std allowed (None: only logged)
     on_uncertain: str = "stop"  #: when max_force_std is exceeded: "stop" (write the frame, end the run) or "collect" (write every such frame, go on)
+    thermostat_time: float = 100.0  #: fs: Nose-Hoover thermostat time (jax engine)
+    pressure: float = 0.0  #: GPa: NPT target pressure (jax engine)
+    barostat_time: float = 1000.0  #: fs: NPT cell-rescaling relaxation time (jax engine)
+    compressibility: float = 0.01  #: 1/GPa: NPT isothermal compressibility (jax engine; ~1/bulk modulus)
 
     RULES: ClassVar[dict] = {
         "temperature": non_negative(), "steps": non_negative(), "log_every": at_least(1), "seed": non_negative(),
         "timestep": Rule(lambda v: 0 < v <= 10, "in (0, 10] fs (atomistic MD is unstable beyond a few fs)"),
-        "ensemble": one_of("langevin", "nve"), "friction": Rule(lambda v: 0 < v <= 1, "in (0, 1] 1/fs"),
+        "ensemble": one_of("langevin", "nve", "nose_hoover", "npt"),
+        "thermostat_time": positive(), "barostat_time": positive(), "compressibility": positive(),
+        "pressure": Rule(lambda v: -1000 <= v <= 1000, "in [-1000, 1000] GPa"), "friction": Rule(lambda v: 0 < v <= 1, "in (0, 1] 1/fs"),
         "max_force_std": Rule(lambda v: v > 0, "> 0 eV/A"), "on_uncertain": one_of("stop", "collect"),
         **GuardLimits.RULES}
 
@@ -148,6 +158,9 @@ def run_md(atoms, calc, settings: MDSettings = MDSettings(), trajectory: str | N
     if not isinstance(settings, MDSettings):
         raise TypeError(f"run_md: settings must be a jaxmat.md.MDSettings, got {type(settings).__name__}")
     s = settings
+    if s.ensemble not in ("langevin", "nve"):
+        raise ConfigError(f"md.ensemble = {s.ensemble!r} runs on the jax engine only (jaxmat md --engine jax); the ASE "
+                          "engine runs 'langevin' and 'nve'")
     if s.max_force_std is not None and "forces_std" not in getattr(calc, "implemented_properties", ()):
         raise ConfigError(f"md.max_force_std = {s.max_force_std} needs an ensemble model (one that reports forces_std); "
                           f"{getattr(getattr(calc, 'model', None), 'name', type(calc).__name__)} is a single model")

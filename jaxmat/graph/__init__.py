@@ -9,6 +9,7 @@ from jaxmat.graph._build import (
     fits,
     graph_sizes,
     pad_graph,
+    sizing_triplets,
 )
 from jaxmat.graph._geometry import edge_vectors, masked_norm
 from jaxmat.graph._neighbors import CUTOFF_TOLERANCE, build_triplets, neighbor_edges
@@ -38,6 +39,7 @@ __all__ = [
     "edge_vectors",
     "fits",
     "graph_sizes",
+    "sizing_triplets",
     "localize_positions",
     "masked_norm",
     "neighbor_edges",

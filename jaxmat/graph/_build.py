@@ -124,6 +124,21 @@ def graph_sizes(g: AtomicGraph) -> PadSizes:
     )
 
 
+def sizing_triplets(g: AtomicGraph, three_body_cutoff: float, margin: float) -> int:
+    """Triplets there would be with bonds up to ``three_body_cutoff + margin`` (host graph, numpy).
+
+    Padding buckets sized from this count (not the instantaneous one) do not overflow when a
+    neighbour shell sits on the three-body cutoff (diamond Ge's second shell at 4.0007 A: as atoms
+    vibrate, the triplet count jumps between 12 and 240 per atom)."""
+    G = g.graph
+    cell = G.globals["cell"][G.nodes["graph_index"][G.senders]]
+    vec = G.nodes["positions"][G.receivers] - G.nodes["positions"][G.senders] + np.einsum(
+        "ei,eij->ej", G.edges["shifts"], cell)
+    near = np.sqrt(np.sum(vec * vec, axis=1)) <= three_body_cutoff + margin
+    counts = np.bincount(G.senders[near & G.edges["mask"]], minlength=int(G.n_node.sum())).astype(np.int64)
+    return int(np.sum(counts * (counts - 1)))
+
+
 def bucket_sizes(real: PadSizes, headroom: float = 1.0, multiple: int = 8) -> PadSizes:
     """Smallest sizes holding ``real`` times ``headroom`` plus one padding node/edge/triplet/graph,
     rounded up to a multiple of ``multiple``."""
