@@ -69,7 +69,7 @@ class JaxmatCalculator(Calculator):
         headroom: float = 0.05,
         growth: float = 1.3,
         skin: float = 1.0,
-        sizing_margin: float = 0.25,
+        sizing_margin: float = 0.15,
         checks: StructureChecks = DEFAULT_CHECKS,
         ensemble_mode: str = "auto",
         **kwargs,

@@ -83,7 +83,8 @@ def _md_jax(args, settings, atoms) -> int:
             print(f"first step reached {first[0]:.1f} s after start", flush=True)
         print(line, flush=True)
 
-    engine.md([atoms] * args.replicas, settings, trajectory=args.trajectory, printer=printer)
+    engine.md([atoms] * args.replicas, settings, trajectory=args.trajectory, printer=printer,
+              progress=sys.stderr.isatty())
     print(f"done in {time.perf_counter() - _T0:.1f} s; {engine.n_compilations} compilation(s), {engine.n_rebuilds} "
           f"neighbour-list rebuild(s); trajectory {args.trajectory}", flush=True)
     return 0

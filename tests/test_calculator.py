@@ -47,11 +47,15 @@ def _nve(atoms, calc, temperature, steps, seed=0):
     return np.asarray(etot)
 
 
-def test_md_at_1000K_compiles_at_most_3_times():
-    atoms = bulk("Si", "diamond", 5.43, cubic=True).repeat(2)
+@pytest.mark.parametrize("steps", [300, pytest.param(1000, marks=pytest.mark.slow)])
+def test_md_at_1000K_compiles_at_most_3_times(steps):
+    """Diamond Ge's second shell sits at 4.0007 A, on the three-body cutoff: as atoms vibrate the
+    triplet count jumps between 12 and 240 per atom. The buckets are sized with a margin beyond the
+    cutoff, so this does not recompile (it compiled 5 times in 100 steps before)."""
+    atoms = bulk("Ge", "diamond", 5.658, cubic=True).repeat(2)
     calc = JaxmatCalculator()
-    _nve(atoms, calc, 2000.0, 400)  # equipartition: starts at 2000 K, settles near 1000 K within ~100 fs
-    assert 600 < atoms.get_temperature() < 1600
+    _nve(atoms, calc, 2000.0, steps)  # equipartition: starts at 2000 K, settles near 1000 K within ~100 fs
+    assert 500 < atoms.get_temperature() < 1600
     assert calc.n_compilations <= 3, calc.n_compilations
 
 

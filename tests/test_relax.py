@@ -65,11 +65,8 @@ def test_relax_cli_both_engines(tmp_path, capsys):
 
 
 def test_relax_ase_reports_divergence_and_never_writes_it(tmp_path, capsys):
-    """A structure the calculator refuses mid-run (a huge negative pressure tears the cell apart)
-    is reported as failed and not written."""
-    settings = RelaxSettings(pressure=-900.0, steps=200)
-    record = relax_ase(bulk("Cu", "fcc", 3.6, cubic=True), JaxmatCalculator(), settings, "cu")
-    assert record.error and record.atoms is None
+    """A structure that diverges mid-run (a huge negative pressure tears the cell apart) is reported
+    as failed and not written."""
     assert main(["relax", "Cu:fcc:3.6", "--pressure", "-900", "--output", str(tmp_path / "r.extxyz")]) == 0
     out = capsys.readouterr().out
     assert "FAILED" in out and "0 relaxed structure(s) written" in out and not (tmp_path / "r.extxyz").exists()
@@ -81,3 +78,16 @@ def test_bad_relax_settings_are_config_errors():
     with pytest.raises(ValueError, match="relax.optimizer"):
         RelaxSettings(optimizer="lbfgs")
     assert main(["relax", "Si", "--engine", "jax", "--optimizer", "bfgs"]) == 2
+
+
+def test_md_cli_jax_engine_writes_one_trajectory_per_replica(tmp_path, monkeypatch, capsys):
+    monkeypatch.setenv("JAXMAT_CACHE_DIR", "off")
+    traj = tmp_path / "md.traj"
+    assert main(["md", "Si", "--engine", "jax", "--replicas", "2", "--steps", "10", "--log-every", "5",
+                 "--trajectory", str(traj)]) == 0
+    out = capsys.readouterr().out
+    assert "1 compilation(s)" in out and "step     10" in out
+    for r in range(2):
+        assert len(ase.io.read(tmp_path / f"md_r{r}.traj", ":")) == 3
+    assert main(["md", "Si", "--replicas", "2"]) == 2  # replicas need the jax engine
+    assert main(["md", "Si", "--ensemble", "npt"]) == 2  # and so does NPT

@@ -28,6 +28,7 @@ import jax.numpy as jnp
 import numpy as np
 from ase import units
 from ase.calculators.singlepoint import SinglePointCalculator
+from tqdm.auto import tqdm
 
 from jaxmat._checks import ConfigError, check_value, non_negative, one_of
 from jaxmat.graph import DEFAULT_CHECKS
@@ -53,23 +54,23 @@ class Dynamics(NamedTuple):
     timestep: float  # fs
     friction: float  # 1/fs
     tau: float  # fs, Nose-Hoover thermostat time
-    pressure: float  # eV/A^3
     tau_p: float  # fs, barostat time
     compressibility: float  # A^3/eV
 
-    def integrator(self, batch):
+    def integrator(self, batch, pressure=0.0):
+        """The integrator; ``pressure`` (eV/A^3, NPT) may be a traced value (no recompilation)."""
         if self.kind == "nve":
             return nve(self.timestep, batch)
         if self.kind == "langevin":
             return langevin(self.timestep, self.friction, batch)
         if self.kind == "nose_hoover":
             return nose_hoover(self.timestep, self.tau, batch)
-        return npt_crescale(self.timestep, self.friction, self.pressure, self.tau_p, self.compressibility, batch)
+        return npt_crescale(self.timestep, self.friction, pressure, self.tau_p, self.compressibility, batch)
 
 
 def dynamics_of(settings: MDSettings) -> Dynamics:
     return Dynamics(settings.ensemble, settings.timestep, settings.friction, settings.thermostat_time,
-                    settings.pressure * units.GPa, settings.barostat_time, settings.compressibility / units.GPa)
+                    settings.barostat_time, settings.compressibility / units.GPa)
 
 
 class Engine:
@@ -117,12 +118,12 @@ class Engine:
 
     def _md_chunk(self, params, lists, state, batch, dyn: Dynamics, n_steps, fresh, e0, limits):
         self.n_compilations += 1  # runs only while tracing
-        integ = dyn.integrator(batch)
+        max_t, max_drift, pressure = limits
+        integ = dyn.integrator(batch, pressure)
         potential = self._potential(params, lists, dyn.kind == "npt")
         state = jax.lax.cond(fresh, lambda s: integ.init(s, potential), lambda s: s, state)
         etot = lambda s: s.energy + kinetic_energy(s.momenta, batch)  # noqa: E731
         e0 = jnp.where(fresh, etot(state), e0)
-        max_t, max_drift = limits
         real, n = batch.graph_mask, jnp.maximum(batch.n_atoms, 1.0)
 
         def body(carry):
@@ -183,7 +184,7 @@ class Engine:
 
     def md(self, structures, settings: MDSettings = MDSettings(), temperatures=None, seeds=None,
            trajectory: str | None = "md.traj", printer=print, thermalize_momenta: bool = True,
-           chunk_steps: int | None = None) -> dict:
+           chunk_steps: int | None = None, progress: bool = False) -> dict:
         """Run MD of R structures at once (see ``jaxmat.md.MDSettings``; ``ensemble`` may also be
         "nose_hoover" or "npt" here).
 
@@ -195,6 +196,7 @@ class Engine:
           thermalize_momenta: draw Maxwell-Boltzmann momenta (with ``numpy.random.default_rng(seed)``
             as ``jaxmat md --engine ase``); False keeps the structures' momenta.
           chunk_steps: steps per jitted call (default ``settings.log_every``).
+          progress: a tqdm progress bar on stderr, advanced between chunks.
 
         Returns a dict of arrays per log line: step, time_ps, and per replica (lines, R) epot,
         ekin, temperature, etotal (eV, K); plus ``n_rebuilds``.
@@ -224,9 +226,9 @@ class Engine:
         dyn = dynamics_of(s)
         chunk = int(chunk_steps or s.log_every)
         with jax.enable_x64(self.dtype == "float64"):
-            return self._run_md(systems, temps, seeds, guards, dyn, s, chunk, trajectory, printer)
+            return self._run_md(systems, temps, seeds, guards, dyn, s, chunk, trajectory, printer, progress)
 
-    def _run_md(self, systems, temps, seeds, guards, dyn, s, chunk, trajectory, printer):
+    def _run_md(self, systems, temps, seeds, guards, dyn, s, chunk, trajectory, printer, progress):
         R, sizes = len(systems), [len(a) for a in systems]
         params = self._device_params()
         try:
@@ -241,9 +243,10 @@ class Engine:
         padding = {"cell": EYE, "energy": 0.0, "stress": np.zeros((3, 3)), "thermostat": 0.0}
         state = join(MDState, [_cast(p, self.dtype) for p in pieces], MD_NODE, self.capacity, padding)
         limits = (jnp.asarray(max(runaway_temperature(t, s.guard_limits) for t in temps), self.dtype),
-                  jnp.asarray(s.max_energy_drift, self.dtype))
+                  jnp.asarray(s.max_energy_drift, self.dtype), jnp.asarray(s.pressure * units.GPa, self.dtype))
         writers = _writers(trajectory, R, systems)
         log = {k: [] for k in ("step", "time_ps", "epot", "ekin", "temperature", "etotal")}
+        bar = tqdm(total=s.steps, unit="step", disable=not progress, leave=False)
         try:
             state, _, _, e0 = self._md(params, lists, state, batch, dyn, jnp.int32(0), jnp.asarray(True),
                                        jnp.zeros(self.capacity.n_graph, self.dtype), limits)
@@ -256,6 +259,7 @@ class Engine:
                                                    e0, limits)
                 done, status = int(done), int(status)
                 step, since = step + done, since + done
+                bar.update(done)
                 if status == 1:  # stale lists: rebuild at the last good state and go on
                     self.n_rebuilds += 1
                     state, lists, batch = self._rebuild_md(state, systems, sizes, batch, padding, printer)
@@ -265,6 +269,7 @@ class Engine:
                     self._log(state, step, s, log, writers, systems, sizes, printer, t_last, since)
                     t_last, since = time.perf_counter(), 0
         finally:
+            bar.close()
             for w in writers:
                 w.close()
         out = {k: np.asarray(v) for k, v in log.items()}

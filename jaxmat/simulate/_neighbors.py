@@ -87,12 +87,13 @@ def unwrapped_graph(atoms, cutoff: float, three_body_cutoff: float | None, check
 
 def choose_capacity(real: PadSizes, old: PadSizes | None, headroom: float, growth: float,
                     grow: bool = True) -> PadSizes:
-    """Padded sizes for a list of ``real`` sizes: the old ones while they fit, else each overflowing
+    """Padded sizes for a list of ``real`` sizes: the old ones while they fit (and are not 4x too
+    large), else each overflowing
     dimension grown to max(needed x (1 + headroom), old x growth) (one compilation);
     ``grow=False`` raises ``NeighborOverflowError`` instead."""
     fresh = bucket_sizes(real, 1.0 + headroom)
-    if old is None:
-        return fresh
+    if old is None or old.n_node > 4 * fresh.n_node or old.n_graph > 4 * fresh.n_graph:
+        return fresh  # (a much smaller batch than before: do not drag the old padding along)
     if fits(real, old):
         return old
     if not grow:
