@@ -24,7 +24,9 @@ SETTINGS = [
     (dict(steps=-5), r"md.steps = -5 .*>= 0"),
     (dict(steps=10.5), r"md.steps = 10.5 \(float\): expected an integer"),
     (dict(log_every=0), r"md.log_every = 0 .*>= 1"),
-    (dict(ensemble="npt"), r"md.ensemble = 'npt' .*one of 'langevin', 'nve'"),
+    (dict(ensemble="nvt"), r"md.ensemble = 'nvt' .*one of 'langevin', 'nve', 'nose_hoover', 'npt'"),
+    (dict(pressure=5000.0), r"md.pressure = 5000.0 .*GPa"),
+    (dict(thermostat_time=0.0), r"md.thermostat_time = 0.0"),
     (dict(seed=-1), r"md.seed = -1"),
     (dict(max_temperature=0.0), r"md.max_temperature = 0.0 .*> 0"),
     (dict(max_energy_drift=-1.0), r"md.max_energy_drift = -1.0"),
@@ -46,6 +48,8 @@ def test_run_md_checks_before_any_work(tmp_path, calc32):
 
     with pytest.raises(StructureError, match="overlap"):  # refused before step 0, as itself
         run_md(Atoms("H2", positions=[[0, 0, 0], [0.1, 0, 0]]), calc32, MDSettings(), trajectory=str(traj))
+    with pytest.raises(ConfigError, match="jax engine only"):  # the ASE engine runs langevin and nve
+        run_md(molecule("H2O"), calc32, MDSettings(ensemble="npt"), trajectory=str(traj))
     assert not traj.exists()
 
 

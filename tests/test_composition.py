@@ -76,7 +76,7 @@ def test_composition_attributes_by_hand():
         featurize(["NaCl"], "fractions+fractions", TABLE)
 
 
-@pytest.mark.parametrize("arch", ["elemnet", "irnet", "brnet"])
+@pytest.mark.parametrize("arch", [pytest.param("elemnet", marks=pytest.mark.slow), pytest.param("irnet", marks=pytest.mark.slow), "brnet"])
 def test_parameter_budget_is_matched(arch):
     kw, n = match_budget(arch, 218, 60_000)
     assert abs(n - 60_000) / 60_000 < 0.03
@@ -223,6 +223,7 @@ def test_inputs_outside_the_training_range_are_clipped():
     assert abs(res.predict(model, x_new)[0] - truth) < 0.5
 
 
+@pytest.mark.slow  # (default suite under 15 min on 2 cores; run with -m slow)
 def test_log_target_transform():
     """Training on log(y): predictions come back in target units (positive), the validation MAE the
     callbacks saw is the MAE of those predictions, and targets that are not all positive are refused."""

@@ -95,6 +95,7 @@ def _train(tmp_path, labelled_file, name, **over):
     return tmp_path / name
 
 
+@pytest.mark.slow  # (default suite under 15 min on 2 cores; run with -m slow)
 def test_each_deep_member_trains_exactly_as_it_would_alone(tmp_path, labelled_file):
     """Two members in one vmapped step (init seeds 0 and 1) vs two single runs with those init
     seeds and the same data order: float64 parameters and optimizer states agree to round-off."""

@@ -79,6 +79,7 @@ def test_group_weights_reach_the_training_frames(grouped_file):
             config_from_dict(_config(grouped_file, loss={"group_weights": bad}))
 
 
+@pytest.mark.slow  # (default suite under 15 min on 2 cores; run with -m slow)
 @pytest.mark.filterwarnings("ignore:Data has no positive values")  # the log-scale loss curve of an all-zero loss
 def test_zero_weights_give_a_zero_training_loss(tmp_path, grouped_file):
     """End to end: with every group weighted 0 the trainer's loss is 0 while its errors are not."""

@@ -29,7 +29,7 @@ def test_grown_model_computes_the_same(model, reference_frames, changes):
         assert np.abs(np.asarray(grown.params["conv_3_node"]["layers_0_kernel"])).max() > 0
     mo = bulk("Mo", "bcc", 3.16, cubic=True).repeat((2, 1, 1))
     mo.rattle(0.1, seed=1)
-    for atoms in [mo] + list(reference_frames.values())[:3]:
+    for atoms in [mo] + list(reference_frames.values())[:1]:
         e0, f0, s0 = _results(model, atoms)
         e1, f1, s1 = _results(grown, atoms)
         assert e1 == pytest.approx(e0, abs=1e-9)

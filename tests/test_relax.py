@@ -51,10 +51,10 @@ def test_in_flight_batch_swaps_and_drops_only_the_bad_structure():
     assert records[0].converged and records[2].converged
 
 
-def test_relax_cli_both_engines(tmp_path, capsys):
+def test_relax_cli_jax_engine(tmp_path, capsys):
     path = tmp_path / "in.extxyz"
     ase.io.write(path, _strained())
-    for engine in ("ase", "jax"):
+    for engine in ("jax",):  # (the ASE engine's CLI path: test_relax_ase_reports_divergence...)
         out = tmp_path / f"{engine}.extxyz"
         assert main(["relax", str(path), "Cu:fcc:3.7", "--engine", engine, "--output", str(out)]) == 0
         table = capsys.readouterr().out

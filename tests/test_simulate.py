@@ -56,6 +56,7 @@ def test_nve_equals_ase_velocity_verlet():
     assert np.abs(final.get_momenta() - ref.get_momenta()).max() < 1e-6
 
 
+@pytest.mark.slow  # (default suite under 15 min on 2 cores; run with -m slow)
 def test_nve_drift_is_small():
     """0.3 ps of NVE (float32, 1 fs) for two replicas; the 5 ps figure is in the benchmark."""
     eng = Engine(dtype="float32", skin=0.5)
@@ -155,7 +156,7 @@ def test_bad_structures_are_named():
                     trajectory=None)
 
 
-@pytest.mark.parametrize("steps", [200, pytest.param(1000, marks=pytest.mark.slow)])
+@pytest.mark.parametrize("steps", [150, pytest.param(1000, marks=pytest.mark.slow)])
 def test_ge_at_1000K_compiles_at_most_3_times(steps):
     """Sizes come from the skinned lists, so Ge's second shell on the three-body cutoff does not
     recompile the jax engine either."""
@@ -166,6 +167,7 @@ def test_ge_at_1000K_compiles_at_most_3_times(steps):
     assert eng.n_compilations <= 3, eng.n_compilations
 
 
+@pytest.mark.slow  # (default suite under 15 min on 2 cores; run with -m slow)
 def test_nose_hoover_holds_the_temperature_and_npt_finds_the_volume(tmp_path):
     """Nose-Hoover at 500 K keeps the mean temperature of four Si8 replicas near the target;
     C-rescale NPT at 0 GPa shrinks a 4 %-stretched Cu4 cell towards equilibrium, and 5 GPa (a

@@ -93,6 +93,7 @@ def test_training_lowers_the_loss_and_model_is_usable(tmp_path, labelled_file):
     assert np.isfinite(a.get_potential_energy())
 
 
+@pytest.mark.slow  # (default suite under 15 min on 2 cores; run with -m slow)
 def test_training_without_validation_uses_every_frame_and_keeps_the_last_model(tmp_path, labelled_file):
     """valid_fraction 0: all 12 frames train (6 batches of 2 per epoch), every epoch's model replaces
     the last (no plateau), and there are no validation results; a fraction that rounds to no frame
