@@ -79,7 +79,7 @@ def test_two_body_variant_builds_no_triplets():
     assert random_model("three_body").three_body_cutoff == 4.0
 
 
-@pytest.mark.parametrize("improper", [False, True])
+@pytest.mark.parametrize("improper", [pytest.param(False, marks=pytest.mark.slow), True])
 def test_equivariant_block_is_o3_equivariant(improper):
     rng = np.random.default_rng(0)
     n, n_edge = 6, 20

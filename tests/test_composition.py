@@ -205,6 +205,7 @@ def test_composition_driver_folds_and_dropout_selection(tmp_path):
     assert run.select(results, "other", "m", n_runs=2) == (None, [])
 
 
+@pytest.mark.slow  # (default suite under 15 min on 2 cores; run with -m slow)
 def test_inputs_outside_the_training_range_are_clipped():
     """A feature that is almost constant in training must not blow up a prediction (z-score 1e7)."""
     rng = np.random.default_rng(0)
@@ -245,6 +246,7 @@ def test_log_target_transform():
         fit(model, x[tr], y[tr], x[va], y[va], FitConfig(max_epochs=1, batch_size=64, target_transform="sqrt"))
 
 
+@pytest.mark.slow  # (default suite under 15 min on 2 cores; run with -m slow)
 def test_element_attention_slots_and_overflow():
     """Token slots beyond a row's elements are masked: the same weights give the same prediction with
     4 or 8 slots; a row with more elements than slots gives NaN, never a silently truncated formula."""

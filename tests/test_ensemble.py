@@ -228,6 +228,7 @@ def test_out_of_sample_calibration_uses_only_the_members_that_did_not_see_a_fram
     assert abs(with_in_sample["energy"] - alpha) > 1.0
 
 
+@pytest.mark.slow  # (default suite under 15 min on 2 cores; run with -m slow)
 def test_vmapped_and_sequential_deep_steps_agree(labelled_file, monkeypatch):
     """The two ways of mapping a deep ensemble's step over its members give the same float64 numbers."""
     import jaxmat.train._steps as steps

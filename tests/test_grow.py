@@ -15,7 +15,7 @@ def _results(model, atoms):
     return a.get_potential_energy(), a.get_forces(), a.get_stress()
 
 
-@pytest.mark.parametrize("changes", [{"max_l": 7}, pytest.param({"nblocks": 5}, marks=pytest.mark.slow),
+@pytest.mark.parametrize("changes", [pytest.param({"max_l": 7}, marks=pytest.mark.slow), pytest.param({"nblocks": 5}, marks=pytest.mark.slow),
                                      pytest.param({"max_l": 5, "nblocks": 4}, marks=pytest.mark.slow)])
 def test_grown_model_computes_the_same(model, reference_frames, changes):
     grown = grow_model(model, **changes)

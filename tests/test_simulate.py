@@ -91,7 +91,7 @@ def test_langevin_replicas_sample_the_canonical_ensemble(R, steps):
 def test_rebuilds_happen_and_change_nothing(mixed_engine):
     """Hot Langevin MD of the mixed batch with skin 0.5 A (many rebuilds) and 2.0 A (few): the same
     trajectory to round-off."""
-    settings = MDSettings(temperature=1500.0, steps=60, log_every=30, seed=3)
+    settings = MDSettings(temperature=1500.0, steps=40, log_every=20, seed=3)
     small, large = mixed_engine, Engine(dtype="float64", skin=2.0)
     small.n_rebuilds = 0
     a = small.md(_mixed(), settings, trajectory=None, printer=lambda line: None)
