@@ -121,6 +121,7 @@ def test_shallow_ensemble_trains_and_is_calibrated_on_validation(tmp_path, label
     assert (wd / "uncertainty_valid_reliability.png").is_file()
 
 
+@pytest.mark.slow  # (default suite under 15 min on 2 cores; run with -m slow)
 def test_sigkill_then_resume_of_an_ensemble_equals_the_uninterrupted_run(tmp_path, labelled_file):
     # no validation and fewer steps than an epoch: the runs end without the (costly) final evaluation
     cfg = tiny_train_config(labelled_file, _BASE, ensemble={"kind": "deep", "size": 2}, data={"valid_fraction": 0},

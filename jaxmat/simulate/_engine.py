@@ -199,7 +199,8 @@ class Engine:
           progress: a tqdm progress bar on stderr, advanced between chunks.
 
         Returns a dict of arrays per log line: step, time_ps, and per replica (lines, R) epot,
-        ekin, temperature, etotal (eV, K); plus ``n_rebuilds``.
+        ekin, temperature, etotal (eV, K); ``n_rebuilds`` (this run's) and ``final`` (the last state of
+        each replica as ``ase.Atoms`` with energy and forces).
         """
         if not isinstance(settings, MDSettings):
             raise TypeError(f"Engine.md: settings must be a jaxmat.md.MDSettings, got {type(settings).__name__}")
@@ -230,6 +231,7 @@ class Engine:
 
     def _run_md(self, systems, temps, seeds, guards, dyn, s, chunk, trajectory, printer, progress):
         R, sizes = len(systems), [len(a) for a in systems]
+        rebuilds_before = self.n_rebuilds
         params = self._device_params()
         try:
             lists = self._lists(systems, printer)
@@ -273,7 +275,7 @@ class Engine:
             for w in writers:
                 w.close()
         out = {k: np.asarray(v) for k, v in log.items()}
-        out["n_rebuilds"] = self.n_rebuilds
+        out["n_rebuilds"] = self.n_rebuilds - rebuilds_before
         out["final"] = [self._atoms_of(p, a) for p, a in zip(split(state, sizes, MD_NODE), systems)]
         return out
 
