@@ -26,6 +26,19 @@ def enable_compilation_cache() -> str | None:
     return folder
 
 
+def _first_step_printer():
+    """A printer for MD log lines that first says how long the first step took from start-up."""
+    first = []
+
+    def printer(line):
+        if not first:
+            first.append(time.perf_counter() - _T0)
+            print(f"first step reached {first[0]:.1f} s after start", flush=True)
+        print(line, flush=True)
+
+    return printer
+
+
 def _md(args) -> int:
     from jaxmat._checks import ConfigError
     from jaxmat.md import MDSettings, load_structure
@@ -50,14 +63,7 @@ def _md(args) -> int:
     print(f"jaxmat md: {atoms.get_chemical_formula()} ({len(atoms)} atoms), model {calc.model.name}, "
           f"{args.dtype}, {args.ensemble} {args.temperature} K, dt {args.timestep} fs, {args.steps} steps"
           f"{', XLA cache ' + cache if cache else ''}", flush=True)
-    first = []
-
-    def printer(line):
-        if not first:
-            first.append(time.perf_counter() - _T0)
-            print(f"first step reached {first[0]:.1f} s after start", flush=True)
-        print(line, flush=True)
-
+    printer = _first_step_printer()
     log = run_md(atoms, calc, settings, trajectory=args.trajectory, printer=printer, uncertain_file=args.uncertain_file)
     if log.get("stopped_at", -1) >= 0:
         print(f"stopped at step {log['stopped_at']}: the ensemble's force std passed {args.max_force_std} eV/A",
@@ -75,14 +81,7 @@ def _md_jax(args, settings, atoms) -> int:
     print(f"jaxmat md (jax engine): {args.replicas} x {atoms.get_chemical_formula()} ({len(atoms)} atoms), model "
           f"{engine.model.name}, {args.dtype}, {settings.ensemble} {settings.temperature} K, dt {settings.timestep} fs, "
           f"{settings.steps} steps{', XLA cache ' + cache if cache else ''}", flush=True)
-    first = []
-
-    def printer(line):
-        if not first:
-            first.append(time.perf_counter() - _T0)
-            print(f"first step reached {first[0]:.1f} s after start", flush=True)
-        print(line, flush=True)
-
+    printer = _first_step_printer()
     engine.md([atoms] * args.replicas, settings, trajectory=args.trajectory, printer=printer,
               progress=sys.stderr.isatty())
     print(f"done in {time.perf_counter() - _T0:.1f} s; {engine.n_compilations} compilation(s), {engine.n_rebuilds} "
