@@ -1,41 +1,48 @@
-"""Benchmark: median wall time per energy+forces+stress call of the default M3GNet potential.
+"""Benchmark: energy-only vs energy + forces + stress of the default M3GNet, and matgl on the same cells.
 
-    python experiments/bench_m3gnet.py [--dtype float32] [--repeats 20] [--sizes 4000 32000]
+    python experiments/bench_m3gnet.py [--matgl-python /path/to/venv/bin/python] [--host-memory retain]
 
-Cells: the rattled Si64, Cu108 and NaCl512 of tests/fixtures/m3gnet_mp2021_dev.extxyz, plus
-optional larger NaCl supercells (--sizes, atom counts). Columns:
+Protocol: cells are the rattled Si64, Cu108 and NaCl512 of tests/fixtures/m3gnet_mp2021_dev.extxyz
+and a rattled 4,096-atom NaCl supercell (seed 0). Each function is compiled once, called twice to
+warm up, then timed alone (medians of ``--repeats`` calls, fewer for the large cells). Run with
+nothing else busy on the machine. Columns:
 
-* ``calc ms``: one full ASE calculator call (host graph build + jitted model + transfer);
-* ``jit ms``: the jitted energy/forces/stress function alone on a prepared graph;
-* ``GFLOP`` / ``GFLOP/s``: XLA's cost analysis of that function / jit time;
-* ``matgl ms`` and ``speed-up``: matgl's PESCalculator (M3GNet-MP-2021.2.8-PES from
-  ../shared/pretrained) on the same cells in the same process, when matgl is importable.
-
-Run with nothing else busy on the machine; medians over ``--repeats`` calls after warm-up.
+* ``host ms``: graph construction on the host (vesin neighbours, triplets, padding) per call;
+* ``E ms`` / ``EFS ms``: the jitted energy-only / energy+forces+stress function on a prepared graph,
+  ``EFS/E`` their ratio;
+* ``calc ms``: one full ``JaxmatCalculator`` call (host graph + jitted model + transfer), the number
+  compared with matgl; ``atom-steps/s`` = atoms / calc time;
+* ``GFLOP`` / ``GB``: XLA's cost analysis (FLOPs, bytes accessed) of E and EFS;
+* ``temp MB``: XLA's per-call scratch buffer of EFS; ``faults``: minor page faults per EFS call
+  (see ``jaxmat.retain_host_memory``: ``--host-memory retain``, the default, is what ``jaxmat md``
+  runs with; ``default`` leaves glibc's allocator as it is);
+* ``matgl ms`` / ``speed-up``: matgl's ``PESCalculator`` (M3GNet-MP-2021.2.8-PES from
+  ../shared/pretrained) run by ``--matgl-python`` (a Python with matgl and torch) in a separate
+  process (before jaxmat's measurements), once with glibc's defaults and once with the same
+  allocator settings as jaxmat; the faster of the two is the peer's time. Speed-up = matgl ms /
+  jaxmat calc ms.
 """
 
 from __future__ import annotations
 
 import argparse
+import json
+import os
+import resource
 import statistics
+import subprocess
+import tempfile
 import time
 from pathlib import Path
-
-import ase.io
-import jax
-import numpy as np
-from ase.build import bulk
-from ase.calculators.calculator import all_changes
-
-from jaxmat.calculators import JaxmatCalculator
-from jaxmat.graph import atoms_to_graph, cast_floats, pad_graph
 
 ROOT = Path(__file__).resolve().parents[1]
 REFERENCE = ROOT / "tests" / "fixtures" / "m3gnet_mp2021_dev.extxyz"
 MATGL_MODEL = ROOT.parent / "shared" / "pretrained" / "matgl" / "M3GNet-MP-2021.2.8-PES"
+RETAIN_ENV = {"MALLOC_ARENA_MAX": "1", "MALLOC_MMAP_MAX_": "0", "MALLOC_TRIM_THRESHOLD_": "-1"}
 
 
 def median_ms(fn, repeats):
+    fn()
     fn()
     times = []
     for _ in range(repeats):
@@ -45,78 +52,134 @@ def median_ms(fn, repeats):
     return 1e3 * statistics.median(times)
 
 
-def matgl_calculator():
-    try:
-        import matgl
-        from matgl.ext.ase import PESCalculator
-    except Exception:  # noqa: BLE001 - any import problem means "not available"
-        return None
-    if not MATGL_MODEL.is_dir():
-        return None
-    return PESCalculator(matgl.load_model(MATGL_MODEL), stress_unit="eV/A3")
+def structures(big: int):
+    import ase.io
+    from ase.build import bulk
 
-
-def structures(sizes):
     cells = {a.info["name"]: a for a in ase.io.read(REFERENCE, ":")}
-    out = {k: cells[k] for k in ("Si64_rattled", "Cu108_rattled", "NaCl512_rattled")}
-    for n in sizes:
-        reps = max(1, round((n / 8) ** (1 / 3)))
+    out = {k.replace("_rattled", ""): cells[k] for k in ("Si64_rattled", "Cu108_rattled", "NaCl512_rattled")}
+    if big:
+        reps = max(1, round((big / 8) ** (1 / 3)))
         a = bulk("NaCl", "rocksalt", 5.64, cubic=True).repeat(reps)
         a.rattle(0.05, seed=0)
         out[f"NaCl{len(a)}"] = a
+    for name, a in out.items():
+        a.info["name"] = name
+    return out
+
+
+def cost(compiled):
+    c = compiled.cost_analysis()
+    c = c[0] if isinstance(c, list) else c
+    return c.get("flops", float("nan")) / 1e9, c.get("bytes accessed", float("nan")) / 1e9
+
+
+def bench_jaxmat(atoms, dtype, repeats):
+    import jax
+    import jax.numpy as jnp
+    from ase.calculators.calculator import all_changes
+
+    from jaxmat.calculators import JaxmatCalculator
+    from jaxmat.graph import atoms_to_graph, cast_floats, pad_graph
+
+    repeats = max(3, min(repeats, int(20000 / len(atoms))))
+    calc = JaxmatCalculator(dtype=dtype)
+    a, props = atoms.copy(), ["energy", "forces", "stress"]
+    t = time.perf_counter()
+    calc.calculate(a, props, all_changes)
+    compile_s = time.perf_counter() - t
+    calc_ms = median_ms(lambda: calc.calculate(a, props, all_changes), repeats)
+    model = calc.model
+
+    def host():
+        g = atoms_to_graph(a, model.cutoff, model.three_body_cutoff)
+        return cast_floats(pad_graph(g, calc.sizes), dtype)
+
+    host_ms = median_ms(host, repeats)
+    g0 = atoms_to_graph(a, model.cutoff, model.three_body_cutoff)
+    g = jax.tree_util.tree_map(jnp.asarray, host())
+    row = {"atoms": len(a), "edges": int(g0.graph.n_edge.sum()), "triplets": int(g0.triplets.n_triplet.sum()),
+           "compile_s": compile_s, "calc_ms": calc_ms, "host_ms": host_ms}
+    with jax.enable_x64(dtype == "float64"):
+        params = jax.tree_util.tree_map(lambda p: jnp.asarray(p, dtype), calc._params)
+        energy = jax.jit(lambda p, gg: jnp.sum(model.apply(p, gg))).lower(params, g).compile()
+        efs = calc._fn.lower(calc._params, g, True, None).compile()
+        row["e_ms"] = median_ms(lambda: jax.block_until_ready(energy(params, g)), repeats)
+        row["efs_ms"] = median_ms(lambda: jax.block_until_ready(efs(calc._params, g)), repeats)
+        row["e_gflop"], row["e_gb"] = cost(energy)
+        row["efs_gflop"], row["efs_gb"] = cost(efs)
+        row["temp_mb"] = efs.memory_analysis().temp_size_in_bytes / 1e6
+        f0 = resource.getrusage(resource.RUSAGE_SELF).ru_minflt
+        for _ in range(3):
+            jax.block_until_ready(efs(calc._params, g))
+        row["faults"] = (resource.getrusage(resource.RUSAGE_SELF).ru_minflt - f0) / 3
+    return row
+
+
+def bench_matgl(python, cells, repeats):
+    """{"default": {...}, "retain": {...}} from _matgl_peer.py, or a reason string."""
+    if not python:
+        return "no --matgl-python given"
+    if not MATGL_MODEL.is_dir():
+        return f"{MATGL_MODEL} missing"
+    import ase.io
+
+    out = {}
+    with tempfile.TemporaryDirectory() as tmp:
+        path = Path(tmp) / "cells.extxyz"
+        ase.io.write(path, list(cells.values()))
+        for mode, extra in (("default", {}), ("retain", RETAIN_ENV)):
+            env = {k: v for k, v in os.environ.items() if not k.startswith("MALLOC_")} | extra
+            res = subprocess.run([python, str(ROOT / "experiments" / "_matgl_peer.py"), str(path), str(MATGL_MODEL),
+                                  str(max(3, repeats // 2))], capture_output=True, text=True, env=env)
+            if res.returncode != 0:
+                return f"matgl failed: {res.stderr.strip().splitlines()[-1] if res.stderr.strip() else res.returncode}"
+            out[mode] = json.loads(res.stdout.strip().splitlines()[-1])
     return out
 
 
 def main(argv=None):
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--dtype", default="float32", choices=("float32", "float64"))
-    p.add_argument("--repeats", type=int, default=20)
-    p.add_argument("--sizes", type=int, nargs="*", default=[], help="extra NaCl cells (atom counts)")
-    p.add_argument("--no-matgl", action="store_true")
+    p.add_argument("--repeats", type=int, default=15)
+    p.add_argument("--big", type=int, default=4096, help="atoms of the large NaCl cell (0: none)")
+    p.add_argument("--host-memory", default="retain", choices=("retain", "default"))
+    p.add_argument("--matgl-python", default=os.environ.get("MATGL_PYTHON"),
+                   help="a Python with matgl + torch (or $MATGL_PYTHON); matgl is skipped without it")
     args = p.parse_args(argv)
+    if args.host_memory == "retain":  # before the first JAX computation, as the jaxmat command does
+        from jaxmat import retain_host_memory
 
-    peer = None if args.no_matgl else matgl_calculator()
+        retain_host_memory()
+    import jax
+
+    cells = structures(args.big)
+    # matgl first, in its own processes: this one keeps its heap (retain_host_memory), and both at once
+    # would not fit 24 GiB at 4,096 atoms
+    peer = bench_matgl(args.matgl_python, cells, args.repeats)
+    rows = {name: bench_jaxmat(atoms, args.dtype, args.repeats) for name, atoms in cells.items()}
     print(f"device: {jax.devices()[0].device_kind} ({jax.default_backend()}), dtype {args.dtype}, "
-          f"matgl: {'yes' if peer else 'not importable'}")
-    head = f"{'cell':16s} {'atoms':>6s} {'edges':>7s} {'triplets':>8s} {'compile s':>9s} {'calc ms':>8s} " \
-           f"{'jit ms':>8s} {'GFLOP':>6s} {'GFLOP/s':>7s} {'atom-steps/s':>12s} {'matgl ms':>8s} {'speed-up':>8s}"
+          f"host memory: {args.host_memory}, jax {jax.__version__}")
+    if isinstance(peer, str):
+        print(f"matgl: {peer}")
+    else:
+        v = peer["default"]["versions"]
+        print(f"matgl {v['matgl']} (torch {v['torch']}, {v['threads']} threads); its time is the faster of "
+              "glibc's default allocator and the retained one")
+    head = ("| cell | atoms | edges | triplets | host ms | E ms | EFS ms | EFS/E | calc ms | atom-steps/s | "
+            "GFLOP E / EFS | GB E / EFS | temp MB | faults | matgl ms | speed-up |")
     print(head)
-    print("-" * len(head))
-    rows = {}
-    for name, atoms in structures(args.sizes).items():  # jaxmat first: torch's idle threads spin
-        rows[name] = bench_jaxmat(atoms, args.dtype, args.repeats)
-    for name, atoms in structures(args.sizes).items():
-        row = rows[name]
-        peer_ms = ratio = float("nan")
-        if peer is not None:
-            b = atoms.copy()
-            peer_ms = median_ms(lambda: peer.calculate(b, ["energy", "forces", "stress"], all_changes),
-                                max(3, args.repeats // 4))
-            ratio = peer_ms / row["calc_ms"]
-        print(f"{name:16s} {len(atoms):6d} {row['edges']:7d} {row['triplets']:8d} {row['compile_s']:9.2f} "
-              f"{row['calc_ms']:8.2f} {row['jit_ms']:8.2f} {row['gflop']:6.2f} "
-              f"{row['gflop'] / row['jit_ms'] * 1e3:7.1f} {len(atoms) / row['calc_ms'] * 1e3:12.0f} "
-              f"{peer_ms:8.2f} {ratio:8.2f}", flush=True)
-
-
-def bench_jaxmat(atoms, dtype, repeats):
-    calc = JaxmatCalculator(dtype=dtype)
-    a = atoms.copy()
-    t = time.perf_counter()
-    calc.calculate(a, ["energy", "forces", "stress"], all_changes)
-    compile_s = time.perf_counter() - t
-    calc_ms = median_ms(lambda: calc.calculate(a, ["energy", "forces", "stress"], all_changes), repeats)
-    model = calc.model
-    g = atoms_to_graph(a, model.cutoff, model.three_body_cutoff)
-    edges, triplets = int(g.graph.n_edge.sum()), int(g.triplets.n_triplet.sum())
-    g = jax.tree_util.tree_map(jax.numpy.asarray, cast_floats(pad_graph(g, calc.sizes), dtype))
-    with jax.enable_x64(dtype == "float64"):
-        fn = calc._fn.lower(calc._params, g, True).compile()
-        cost = fn.cost_analysis()
-        cost = cost[0] if isinstance(cost, list) else cost
-        jit_ms = median_ms(lambda: jax.block_until_ready(fn(calc._params, g)), repeats)
-    return {"compile_s": compile_s, "calc_ms": calc_ms, "jit_ms": jit_ms, "edges": edges,
-            "triplets": triplets, "gflop": cost.get("flops", float("nan")) / 1e9}
+    print("|" + "---|" * (head.count("|") - 1))
+    for name, r in rows.items():
+        peer_ms = min(peer[m]["ms"][name] for m in peer) if not isinstance(peer, str) else float("nan")
+        print(f"| {name} | {r['atoms']} | {r['edges']} | {r['triplets']} | {r['host_ms']:.1f} | {r['e_ms']:.1f} | "
+              f"{r['efs_ms']:.1f} | {r['efs_ms'] / r['e_ms']:.2f} | {r['calc_ms']:.1f} | "
+              f"{r['atoms'] / r['calc_ms'] * 1e3:.0f} | {r['e_gflop']:.2f} / {r['efs_gflop']:.2f} | "
+              f"{r['e_gb']:.2f} / {r['efs_gb']:.2f} | {r['temp_mb']:.0f} | {r['faults']:.0f} | {peer_ms:.1f} | "
+              f"{peer_ms / r['calc_ms']:.2f} |", flush=True)
+    if not isinstance(peer, str):
+        print("matgl ms by allocator: " + ", ".join(
+            f"{n}: {peer['default']['ms'][n]:.1f} default / {peer['retain']['ms'][n]:.1f} retained" for n in rows))
 
 
 if __name__ == "__main__":

@@ -1,33 +1,36 @@
 """Training throughput on mlearn Si: structures/s and atoms/s per optimizer step (E+F+S loss).
 
-    python experiments/bench_train.py [--epochs 1] [--graphs-per-batch 4]
+    python experiments/bench_train.py [--epochs 1] [--graphs-per-batch 4] [--host-memory retain]
+                                      [--matgl-python /path/to/venv/bin/python]
 
 jaxmat: the same jitted step as ``jaxmat train`` (masked Huber loss through forces and stress,
-AdamW, clipping). matgl (when importable, same process, after jaxmat): its
-``PotentialLightningModule.step`` (energy/force/stress loss) + torch Adam, on the same file and
-batch size, M3GNet of the same size. Times exclude the first (compiling) step. Needs
-../shared/data/mlearn.
+AdamW, clipping), with ``jaxmat.retain_host_memory()`` as ``jaxmat train`` runs (``--host-memory
+default`` leaves glibc's allocator alone). matgl (with ``--matgl-python``, a Python with matgl and
+torch, in its own process after jaxmat): its ``PotentialLightningModule.step`` (energy/force/stress
+loss) + torch Adam, on the same file and batch size, M3GNet of the same size. Times exclude the
+first (compiling) step. Needs ../shared/data/mlearn.
 """
 
 from __future__ import annotations
 
 import argparse
+import json
+import subprocess
 import time
 from pathlib import Path
-
-import jax
-import numpy as np
-import optax
-
-from jaxmat.data import batch_budget, build_graphs, epoch_batches, read_frames
-from jaxmat.models import Model
-from jaxmat.train import default_hyperparameters, loss_and_metrics
-from jaxmat.train._config import LossConfig
 
 DATA = Path(__file__).resolve().parents[2] / "shared" / "data" / "mlearn" / "Si_train.extxyz"
 
 
 def bench_jaxmat(frames, gpb, epochs):
+    import jax
+    import optax
+
+    from jaxmat.data import batch_budget, build_graphs, epoch_batches
+    from jaxmat.models import Model
+    from jaxmat.train import default_hyperparameters, loss_and_metrics
+    from jaxmat.train._config import LossConfig
+
     hyper = {**default_hyperparameters("M3GNet"), "element_types": ["Si"]}
     model = Model("M3GNet", hyper, None)
     graphs = build_graphs(frames, model)
@@ -99,18 +102,31 @@ def bench_matgl(gpb, epochs):
 
 
 def main(argv=None):
-    p = argparse.ArgumentParser(description=__doc__)
+    p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--epochs", type=int, default=1)
     p.add_argument("--graphs-per-batch", type=int, default=4)
-    p.add_argument("--no-matgl", action="store_true")
+    p.add_argument("--host-memory", default="retain", choices=("retain", "default"))
+    p.add_argument("--matgl-python", default=None, help="a Python with matgl + torch (matgl skipped without it)")
+    p.add_argument("--matgl-only", action="store_true", help=argparse.SUPPRESS)  # the matgl subprocess
     args = p.parse_args(argv)
+    if args.matgl_only:
+        print(json.dumps(bench_matgl(args.graphs_per_batch, args.epochs)))
+        return
+    if args.host_memory == "retain":  # before the first JAX computation, as jaxmat train does
+        from jaxmat import retain_host_memory
+
+        retain_host_memory()
+    from jaxmat.data import read_frames
+
     frames = read_frames(DATA)
     compile_s, sps, aps = bench_jaxmat(frames, args.graphs_per_batch, args.epochs)
     print(f"{'trainer':10s} {'structures/s':>13s} {'atoms/s':>9s}  notes")
     print(f"{'jaxmat':10s} {sps:13.2f} {aps:9.0f}  first step (compile) {compile_s:.1f} s; "
-          f"{len(frames)} structures, {args.graphs_per_batch}/batch, float32")
-    if not args.no_matgl:
-        res = bench_matgl(args.graphs_per_batch, args.epochs)
+          f"{len(frames)} structures, {args.graphs_per_batch}/batch, float32, host memory {args.host_memory}")
+    if args.matgl_python:
+        out = subprocess.run([args.matgl_python, __file__, "--matgl-only", "--epochs", str(args.epochs),
+                              "--graphs-per-batch", str(args.graphs_per_batch)], capture_output=True, text=True)
+        res = json.loads(out.stdout.strip().splitlines()[-1]) if out.returncode == 0 else f"failed: {out.stderr[-300:]}"
         if isinstance(res, str):
             print(f"{'matgl':10s} {'-':>13s} {'-':>9s}  {res}")
         else:

@@ -341,6 +341,9 @@ def main(argv=None) -> int:
     from jaxmat.errors import SimulationError, TrainingError
 
     args = build_parser().parse_args(argv)
+    from jaxmat._host_memory import retain_host_memory_from_env
+
+    retain_host_memory_from_env()  # before the first JAX computation; see jaxmat._host_memory
     try:
         return args.func(args)
     except (ValueError, OSError, SimulationError, TrainingError) as err:

@@ -11,7 +11,6 @@ from typing import Sequence
 
 import flax.linen as nn
 import jax
-import jax.numpy as jnp
 
 default_kernel_init = nn.initializers.lecun_normal()
 
@@ -44,15 +43,17 @@ class GatedMLP(nn.Module):
         n0 = self.features[0]
         wl, bl = self._dense("layers_0", sum(widths), n0)
         wg, bg = self._dense("gates_0", sum(widths), n0)
-        w = jnp.concatenate([wl, wg], axis=1)  # both branches in one matmul
-        h, start = 0.0, 0
+        # the two branches as separate matmuls: a concatenated (F, 2*n0) kernel costs a pad + add of
+        # the (M, 2*n0) cotangent in the backward pass (measured: 7 % of Cu108 forces and stress)
+        hl, hg, start = 0.0, 0.0, 0
         for (a, index), width in zip(parts, widths):
-            proj = a @ w[start : start + width].astype(a.dtype)
-            h = h + (proj if index is None else proj[index])
+            pl = a @ wl[start : start + width].astype(a.dtype)
+            pg = a @ wg[start : start + width].astype(a.dtype)
+            hl = hl + (pl if index is None else pl[index])
+            hg = hg + (pg if index is None else pg[index])
             start += width
         if self.use_bias:
-            h = h + jnp.concatenate([bl, bg]).astype(h.dtype)
-        hl, hg = h[:, :n0], h[:, n0:]
+            hl, hg = hl + bl.astype(hl.dtype), hg + bg.astype(hg.dtype)
         n_layers = len(self.features)
         for k in range(1, n_layers + 1):
             last = k == n_layers
