@@ -52,6 +52,8 @@ class JaxmatCalculator(Calculator):
         approach, neighbour and triplet caps); a failing structure raises ``StructureError``.
       ensemble_mode: for an ensemble: "auto" (``Ensemble.choose_mode``), "vmap" (all members in
         one call) or "sequential" (one member after another, the memory of one).
+      ensemble_devices: for an ensemble: split its members over this many devices
+        (``Ensemble.shard_members``; members run side by side, mode "vmap"); 1: one device.
 
     ``n_compilations`` counts how often the energy/force/stress function was traced and compiled.
     The total energy is the float64 sum of the per-atom energies (exact to the last digit of the
@@ -72,6 +74,7 @@ class JaxmatCalculator(Calculator):
         sizing_margin: float = 0.15,
         checks: StructureChecks = DEFAULT_CHECKS,
         ensemble_mode: str = "auto",
+        ensemble_devices: int = 1,
         **kwargs,
     ):
         super().__init__(**kwargs)
@@ -80,7 +83,8 @@ class JaxmatCalculator(Calculator):
                                         ("growth", growth, "float", at_least(1, strict=True)),
                                         ("skin", skin, "float", non_negative()),
                                         ("sizing_margin", sizing_margin, "float", non_negative()),
-                                        ("ensemble_mode", ensemble_mode, "str", one_of("auto", "vmap", "sequential"))):
+                                        ("ensemble_mode", ensemble_mode, "str", one_of("auto", "vmap", "sequential")),
+                                        ("ensemble_devices", ensemble_devices, "int", at_least(1))):
             check_value("JaxmatCalculator", name, value, kind, rule)
         if not isinstance(checks, StructureChecks):
             raise TypeError(f"JaxmatCalculator.checks must be a jaxmat.graph.StructureChecks, got {type(checks).__name__}")
@@ -91,6 +95,10 @@ class JaxmatCalculator(Calculator):
                               "model.predict(structures) or jaxmat predict")
         self.dtype = dtype
         self.ensemble_mode = ensemble_mode
+        self.ensemble_devices = ensemble_devices
+        if ensemble_devices > 1 and not isinstance(self.model, Ensemble):
+            raise ConfigError(f"JaxmatCalculator.ensemble_devices = {ensemble_devices}: {self.model.name} is not an "
+                              "ensemble (only an ensemble's members are split over devices)")
         if isinstance(self.model, Ensemble):
             self.implemented_properties = self.implemented_properties + self.ensemble_properties
         self.headroom, self.growth, self.checks, self.sizing_margin = headroom, growth, checks, sizing_margin
@@ -139,7 +147,10 @@ class JaxmatCalculator(Calculator):
         with jax.enable_x64(self.dtype == "float64"):
             if self._params is None:
                 self._params = jax.tree_util.tree_map(lambda p: jax.numpy.asarray(p, self.dtype), self.model.params)
+                if self.ensemble_devices > 1:
+                    self._params = self.model.shard_members(self._params, self.ensemble_devices)
             mode = self.model.choose_mode(self.ensemble_mode, self.sizes.n_edge) if self.is_ensemble else None
+            mode = "vmap" if self.ensemble_devices > 1 else mode
             out = jax.device_get(self._fn(self._params, graph, periodic, mode))
         n = len(atoms)
         if self.is_ensemble:

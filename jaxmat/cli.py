@@ -149,11 +149,19 @@ def _train(args) -> int:
     if not args.config:
         raise ValueError("a config file is required (jaxmat train --describe lists every field)")
     cfg = load_config(args.config)
+    from jaxmat.distributed import initialize_from_env
+
+    multi = initialize_from_env()  # a SLURM job step or JAXMAT_COORDINATOR: jax.distributed, before any computation
+    import jax
+
     workdir = args.workdir or str(Path(args.config).with_suffix(""))
-    print(f"jaxmat train: {args.config} -> {workdir}", flush=True)
-    train_and_evaluate(cfg, workdir, resume=args.resume)
+    if jax.process_index() == 0:
+        where = f" ({jax.process_count()} processes, {jax.device_count()} devices)" if multi else ""
+        print(f"jaxmat train: {args.config} -> {workdir}{where}", flush=True)
+    log = print if jax.process_index() == 0 else (lambda *a, **k: None)
+    train_and_evaluate(cfg, workdir, resume=args.resume, log=log)
     best = Path(workdir) / "best_model"
-    if best.is_dir():  # (otherwise the run has said why there is none)
+    if best.is_dir() and jax.process_index() == 0:  # (otherwise the run has said why there is none)
         print(f"best model: {best} (use it with JaxmatCalculator(model=...))")
     return 0
 

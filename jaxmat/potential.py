@@ -66,7 +66,9 @@ def energy_forces_stress(apply_fn: Callable, params, g: AtomicGraph, compute_str
     dtype = G.nodes["positions"].dtype
     params = jax.tree_util.tree_map(lambda p: jnp.asarray(p, dtype), params)
     n_graph = G.n_node.shape[0]
-    strain0 = jnp.zeros((n_graph, 3, 3), dtype)
+    # zero strain (G, 3, 3) made from the cells, not jnp.zeros: inside jax.shard_map (data-parallel
+    # training) a constant is the same on every device, and its gradient would be summed over them
+    strain0 = G.globals["cell"].astype(dtype) * 0
 
     def total(positions, strain):
         gg = g._replace(graph=G._replace(nodes={**G.nodes, "positions": positions}))

@@ -101,6 +101,22 @@ class Ensemble(Model):
             return mode
         return "sequential" if jax.default_backend() == "cpu" else "vmap"
 
+    def shard_members(self, params=None, devices: int | None = None):
+        """``params`` with the member axis of every stacked group split over the first ``devices``
+        devices (default all; ``size`` must be a multiple) and the shared groups replicated: evaluated
+        with mode "vmap", each device computes its own members (``jax.sharding``, no other change)."""
+        from jax.sharding import Mesh, NamedSharding, PartitionSpec
+
+        params = self.params if params is None else params
+        n = jax.device_count() if devices is None else int(devices)
+        if n < 1 or n > jax.device_count() or self.size % n:
+            raise ConfigError(f"ensemble of {self.size} members on {n} devices: expected a divisor of the size "
+                              f"between 1 and the {jax.device_count()} available devices")
+        mesh = Mesh(np.array(jax.devices()[:n]), ("members",))
+        split, rep = NamedSharding(mesh, PartitionSpec("members")), NamedSharding(mesh, PartitionSpec())
+        return {g: jax.tree_util.tree_map(lambda x: jax.device_put(x, split if g in self.stacked else rep), v)
+                for g, v in params.items()}
+
     def member_results(self, params, graph, compute_stress: bool = True, mode: str = "vmap") -> dict:
         """``jaxmat.potential.energy_forces_stress`` of every member: each entry with a leading
         member axis (K, ...). Forces and stress are derived once per member, in the one place."""

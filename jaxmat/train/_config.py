@@ -124,11 +124,12 @@ class RunConfig(_Section):
     max_steps: int | None = None  #: stop after this many optimizer steps (tests, smoke runs)
     max_wall_minutes: float | None = None  #: stop (checkpointed, resumable) after this wall time
     progress: bool = True  #: tqdm progress bar with the live loss
+    devices: int | None = None  #: devices the run trains on (None: all, of every process): batches split over them (one model) or members (a deep ensemble); the results do not depend on it
 
     SECTION: ClassVar[str] = "run"
     RULES: ClassVar[dict] = {"seed": non_negative(), "init_seed": non_negative(), "dtype": one_of("float32", "float64"),
                              "checkpoint_every_steps": at_least(1), "max_steps": at_least(1),
-                             "max_wall_minutes": positive()}
+                             "max_wall_minutes": positive(), "devices": at_least(1)}
 
 
 @dataclasses.dataclass

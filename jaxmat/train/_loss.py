@@ -43,18 +43,28 @@ def loss_and_metrics(params, batch, apply_fn, cfg, kind: str = "atoms"):
     return potential_terms(energy_forces_stress(apply_fn, params, batch.graph, compute_stress=want_stress), lab, cfg)
 
 
-def potential_terms(out: dict, lab, cfg):
+def label_counts(lab):
+    """(energies, force components, stress components) labelled in a batch: the loss's denominators."""
+    return jnp.sum(lab.energy_mask), 3 * jnp.sum(lab.forces_mask), 9 * jnp.sum(lab.stress_mask)
+
+
+def potential_terms(out: dict, lab, cfg, totals=None):
     """The potential's (loss, metrics) of ``loss_and_metrics`` from its predictions ``out``
-    (``energy`` (G,), ``forces`` (N, 3) and, when ``cfg.stress_weight`` > 0, ``stress``)."""
+    (``energy`` (G,), ``forces`` (N, 3) and, when ``cfg.stress_weight`` > 0, ``stress``).
+
+    ``totals``: the denominators (``label_counts``) of the whole global batch when ``lab`` is one
+    device's share of it (data parallelism: the shares' losses then add up to the global loss);
+    the metrics' counts stay this batch's own."""
     want_stress = cfg.stress_weight > 0
     e_err = (out["energy"] - lab.energy) / lab.n_atoms
     f_err = out["forces"] - lab.forces
     em, fm, sm = lab.energy_mask, lab.forces_mask[:, None], lab.stress_mask[:, None, None]
-    n_e, n_f, n_s = jnp.sum(em), 3 * jnp.sum(lab.forces_mask), 9 * jnp.sum(lab.stress_mask)
+    n_e, n_f, n_s = label_counts(lab)
+    t_e, t_f, t_s = (n_e, n_f, n_s) if totals is None else totals
     per = lambda x: _per_component(x, cfg.kind, cfg.huber_delta)  # noqa: E731
     w, wa, ws = lab.weight, lab.atom_weight[:, None], lab.weight[:, None, None]
-    e_loss = jnp.sum(per(e_err) * em * w) / jnp.maximum(n_e, 1)
-    f_loss = jnp.sum(per(f_err) * fm * wa) / jnp.maximum(n_f, 1)
+    e_loss = jnp.sum(per(e_err) * em * w) / jnp.maximum(t_e, 1)
+    f_loss = jnp.sum(per(f_err) * fm * wa) / jnp.maximum(t_f, 1)
     loss = cfg.energy_weight * e_loss + cfg.forces_weight * f_loss
     metrics = {
         "n_e": n_e, "e_abs": jnp.sum(jnp.abs(e_err) * em), "e_sq": jnp.sum(e_err**2 * em),
@@ -62,7 +72,7 @@ def potential_terms(out: dict, lab, cfg):
     }
     if want_stress:
         s_err = (out["stress"] - lab.stress) * EV_A3_TO_GPA
-        s_loss = jnp.sum(per(s_err) * sm * ws) / jnp.maximum(n_s, 1)
+        s_loss = jnp.sum(per(s_err) * sm * ws) / jnp.maximum(t_s, 1)
         loss = loss + cfg.stress_weight * s_loss
         metrics.update(n_s=n_s, s_abs=jnp.sum(jnp.abs(s_err) * sm), s_sq=jnp.sum(s_err**2 * sm))
     else:

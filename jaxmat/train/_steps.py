@@ -10,10 +10,13 @@ and the same data order would (its loss weights times its sub-sample mask when
 
 from __future__ import annotations
 
+import functools
+
 import jax
 import jax.numpy as jnp
 import numpy as np
 import optax
+from jax.sharding import NamedSharding, PartitionSpec
 
 from jaxmat._checks import ConfigError
 from jaxmat.data import Batch, Labels
@@ -165,9 +168,13 @@ def member_mode() -> str:
     return "sequential" if jax.default_backend() == "cpu" else "vmap"
 
 
-def build_steps(cfg, model, tx, kind: str):
+def build_steps(cfg, model, tx, kind: str, mesh=None, layout: str = "single"):
     """Jitted ``train_step(params, opt_state, ema, batch, lr_scale)`` and ``eval_step(params, batch)``
-    -> error sums (averaged over the members of an ensemble) for the run's model."""
+    -> error sums (averaged over the members of an ensemble) for the run's model.
+
+    ``layout`` (``jaxmat.train._parallel``): "single" (one device), "data" (train batches stacked
+    over the mesh's devices, parameters replicated) or "members" (a deep ensemble's member axis
+    sharded over the mesh); eval batches are never stacked."""
     lcfg, ecfg = cfg.loss, cfg.ensemble
     if ecfg.kind == "shallow":
         loss_fn = lambda p, b: shallow_loss(p, b, model, lcfg, ecfg)  # noqa: E731
@@ -176,17 +183,28 @@ def build_steps(cfg, model, tx, kind: str):
     loss_fn = lambda p, b: loss_and_metrics(p, b, apply, lcfg, kind)  # noqa: E731
     step = _step(loss_fn, tx, cfg.optim.ema_decay)
     if ecfg.kind == "none":
+        if layout == "data":  # the same step on the stacked global batch; every output replicated
+            from jaxmat.train._parallel import stacked_loss
+
+            rep = NamedSharding(mesh, PartitionSpec())
+            return (jax.jit(_step(stacked_loss(apply, lcfg, kind, mesh), tx, cfg.optim.ema_decay), out_shardings=rep),
+                    jax.jit(lambda p, b: loss_fn(p, b)[1]))
         return jax.jit(step), jax.jit(lambda p, b: loss_fn(p, b)[1])
     per_member = Batch(None, Labels(*([None] * 7), 0, 0))  # the graph is shared, the sample weights are not
 
     def members_step(params, opt_state, ema, batch, lr_scale):
-        if member_mode() == "vmap":
+        if layout == "members" or member_mode() == "vmap":  # sharded members run side by side
             return jax.vmap(step, in_axes=(0, 0, 0, per_member, None))(params, opt_state, ema, batch, lr_scale)
         lab = batch.labels  # one member after another: its params, state, EMA and sample weights
         return jax.lax.map(lambda m: step(*m[:3], batch._replace(labels=lab._replace(weight=m[3], atom_weight=m[4])),
                                           lr_scale), (params, opt_state, ema, lab.weight, lab.atom_weight))
 
-    @jax.jit
+    shardings = {}
+    if layout == "members":  # members stay split over the devices; sums and health replicated
+        ms, rep = NamedSharding(mesh, PartitionSpec("data")), NamedSharding(mesh, PartitionSpec())
+        shardings = {"out_shardings": (ms, ms, ms, rep, rep)}
+
+    @functools.partial(jax.jit, **shardings)
     def train_step(params, opt_state, ema, batch, lr_scale):
         p, o, e, sums, health = members_step(params, opt_state, ema, batch, lr_scale)
         health = {"loss": jnp.sum(health["loss"]), "gradient": jnp.all(health["gradient"]),

@@ -26,6 +26,7 @@ from jaxmat.train._guards import (check_freeze, divergence, healthy, record_conf
 from jaxmat.train._evaluate import error_metrics, predict
 from jaxmat.train._loss import METRIC_KEYS, summarize
 from jaxmat.train._optim import freeze_labels, make_optimizer, with_frozen
+from jaxmat.train import _parallel
 from jaxmat.train._steps import build_steps, ensemble_template, init_seed, initial_members, member_batch, stack, subsample_masks
 from jaxmat.train._plots import learning_curves, parity_plots
 from jaxmat.train._refs import fit_element_refs
@@ -142,7 +143,8 @@ def train_and_evaluate(cfg, workdir, resume: bool = False, log=print) -> dict:
     has_ckpt = (workdir / CHECKPOINT_FILE).is_file()
     if has_ckpt and not resume:
         raise ValueError(f"{workdir} already holds a checkpoint: pass --resume to continue it, or use a new workdir")
-    remove_orphans(workdir, log)
+    if _parallel.is_writer():
+        remove_orphans(workdir, log)
     if resume and not has_ckpt:
         log(f"--resume: {workdir} holds no {CHECKPOINT_FILE}, so there is nothing to continue: starting a new run")
     dtype = cfg.run.dtype
@@ -152,6 +154,7 @@ def train_and_evaluate(cfg, workdir, resume: bool = False, log=print) -> dict:
 
 def _train(cfg, workdir, resume, dtype, log):
     kind = output_kind(cfg)
+    writer = _parallel.is_writer()  # process 0 of a multi-host run writes; the others compute
     if kind == "graph" and cfg.data.energy_key is None:
         raise ConfigError("config: data.energy_key is required for a structure -> property model (MEGNet): it names "
                           "the info key of the per-structure target; the calculator's total energy (eV) is not that "
@@ -167,6 +170,11 @@ def _train(cfg, workdir, resume, dtype, log):
     if cfg.data.test and not resume:  # a test file the model cannot read fails now, not after training
         build_graphs(_read(cfg, cfg.data.test, kind), model, checks)
     budget = batch_budget(g_train + g_valid, cfg.data.graphs_per_batch)
+    n_dev, layout = _parallel.resolve_devices(cfg, log)
+    mesh = _parallel.make_mesh(n_dev) if n_dev > 1 else None
+    if layout == "data":  # one chunk of each global batch per device, padded to one per-device budget
+        dev_budget = _parallel.device_budget(g_train + g_valid, cfg.data.graphs_per_batch, n_dev)
+        log(f"data parallel on {n_dev} devices: {cfg.data.graphs_per_batch} structures per step split over them")
     first = epoch_batches(train_frames[:1], g_train[:1], budget, 0, 0, False, dtype)[0]
     ema_decay = cfg.optim.ema_decay
     steps_per_epoch = len(epoch_groups(g_train, budget, cfg.run.seed, 0))
@@ -194,13 +202,21 @@ def _train(cfg, workdir, resume, dtype, log):
         params = stack(cfg, initial_members(cfg, model, first.graph, prepare))
         ema0 = jax.tree_util.tree_map(jnp.zeros_like, params) if ema_decay > 0 else params
         state.update(params=params, ema=ema0, opt_state=tx_init(params))
-        with open(workdir / "metrics.csv", "w", newline="") as fh:
-            csv.writer(fh).writerow(CSV_FIELDS)
-    record_config(cfg, workdir, log, resume)
-    _truncate_csv(workdir / "metrics.csv", int(state["epoch"]))
+        if writer:
+            with open(workdir / "metrics.csv", "w", newline="") as fh:
+                csv.writer(fh).writerow(CSV_FIELDS)
+    if layout != "single":  # replicated (one model) or members split over the devices
+        place = _parallel.replicated if layout == "data" else _parallel.member_sharded
+        state.update({k: place(mesh, state[k]) for k in ("params", "ema", "opt_state")})
+    if writer:
+        record_config(cfg, workdir, log, resume)
+        _truncate_csv(workdir / "metrics.csv", int(state["epoch"]))
 
+    train_step, eval_step = build_steps(cfg, run_model, tx, kind, mesh, layout)
 
-    train_step, eval_step = build_steps(cfg, run_model, tx, kind)
+    def checkpoint():
+        if writer:
+            save_checkpoint(workdir, state)
     masks = subsample_masks(cfg, len(train_frames))  # deep ensembles: the frames each member trains on
     n_atoms = [len(f.atoms) for f in train_frames]
 
@@ -229,7 +245,10 @@ def _train(cfg, workdir, resume, dtype, log):
     while int(state["epoch"]) < cfg.optim.epochs and not stop and not early_stopped():
         epoch = int(state["epoch"])
         groups = epoch_groups(g_train, budget, cfg.run.seed, epoch)  # as epoch_batches, keeping the frame indices
-        batches = [make_batch(idx, train_frames, g_train, budget, dtype) for idx in groups]
+        if layout == "data":
+            batches = [_parallel.stacked_batch(mesh, idx, train_frames, g_train, dev_budget, dtype) for idx in groups]
+        else:
+            batches = [make_batch(idx, train_frames, g_train, budget, dtype) for idx in groups]
         if deep:
             batches = [member_batch(cfg, b, idx, masks, n_atoms) for b, idx in zip(batches, groups)]
         bar = _progress(cfg, len(batches), epoch)
@@ -240,7 +259,7 @@ def _train(cfg, workdir, resume, dtype, log):
                                                jnp.asarray(state["lr_scale"], dtype))
             sums, health = jax.device_get((sums, health))
             if not healthy(health):
-                save_checkpoint(workdir, state)  # the last good state: resumable, e.g. with a lower learning rate
+                checkpoint()  # the last good state: resumable, e.g. with a lower learning rate
                 raise divergence(health, state, epoch, k, len(batches), groups[k], train_frames, cfg, workdir)
             acc = state["epoch_sums"]
             state.update(params=p, opt_state=o, ema=e, step=int(state["step"]) + 1, batch_in_epoch=k + 1,
@@ -249,7 +268,7 @@ def _train(cfg, workdir, resume, dtype, log):
                 bar.set_postfix(loss=f"{float(sums['loss_sum']):.4g}")
                 bar.update(1)
             if int(state["step"]) % cfg.run.checkpoint_every_steps == 0:
-                save_checkpoint(workdir, state)
+                checkpoint()
             over_time = cfg.run.max_wall_minutes and time.perf_counter() - t_start > 60 * cfg.run.max_wall_minutes
             if (cfg.run.max_steps is not None and int(state["step"]) >= cfg.run.max_steps) or over_time:
                 log(f"stopping at step {int(state['step'])} ({'wall-time budget' if over_time else 'max_steps'}); resume with --resume")
@@ -258,7 +277,7 @@ def _train(cfg, workdir, resume, dtype, log):
         if bar is not None:
             bar.close()
         if stop and int(state["batch_in_epoch"]) < len(batches):
-            save_checkpoint(workdir, state)
+            checkpoint()
             break
         # epoch end: validation with the EMA weights, plateau, early stopping, best model
         val = {}
@@ -269,7 +288,7 @@ def _train(cfg, workdir, resume, dtype, log):
         if valid_batches:
             val_loss, vm = val["loss_sum"] / len(valid_batches), summarize(val)
             if not np.isfinite(val_loss):
-                save_checkpoint(workdir, state)
+                checkpoint()
                 raise TrainingError(
                     f"epoch {epoch + 1}: the validation loss is {val_loss} although every parameter is finite: the model "
                     f"gives a non-finite prediction for a validation structure. This epoch's model was not kept as "
@@ -286,18 +305,26 @@ def _train(cfg, workdir, resume, dtype, log):
                "train_loss": float(state["epoch_sums"]["loss_sum"]) / len(batches), "val_loss": val_loss,
                **{f"train_{k}": v for k, v in tm.items() if k.endswith("mae")}, **{f"val_{k}": v for k, v in vm.items()},
                "wall_s": time.perf_counter() - t_start}
-        with open(workdir / "metrics.csv", "a", newline="") as fh:
-            csv.DictWriter(fh, CSV_FIELDS).writerow({k: row.get(k, "") for k in CSV_FIELDS})
+        if writer:
+            with open(workdir / "metrics.csv", "a", newline="") as fh:
+                csv.DictWriter(fh, CSV_FIELDS).writerow({k: row.get(k, "") for k in CSV_FIELDS})
         shown, which = (vm, f"val {val_loss:.4g}") if valid_batches else (tm, "(no validation) train")
         log(f"epoch {epoch + 1:4d}  train {row['train_loss']:.4g}  {which}  "
             f"E {shown.get('e_mae', float('nan')):.2f} meV/atom  F {shown.get('f_mae', float('nan')):.4f} eV/A"
             f"{'  *' if improved and valid_batches else ''}")
-        if improved:
+        if improved and writer:
             _save_best(workdir, run_model, ema_params(state), {"epoch": epoch + 1, **vm})
         state.update(epoch=epoch + 1, batch_in_epoch=0, epoch_sums=_zero_sums())
-        save_checkpoint(workdir, state)
+        checkpoint()
         if early_stopped():
             log(f"early stopping after {epoch + 1} epochs")
+    if jax.process_count() > 1:  # every process must hold the parameters process 0 wrote
+        from jax.experimental import multihost_utils
+
+        multihost_utils.assert_equal(jax.device_get(state["params"]),
+                                     "the processes ended training with different parameters")
+    if not writer:  # process 0 evaluates the best model and writes the results
+        return {}
     return _finish(cfg, workdir, dtype, train_frames, valid_frames, log)
 
 
