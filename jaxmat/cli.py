@@ -52,6 +52,8 @@ def _md(args) -> int:
         raise ConfigError(f"md.replicas = {args.replicas}: expected at least 1")
     if args.engine == "ase" and args.replicas != 1:
         raise ConfigError(f"md.replicas = {args.replicas}: replicas run on the jax engine (--engine jax)")
+    if args.engine == "ase" and args.devices != 1:
+        raise ConfigError(f"md.devices = {args.devices}: replicas are split over devices on the jax engine (--engine jax)")
     atoms = load_structure(args.structure, args.supercell)
     if args.engine == "jax":
         return _md_jax(args, settings, atoms)
@@ -83,7 +85,7 @@ def _md_jax(args, settings, atoms) -> int:
           f"{settings.steps} steps{', XLA cache ' + cache if cache else ''}", flush=True)
     printer = _first_step_printer()
     engine.md([atoms] * args.replicas, settings, trajectory=args.trajectory, printer=printer,
-              progress=sys.stderr.isatty())
+              progress=sys.stderr.isatty(), devices=args.devices)
     print(f"done in {time.perf_counter() - _T0:.1f} s; {engine.n_compilations} compilation(s), {engine.n_rebuilds} "
           f"neighbour-list rebuild(s); trajectory {args.trajectory}", flush=True)
     return 0
@@ -264,6 +266,8 @@ def build_parser() -> argparse.ArgumentParser:
                     help="ase: ASE integrators, one structure (default); jax: jitted on-device chunks, replicas")
     md.add_argument("--replicas", type=int, default=1, help="jax engine: copies run at once (seeds seed, seed+1, ...)")
     md.add_argument("--skin", type=float, default=0.3, help="jax engine: Verlet skin of the neighbour lists, A")
+    md.add_argument("--devices", type=int, default=1,
+                    help="jax engine: split the replicas over this many devices (at least one replica each)")
     md.add_argument("--pressure", type=float, default=None, help="npt: target pressure, GPa (default 0)")
     md.add_argument("--friction", type=float, default=0.01, help="Langevin friction, 1/fs (default 0.01)")
     md.add_argument("--supercell", type=int, nargs=3, default=None, help="repeat the cell (default: >= 64 atoms for named crystals)")

@@ -96,8 +96,39 @@ def ensemble_prediction(tmp, data):
     return out
 
 
+def md(tmp, data):
+    """Six Langevin replicas (rattled Si8 cells and one NaCl8, own seeds and temperatures) on 4
+    devices and on 1, with a thin skin so that lists go stale and are rebuilt group by group."""
+    from ase.build import bulk
+
+    from jaxmat.md import MDSettings
+    from jaxmat.simulate import Engine
+
+    systems = []
+    for k in range(5):
+        a = bulk("Si", "diamond", 5.43, cubic=True)
+        a.rattle(0.05, seed=k)
+        systems.append(a)
+    systems.append(bulk("NaCl", "rocksalt", 5.64, cubic=True))
+    settings = MDSettings(temperature=600, steps=60, timestep=1.0, log_every=10, seed=3)
+    temps = [300, 600, 900, 600, 300, 600]
+    out = {}
+    runs = {}
+    for n in (1, 4):
+        eng = Engine(dtype="float64", skin=0.15)
+        runs[n] = eng.md(systems, settings, temperatures=temps, trajectory=None, printer=lambda *a: None, devices=n)
+        out[f"rebuilds_{n}"] = int(runs[n]["n_rebuilds"])
+        out[f"compilations_{n}"] = eng.n_compilations
+    out["positions"] = max(float(np.max(np.abs(a.positions - b.positions)))
+                           for a, b in zip(runs[1]["final"], runs[4]["final"]))
+    out["epot"] = float(np.max(np.abs(runs[1]["epot"] - runs[4]["epot"])))
+    out["temperature_spread"] = float(np.ptp(runs[4]["temperature"][-1]))
+    out["steps"] = runs[4]["step"].tolist()
+    return out
+
+
 if __name__ == "__main__":
     case, tmp, data = sys.argv[1], Path(sys.argv[2]), sys.argv[3]
     with jax.enable_x64(True):
         print(json.dumps({"training": training, "deep_training": deep_training,
-                           "ensemble_prediction": ensemble_prediction}[case](tmp, data)))
+                           "ensemble_prediction": ensemble_prediction, "md": md}[case](tmp, data)))

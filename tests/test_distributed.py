@@ -53,6 +53,16 @@ def test_deep_ensemble_members_on_four_devices_train_as_on_one(tmp_path, labelle
     assert r["deep_four_vs_one"] < 1e-9, r
 
 
+def test_sharded_batched_md_equals_one_device(tmp_path):
+    r = run_case("md", tmp_path, "-")
+    assert r["steps"] == [0, 10, 20, 30, 40, 50, 60]
+    assert r["compilations_4"] == 1  # one shard_map'ped chunk for every group and rebuild
+    assert r["rebuilds_4"] > 0 and r["rebuilds_1"] > 0  # lists went stale and were rebuilt on both
+    assert r["temperature_spread"] > 50  # the replicas really differ (300/600/900 K)
+    assert r["positions"] < 1e-8, r  # the same trajectories, replica by replica
+    assert r["epot"] < 1e-8, r
+
+
 def free_port():
     with socket.socket() as s:
         s.bind(("127.0.0.1", 0))

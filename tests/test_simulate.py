@@ -10,6 +10,7 @@ from ase.build import bulk, fcc111, molecule
 from ase.md.verlet import VelocityVerlet
 
 from jaxmat.calculators import JaxmatCalculator
+from jaxmat._checks import ConfigError
 from jaxmat.errors import SimulationError
 from jaxmat.graph import PadSizes, StructureError
 from jaxmat.md import MDSettings, thermalize
@@ -184,3 +185,11 @@ def test_nose_hoover_holds_the_temperature_and_npt_finds_the_volume(tmp_path):
                           trajectory=None, printer=lambda line: None)
         volumes[p] = np.mean([a.get_volume() for a in res["final"]])
     assert volumes[5.0] < volumes[0.0] < cu.get_volume() * 0.97, (volumes, cu.get_volume())
+
+
+def test_a_skin_thinner_than_one_step_is_an_error_not_a_hang():
+    """A list that goes stale in the first step after its rebuild would be rebuilt for ever."""
+    a = bulk("Si", "diamond", 5.43, cubic=True)
+    settings = MDSettings(temperature=3000, steps=20, timestep=5.0, log_every=10)
+    with pytest.raises(ConfigError, match="half the skin"):
+        Engine(skin=0.01).md([a], settings, trajectory=None, printer=lambda *a: None)

@@ -184,7 +184,7 @@ class Engine:
 
     def md(self, structures, settings: MDSettings = MDSettings(), temperatures=None, seeds=None,
            trajectory: str | None = "md.traj", printer=print, thermalize_momenta: bool = True,
-           chunk_steps: int | None = None, progress: bool = False) -> dict:
+           chunk_steps: int | None = None, progress: bool = False, devices: int = 1) -> dict:
         """Run MD of R structures at once (see ``jaxmat.md.MDSettings``; ``ensemble`` may also be
         "nose_hoover" or "npt" here).
 
@@ -197,6 +197,8 @@ class Engine:
             as ``jaxmat md --engine ase``); False keeps the structures' momenta.
           chunk_steps: steps per jitted call (default ``settings.log_every``).
           progress: a tqdm progress bar on stderr, advanced between chunks.
+          devices: split the replicas over this many devices (``jax.shard_map``; at least one
+            replica each); the results are those of one device (``jaxmat.simulate._sharded``).
 
         Returns a dict of arrays per log line: step, time_ps, and per replica (lines, R) epot,
         ekin, temperature, etotal (eV, K); ``n_rebuilds`` (this run's) and ``final`` (the last state of
@@ -227,6 +229,11 @@ class Engine:
         dyn = dynamics_of(s)
         chunk = int(chunk_steps or s.log_every)
         with jax.enable_x64(self.dtype == "float64"):
+            if devices != 1:
+                from jaxmat.simulate._sharded import run_md_sharded
+
+                return run_md_sharded(self, systems, temps, seeds, guards, dyn, s, chunk, trajectory, printer,
+                                      progress, int(devices))
             return self._run_md(systems, temps, seeds, guards, dyn, s, chunk, trajectory, printer, progress)
 
     def _run_md(self, systems, temps, seeds, guards, dyn, s, chunk, trajectory, printer, progress):
@@ -254,7 +261,7 @@ class Engine:
                                        jnp.zeros(self.capacity.n_graph, self.dtype), limits)
             self._observe(state, guards, sizes, 0)
             self._log(state, 0, s, log, writers, systems, sizes, printer, time.perf_counter(), 0)
-            step, t_last, since = 0, time.perf_counter(), 0
+            step, t_last, since, just_rebuilt = 0, time.perf_counter(), 0, False
             while step < s.steps:
                 n = min(chunk - step % chunk, s.steps - step)
                 state, done, status, e0 = self._md(params, lists, state, batch, dyn, jnp.int32(n), jnp.asarray(False),
@@ -263,9 +270,13 @@ class Engine:
                 step, since = step + done, since + done
                 bar.update(done)
                 if status == 1:  # stale lists: rebuild at the last good state and go on
+                    if done == 0 and just_rebuilt:
+                        raise ConfigError(thin_skin(self.skin, s.timestep, step))
                     self.n_rebuilds += 1
                     state, lists, batch = self._rebuild_md(state, systems, sizes, batch, padding, printer)
+                    just_rebuilt = True
                     continue
+                just_rebuilt = False
                 self._observe(state, guards, sizes, step)  # raises SimulationError on a blow-up
                 if step % s.log_every == 0 or step == s.steps:
                     self._log(state, step, s, log, writers, systems, sizes, printer, t_last, since)
@@ -307,7 +318,9 @@ class Engine:
                 raise type(err)(f"replica {r}: {err}") from err
 
     def _log(self, state, step, s, log, writers, systems, sizes, printer, t_last, n_done):
-        pieces = split(state, sizes, MD_NODE)
+        self._log_pieces(split(state, sizes, MD_NODE), step, s, log, writers, systems, sizes, printer, t_last, n_done)
+
+    def _log_pieces(self, pieces, step, s, log, writers, systems, sizes, printer, t_last, n_done):
         masses = [a.get_masses() for a in systems]
         epot = np.array([float(p["energy"]) for p in pieces])
         ekin = np.array([float(np.sum(p["momenta"] ** 2 / (2 * m[:, None]))) for p, m in zip(pieces, masses)])
@@ -405,6 +418,13 @@ class Engine:
             if printer:
                 printer(f"relaxed {sum(r is not None for r in results)}/{len(results)}")
         return results
+
+
+def thin_skin(skin: float, timestep: float, step: int) -> str:
+    """The error of a list that goes stale in the very step after its rebuild (else: a livelock)."""
+    return (f"md at step {step}: the neighbour lists went stale again in the first step after a rebuild: one "
+            f"{timestep} fs step moves an atom more than half the skin ({skin} A). Use a thicker skin "
+            "(Engine(skin=...), jaxmat md --skin) or a shorter timestep")
 
 
 def _fresh_fire(atoms) -> dict:
