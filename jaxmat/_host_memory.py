@@ -12,7 +12,7 @@ that is why forces and stress cost 4-5 forward passes instead of about 2.5.
 to trim the heap, with one arena, so the second call reuses the first call's pages: zero page
 faults per call. The process keeps its peak heap (for example 0.5 GB after a 512-atom
 E+F+S call) until it exits. It changes process-wide allocator settings, so the library never
-calls it on its own: the ``jaxmat`` command line does (``JAXMAT_HOST_MEMORY=default`` turns it off),
+calls it on its own: the ``jaxmat`` command line does (``JAXMAT_HOST_MEMORY=default`` or ``off`` turns it off),
 and a Python user calls it once, before the first JAX computation. Outside glibc (macOS, musl) it
 does nothing. The environment variables ``MALLOC_ARENA_MAX=1 MALLOC_MMAP_MAX_=0
 MALLOC_TRIM_THRESHOLD_=-1`` set before Python starts do the same.
@@ -51,15 +51,13 @@ def retain_host_memory() -> dict:
     mallopt.argtypes, mallopt.restype = (ctypes.c_int, ctypes.c_int), ctypes.c_int
     settings = {"arena_max": (_M_ARENA_MAX, 1), "mmap_max": (_M_MMAP_MAX, 0),
                 "trim_threshold": (_M_TRIM_THRESHOLD, -1)}  # -1: never trim (2**31 - 1 would trim above 2 GB)
-    _applied = {"allocator": "glibc"}
-    for name, (option, value) in settings.items():
-        if mallopt(option, value) == 1:
-            _applied[name] = value
+    done = {name: value for name, (option, value) in settings.items() if mallopt(option, value) == 1}
+    _applied = {"allocator": "glibc", **done} if done else {"allocator": "unsupported"}
     return _applied
 
 
 def retain_host_memory_from_env() -> dict | None:
     """What the command line calls: ``retain_host_memory()`` unless JAXMAT_HOST_MEMORY=default."""
-    if os.environ.get("JAXMAT_HOST_MEMORY", "retain").lower() == "default":
+    if os.environ.get("JAXMAT_HOST_MEMORY", "retain").lower() in ("default", "off", "0", "no", "false"):
         return None
     return retain_host_memory()

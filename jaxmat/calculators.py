@@ -96,9 +96,16 @@ class JaxmatCalculator(Calculator):
         self.dtype = dtype
         self.ensemble_mode = ensemble_mode
         self.ensemble_devices = ensemble_devices
-        if ensemble_devices > 1 and not isinstance(self.model, Ensemble):
-            raise ConfigError(f"JaxmatCalculator.ensemble_devices = {ensemble_devices}: {self.model.name} is not an "
-                              "ensemble (only an ensemble's members are split over devices)")
+        if ensemble_devices > 1:
+            if not isinstance(self.model, Ensemble):
+                raise ConfigError(f"JaxmatCalculator.ensemble_devices = {ensemble_devices}: {self.model.name} is not an "
+                                  "ensemble (only an ensemble's members are split over devices)")
+            if ensemble_mode == "sequential":
+                raise ConfigError("JaxmatCalculator: ensemble_mode 'sequential' runs one member after another; members "
+                                  "split over devices (ensemble_devices > 1) run side by side ('vmap' or 'auto')")
+            if self.model.size % ensemble_devices or ensemble_devices > jax.device_count():
+                raise ConfigError(f"JaxmatCalculator.ensemble_devices = {ensemble_devices}: expected a divisor of the "
+                                  f"ensemble's {self.model.size} members, at most the {jax.device_count()} devices")
         if isinstance(self.model, Ensemble):
             self.implemented_properties = self.implemented_properties + self.ensemble_properties
         self.headroom, self.growth, self.checks, self.sizing_margin = headroom, growth, checks, sizing_margin

@@ -9,8 +9,11 @@ Environments understood:
 
 * explicit: ``JAXMAT_COORDINATOR=host:port``, ``JAXMAT_NUM_PROCESSES``, ``JAXMAT_PROCESS_ID``
   (and optionally ``JAXMAT_LOCAL_DEVICES``: comma-separated local device ids);
-* SLURM: a job step with more than one task (``SLURM_NTASKS`` > 1); ``jax.distributed`` reads the
-  coordinator, process count and rank from SLURM's variables itself.
+* SLURM: a job step (``srun``) with more than one task (``SLURM_STEP_NUM_TASKS`` > 1);
+  ``jax.distributed`` reads the coordinator, process count and rank from SLURM's variables itself
+  and gives each task the one GPU ``SLURM_LOCALID`` names: start one task per GPU.
+
+``JAXMAT_DISTRIBUTED=off`` keeps a single process whatever the environment says.
 
 On the CPU, cross-process collectives use gloo (``jax_cpu_collectives_implementation``). This
 changes JAX's configuration for the process, so the library never calls it on its own: the
@@ -27,11 +30,16 @@ ENV = ("JAXMAT_COORDINATOR", "JAXMAT_NUM_PROCESSES", "JAXMAT_PROCESS_ID")
 
 
 def requested() -> bool:
-    """Whether the environment describes a multi-process job."""
+    """Whether the environment describes a multi-process job: JAXMAT_COORDINATOR, or a SLURM job
+    step (``srun``) of more than one task. JAXMAT_DISTRIBUTED=off says no whatever the rest."""
+    if os.environ.get("JAXMAT_DISTRIBUTED", "").lower() in ("off", "0", "no", "false"):
+        return False
     if os.environ.get("JAXMAT_COORDINATOR"):
         return True
+    if "SLURM_STEP_ID" not in os.environ:  # inside sbatch/salloc but not srun: one process
+        return False
     try:
-        return int(os.environ.get("SLURM_NTASKS", "1")) > 1
+        return int(os.environ.get("SLURM_STEP_NUM_TASKS", "1")) > 1
     except ValueError:
         return False
 

@@ -1,11 +1,12 @@
 #!/usr/bin/env bash
 # Multi-host training with jax.distributed: one `jaxmat train` process per node.
 #
-#   sbatch --nodes 4 --ntasks-per-node 1 --gpus-per-node 4 scripts/train_cluster.sh config.json run/
+#   sbatch --nodes 4 --ntasks-per-node 4 --gpus-per-task 1 scripts/train_cluster.sh config.json run/
 #
-# Under SLURM (srun), jax.distributed reads the coordinator, process count and rank from SLURM's
-# variables; every process uses all GPUs of its node, each batch is split over all devices of all
-# nodes, and process 0 alone writes checkpoints, metrics and models into the (shared) workdir.
+# One task per GPU: under SLURM (srun), jax.distributed reads the coordinator, process count and rank
+# from SLURM's variables and gives each task the GPU its SLURM_LOCALID names. Each batch is split over
+# all GPUs of all nodes, and process 0 alone writes checkpoints, metrics and models into the workdir,
+# which every node must see (a shared filesystem; the run checks that all start from one state).
 # Without SLURM, start one process per host yourself with
 #   JAXMAT_COORDINATOR=<host0>:<port> JAXMAT_NUM_PROCESSES=<N> JAXMAT_PROCESS_ID=<i> jaxmat train ...
 # Resume a stopped run by adding --resume (any number of nodes or devices).

@@ -22,6 +22,7 @@ from jax.sharding import Mesh, NamedSharding, PartitionSpec
 from tqdm.auto import tqdm
 
 from jaxmat._checks import ConfigError
+from jaxmat.errors import SimulationError
 from jaxmat.guard import runaway_temperature
 from jaxmat.simulate._integrators import MDState
 from jaxmat.simulate._layout import join, make_batch, split
@@ -130,8 +131,12 @@ def run_md_sharded(engine, systems, temps, seeds, guards, dyn, s, chunk, traject
                 done, status = (np.asarray(x) for x in jax.device_get((done, status)))
                 reached += done
                 just_rebuilt &= done == 0
-                if np.any(status == 2):
-                    break  # a blow-up: the guard below names the replica and step
+                if np.any(status == 2):  # a blow-up: the guard names the replica and step
+                    _check_and_log(engine, pieces_of(state), guards, flat_sizes, int(np.max(reached)), s, log,
+                                   writers, systems, printer, t_last, 0, write=False)
+                    g = int(np.flatnonzero(status == 2)[0])
+                    raise SimulationError(f"md: the device stopped replicas {groups[g]} at step {int(reached[g])}: "
+                                          "non-finite numbers, a runaway temperature or energy drift")
                 if np.any(status == 1):
                     if np.any((status == 1) & (done == 0) & just_rebuilt):
                         raise ConfigError(thin_skin(engine.skin, s.timestep, int(np.min(reached))))

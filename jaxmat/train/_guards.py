@@ -35,9 +35,10 @@ REPLAY_FIELDS = {"data": ("train", "valid", "valid_fraction", "graphs_per_batch"
                  "ensemble": ("kind", "size", "bootstrap", "heads")}
 
 
-def record_config(cfg, workdir: Path, log, resumed: bool) -> None:
-    """Record the run's config; on resume (after the checkpoint was accepted) refuse a change to
-    ``REPLAY_FIELDS`` (CheckpointError) and name every other change."""
+def record_config(cfg, workdir: Path, log, resumed: bool, write: bool = True) -> None:
+    """Record the run's config (``write``: process 0 of a multi-process run); on resume (after the
+    checkpoint was accepted) refuse a change to ``REPLAY_FIELDS`` (CheckpointError) and name every
+    other change."""
     path = workdir / "config.json"
     new = cfg.to_dict()
     if resumed and path.is_file():
@@ -56,7 +57,8 @@ def record_config(cfg, workdir: Path, log, resumed: bool) -> None:
                 f"precision of the checkpointed run. Resume with its config ({path}) or start a new workdir")
         if changed:
             log("resumed with a changed config: " + text(changed))
-    path.write_text(json.dumps(new, indent=2) + "\n")
+    if write:
+        path.write_text(json.dumps(new, indent=2) + "\n")
 
 
 def saved_state(workdir: Path) -> str:

@@ -18,7 +18,7 @@ def _per_component(err, kind: str, delta: float):
     return err**2 if kind == "mse" else 2.0 * optax.huber_loss(err, delta=delta)
 
 
-def loss_and_metrics(params, batch, apply_fn, cfg, kind: str = "atoms"):
+def loss_and_metrics(params, batch, apply_fn, cfg, kind: str = "atoms", totals=None):
     """Scalar loss and a dict of error sums (for MAE/RMSE over an epoch).
 
     Potentials (``kind="atoms"``): energy per atom [eV/atom], force components [eV/A], stress
@@ -26,7 +26,8 @@ def loss_and_metrics(params, batch, apply_fn, cfg, kind: str = "atoms"):
     and missing labels), every entry multiplied by its structure's loss weight (``labels.weight``,
     ``loss.group_weights``); the error sums are unweighted. Structure -> property models
     (``kind="graph"``): the per-structure target (the "energy" label slot, in its own unit),
-    weighted by ``energy_weight`` and the structure's loss weight.
+    weighted by ``energy_weight`` and the structure's loss weight. ``totals``: the denominators of
+    the whole global batch when ``batch`` is one device's share (``potential_terms``).
     """
     lab = batch.labels
     if kind == "graph":
@@ -34,13 +35,14 @@ def loss_and_metrics(params, batch, apply_fn, cfg, kind: str = "atoms"):
         em = lab.energy_mask
         n_e = jnp.sum(em)
         per_graph = _per_component(err, cfg.kind, cfg.huber_delta) * em * lab.weight
-        loss = cfg.energy_weight * jnp.sum(per_graph) / jnp.maximum(n_e, 1)
+        loss = cfg.energy_weight * jnp.sum(per_graph) / jnp.maximum(n_e if totals is None else totals[0], 1)
         zero = jnp.zeros(())
         return loss, {"n_e": n_e, "e_abs": jnp.sum(jnp.abs(err) * em), "e_sq": jnp.sum(err**2 * em),
                       "n_f": zero, "f_abs": zero, "f_sq": zero, "n_s": zero, "s_abs": zero, "s_sq": zero,
                       "loss_sum": loss}
     want_stress = cfg.stress_weight > 0
-    return potential_terms(energy_forces_stress(apply_fn, params, batch.graph, compute_stress=want_stress), lab, cfg)
+    return potential_terms(energy_forces_stress(apply_fn, params, batch.graph, compute_stress=want_stress), lab, cfg,
+                           totals)
 
 
 def label_counts(lab):

@@ -23,14 +23,13 @@ from __future__ import annotations
 import math
 
 import jax
-import jax.numpy as jnp
 import numpy as np
 from jax.sharding import Mesh, NamedSharding, PartitionSpec
 
 from jaxmat._checks import ConfigError
 from jaxmat.data import Batch, batch_budget, make_batch
 from jaxmat.potential import energy_forces_stress
-from jaxmat.train._loss import _per_component, label_counts, potential_terms
+from jaxmat.train._loss import label_counts, loss_and_metrics, potential_terms
 
 AXIS = "data"
 
@@ -44,6 +43,15 @@ def resolve_devices(cfg, log=print) -> tuple[int, str]:
         raise ConfigError(f"config: run.devices = {n}, but only {available} {jax.default_backend()} device(s) are "
                           "available (all processes)")
     ens = cfg.ensemble
+    if jax.process_count() > 1:  # every process takes part in one data-parallel model
+        if ens.kind != "none":
+            raise ConfigError(f"config: ensemble.kind = {ens.kind!r}: a multi-process run ({jax.process_count()} "
+                              "processes) trains one model; train an ensemble on one host (its members split over "
+                              "that host's devices)")
+        if n != available:
+            raise ConfigError(f"config: run.devices = {n}: with {jax.process_count()} processes every device takes "
+                              f"part (leave run.devices unset or set it to {available})")
+        return n, "data"
     if n == 1:
         return 1, "single"
     if ens.kind == "shallow":
@@ -60,9 +68,6 @@ def resolve_devices(cfg, log=print) -> tuple[int, str]:
         n = max(d for d in range(1, min(n, ens.size) + 1) if ens.size % d == 0)
         log(f"deep ensemble of {ens.size} members on {n} of {available} devices (members split evenly)")
         return n, ("members" if n > 1 else "single")
-    if jax.process_count() > 1 and n != available:
-        raise ConfigError(f"config: run.devices = {n}: with {jax.process_count()} processes every device takes part "
-                          f"(leave run.devices unset or set it to {available})")
     return n, "data"
 
 
@@ -129,14 +134,8 @@ def stacked_loss(apply, lcfg, kind: str, mesh: Mesh):
         b = jax.tree_util.tree_map(lambda x: x[0], batch)  # this device's share (leading axis 1)
         lab = b.labels
         if kind == "graph":
-            n_all = jax.lax.psum(jnp.sum(lab.energy_mask), AXIS)
-            err = apply(params, b.graph) - lab.energy
-            per = _per_component(err, lcfg.kind, lcfg.huber_delta) * lab.energy_mask * lab.weight
-            loss = lcfg.energy_weight * jnp.sum(per) / jnp.maximum(n_all, 1)
-            zero = jnp.zeros(())
-            metrics = {"n_e": jnp.sum(lab.energy_mask), "e_abs": jnp.sum(jnp.abs(err) * lab.energy_mask),
-                       "e_sq": jnp.sum(err**2 * lab.energy_mask), "n_f": zero, "f_abs": zero, "f_sq": zero,
-                       "n_s": zero, "s_abs": zero, "s_sq": zero, "loss_sum": loss}
+            totals = jax.lax.psum(label_counts(lab), AXIS)
+            loss, metrics = loss_and_metrics(params, b, apply, lcfg, "graph", totals)
         else:
             totals = jax.lax.psum(label_counts(lab), AXIS)
             out = energy_forces_stress(apply, params, b.graph, lcfg.stress_weight > 0)

@@ -12,6 +12,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 from ase.data import atomic_numbers
+from jax.experimental import multihost_utils
 
 from jaxmat._checks import ConfigError
 from jaxmat.errors import TrainingError
@@ -208,8 +209,12 @@ def _train(cfg, workdir, resume, dtype, log):
     if layout != "single":  # replicated (one model) or members split over the devices
         place = _parallel.replicated if layout == "data" else _parallel.member_sharded
         state.update({k: place(mesh, state[k]) for k in ("params", "ema", "opt_state")})
+    if jax.process_count() > 1:  # every process must start from the same state (shared workdir, same data)
+        multihost_utils.assert_equal((int(state["step"]), jax.device_get(state["params"])),
+                                     "the processes start from different states: do they share one workdir "
+                                     "(a checkpoint only some of them see) and the same data?")
+    record_config(cfg, workdir, log, resume, write=writer)  # a refused resume stops every process
     if writer:
-        record_config(cfg, workdir, log, resume)
         _truncate_csv(workdir / "metrics.csv", int(state["epoch"]))
 
     train_step, eval_step = build_steps(cfg, run_model, tx, kind, mesh, layout)
@@ -217,6 +222,12 @@ def _train(cfg, workdir, resume, dtype, log):
     def checkpoint():
         if writer:
             save_checkpoint(workdir, state)
+
+    def batch_of(idx):
+        if layout == "data":
+            return _parallel.stacked_batch(mesh, idx, train_frames, g_train, dev_budget, dtype)
+        b = make_batch(idx, train_frames, g_train, budget, dtype)
+        return member_batch(cfg, b, idx, masks, n_atoms) if deep else b
     masks = subsample_masks(cfg, len(train_frames))  # deep ensembles: the frames each member trains on
     n_atoms = [len(f.atoms) for f in train_frames]
 
@@ -245,16 +256,12 @@ def _train(cfg, workdir, resume, dtype, log):
     while int(state["epoch"]) < cfg.optim.epochs and not stop and not early_stopped():
         epoch = int(state["epoch"])
         groups = epoch_groups(g_train, budget, cfg.run.seed, epoch)  # as epoch_batches, keeping the frame indices
-        if layout == "data":
-            batches = [_parallel.stacked_batch(mesh, idx, train_frames, g_train, dev_budget, dtype) for idx in groups]
-        else:
-            batches = [make_batch(idx, train_frames, g_train, budget, dtype) for idx in groups]
-        if deep:
-            batches = [member_batch(cfg, b, idx, masks, n_atoms) for b, idx in zip(batches, groups)]
+        batches = groups  # (their count); each batch is padded and sent to the devices just before its step
         bar = _progress(cfg, len(batches), epoch)
-        for k, batch in enumerate(batches):
+        for k, idx in enumerate(groups):
             if k < int(state["batch_in_epoch"]):
                 continue
+            batch = batch_of(idx)
             p, o, e, sums, health = train_step(state["params"], state["opt_state"], state["ema"], batch,
                                                jnp.asarray(state["lr_scale"], dtype))
             sums, health = jax.device_get((sums, health))
@@ -269,7 +276,9 @@ def _train(cfg, workdir, resume, dtype, log):
                 bar.update(1)
             if int(state["step"]) % cfg.run.checkpoint_every_steps == 0:
                 checkpoint()
-            over_time = cfg.run.max_wall_minutes and time.perf_counter() - t_start > 60 * cfg.run.max_wall_minutes
+            over_time = bool(cfg.run.max_wall_minutes) and time.perf_counter() - t_start > 60 * cfg.run.max_wall_minutes
+            if cfg.run.max_wall_minutes and jax.process_count() > 1:  # process 0's clock decides for all
+                over_time = bool(multihost_utils.broadcast_one_to_all(np.asarray(over_time)))
             if (cfg.run.max_steps is not None and int(state["step"]) >= cfg.run.max_steps) or over_time:
                 log(f"stopping at step {int(state['step'])} ({'wall-time budget' if over_time else 'max_steps'}); resume with --resume")
                 stop = True
@@ -312,20 +321,22 @@ def _train(cfg, workdir, resume, dtype, log):
         log(f"epoch {epoch + 1:4d}  train {row['train_loss']:.4g}  {which}  "
             f"E {shown.get('e_mae', float('nan')):.2f} meV/atom  F {shown.get('f_mae', float('nan')):.4f} eV/A"
             f"{'  *' if improved and valid_batches else ''}")
-        if improved and writer:
-            _save_best(workdir, run_model, ema_params(state), {"epoch": epoch + 1, **vm})
+        if improved:
+            best = jax.device_get(ema_params(state))  # every process computes, process 0 writes
+            if writer:
+                _save_best(workdir, run_model, best, {"epoch": epoch + 1, **vm})
         state.update(epoch=epoch + 1, batch_in_epoch=0, epoch_sums=_zero_sums())
         checkpoint()
         if early_stopped():
             log(f"early stopping after {epoch + 1} epochs")
-    if jax.process_count() > 1:  # every process must hold the parameters process 0 wrote
-        from jax.experimental import multihost_utils
-
-        multihost_utils.assert_equal(jax.device_get(state["params"]),
-                                     "the processes ended training with different parameters")
-    if not writer:  # process 0 evaluates the best model and writes the results
-        return {}
-    return _finish(cfg, workdir, dtype, train_frames, valid_frames, log)
+    if jax.process_count() == 1:
+        return _finish(cfg, workdir, dtype, train_frames, valid_frames, log)
+    # every process must hold the parameters process 0 wrote; then process 0 evaluates and writes the
+    # results while the others wait for it (leaving early would end the job under srun)
+    multihost_utils.assert_equal(jax.device_get(state["params"]), "the processes ended training with different parameters")
+    results = _finish(cfg, workdir, dtype, train_frames, valid_frames, log) if writer else {}
+    multihost_utils.sync_global_devices("jaxmat train: results written")
+    return results
 
 
 def _zero_sums():
