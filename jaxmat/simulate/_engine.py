@@ -285,9 +285,13 @@ class Engine:
             bar.close()
             for w in writers:
                 w.close()
+        return self._md_result(log, rebuilds_before, split(state, sizes, MD_NODE), systems)
+
+    def _md_result(self, log, rebuilds_before, pieces, systems) -> dict:
+        """``md``'s return value: the log's arrays, this run's rebuilds and each replica's last state."""
         out = {k: np.asarray(v) for k, v in log.items()}
         out["n_rebuilds"] = self.n_rebuilds - rebuilds_before
-        out["final"] = [self._atoms_of(p, a) for p, a in zip(split(state, sizes, MD_NODE), systems)]
+        out["final"] = [self._atoms_of(p, a) for p, a in zip(pieces, systems)]
         return out
 
     def _rebuild_md(self, state, systems, sizes, batch, padding, printer):

@@ -155,10 +155,7 @@ def run_md_sharded(engine, systems, temps, seeds, guards, dyn, s, chunk, traject
         bar.close()
         for w in writers:
             w.close()
-    out = {k: np.asarray(v) for k, v in log.items()}
-    out["n_rebuilds"] = engine.n_rebuilds - rebuilds_before
-    out["final"] = [engine._atoms_of(p, a) for p, a in zip(pieces_of(state), systems)]
-    return out
+    return engine._md_result(log, rebuilds_before, pieces_of(state), systems)
 
 
 def _chunk_fn(engine, mesh, dyn):
