@@ -10,7 +10,8 @@ that is why forces and stress cost 4-5 forward passes instead of about 2.5.
 
 ``retain_host_memory()`` tells glibc to serve every block from its heap (never ``mmap``) and not
 to trim the heap, with one arena, so the second call reuses the first call's pages: zero page
-faults per call. The process keeps its peak heap (for example 0.5 GB after a 512-atom
+faults per call in most runs (in some, blocks of ~4 MB are still mapped afresh: up to a fifth of
+the buffer; not understood yet). The process keeps its peak heap (for example 0.5 GB after a 512-atom
 E+F+S call) until it exits. It changes process-wide allocator settings, so the library never
 calls it on its own: the ``jaxmat`` command line does (``JAXMAT_HOST_MEMORY=default`` or ``off`` turns it off),
 and a Python user calls it once, before the first JAX computation. Outside glibc (macOS, musl) it
