@@ -35,10 +35,12 @@ import tempfile
 import time
 from pathlib import Path
 
+from jaxmat._host_memory import ENVIRONMENT
+
 ROOT = Path(__file__).resolve().parents[1]
 REFERENCE = ROOT / "tests" / "fixtures" / "m3gnet_mp2021_dev.extxyz"
 MATGL_MODEL = ROOT.parent / "shared" / "pretrained" / "matgl" / "M3GNet-MP-2021.2.8-PES"
-RETAIN_ENV = {"MALLOC_ARENA_MAX": "1", "MALLOC_MMAP_MAX_": "0", "MALLOC_TRIM_THRESHOLD_": "-1"}
+RETAIN_ENV = ENVIRONMENT  # jaxmat.retain_host_memory()'s settings, for matgl's process
 
 
 def median_ms(fn, repeats):

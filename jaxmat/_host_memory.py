@@ -27,6 +27,8 @@ import os
 import sys
 
 _M_TRIM_THRESHOLD, _M_MMAP_MAX, _M_ARENA_MAX = -1, -4, -8
+#: the same settings as environment variables (read by glibc at start-up), for other processes
+ENVIRONMENT = {"MALLOC_ARENA_MAX": "1", "MALLOC_MMAP_MAX_": "0", "MALLOC_TRIM_THRESHOLD_": "-1"}
 _applied: dict | None = None
 
 

@@ -308,18 +308,7 @@ class Engine:
 
     @staticmethod
     def _observe(state, guards, sizes, step):
-        host = jax.device_get((state.positions, state.momenta, state.energy))
-        pos, mom, energy = (np.asarray(x, np.float64) for x in host)
-        off = np.cumsum([0] + sizes)
-        for r, g in enumerate(guards):
-            sl = slice(off[r], off[r + 1])
-            ekin = float(np.sum(mom[sl] ** 2 / (2 * g.masses[:, None])))
-            try:
-                g.check(step, pos[sl], energy[r], ekin)
-            except Exception as err:
-                if len(guards) == 1:
-                    raise
-                raise type(err)(f"replica {r}: {err}") from err
+        check_replicas(split(state, sizes, MD_NODE), guards, step)
 
     def _log(self, state, step, s, log, writers, systems, sizes, printer, t_last, n_done):
         self._log_pieces(split(state, sizes, MD_NODE), step, s, log, writers, systems, sizes, printer, t_last, n_done)
@@ -422,6 +411,18 @@ class Engine:
             if printer:
                 printer(f"relaxed {sum(r is not None for r in results)}/{len(results)}")
         return results
+
+
+def check_replicas(pieces, guards, step: int) -> None:
+    """Each replica's ``MDGuard`` on its piece (raises SimulationError naming the replica of a batch)."""
+    for r, (g, p) in enumerate(zip(guards, pieces)):
+        ekin = float(np.sum(np.asarray(p["momenta"], np.float64) ** 2 / (2 * g.masses[:, None])))
+        try:
+            g.check(step, np.asarray(p["positions"], np.float64), float(p["energy"]), ekin)
+        except Exception as err:
+            if len(guards) == 1:
+                raise
+            raise type(err)(f"replica {r}: {err}") from err
 
 
 def thin_skin(skin: float, timestep: float, step: int) -> str:

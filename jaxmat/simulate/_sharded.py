@@ -178,11 +178,8 @@ def _chunk_fn(engine, mesh, dyn):
 
 def _check_and_log(engine, pieces, guards, sizes, step, s, log, writers, systems, printer, t_last, n_done, write=True):
     """The one-device driver's checks (``MDGuard``, naming the replica) and log line, from pieces."""
-    for r, (g, p) in enumerate(zip(guards, pieces)):
-        ekin = float(np.sum(np.asarray(p["momenta"], float) ** 2 / (2 * g.masses[:, None])))
-        try:
-            g.check(step, np.asarray(p["positions"], float), float(p["energy"]), ekin)
-        except Exception as err:
-            raise type(err)(f"replica {r}: {err}") from err
+    from jaxmat.simulate._engine import check_replicas
+
+    check_replicas(pieces, guards, step)
     if write:
         engine._log_pieces(pieces, step, s, log, writers, systems, sizes, printer, t_last, n_done)

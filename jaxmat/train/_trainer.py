@@ -256,8 +256,7 @@ def _train(cfg, workdir, resume, dtype, log):
     while int(state["epoch"]) < cfg.optim.epochs and not stop and not early_stopped():
         epoch = int(state["epoch"])
         groups = epoch_groups(g_train, budget, cfg.run.seed, epoch)  # as epoch_batches, keeping the frame indices
-        batches = groups  # (their count); each batch is padded and sent to the devices just before its step
-        bar = _progress(cfg, len(batches), epoch)
+        bar = _progress(cfg, len(groups), epoch)  # each batch is padded and sent to the devices just before its step
         for k, idx in enumerate(groups):
             if k < int(state["batch_in_epoch"]):
                 continue
@@ -267,7 +266,7 @@ def _train(cfg, workdir, resume, dtype, log):
             sums, health = jax.device_get((sums, health))
             if not healthy(health):
                 checkpoint()  # the last good state: resumable, e.g. with a lower learning rate
-                raise divergence(health, state, epoch, k, len(batches), groups[k], train_frames, cfg, workdir)
+                raise divergence(health, state, epoch, k, len(groups), groups[k], train_frames, cfg, workdir)
             acc = state["epoch_sums"]
             state.update(params=p, opt_state=o, ema=e, step=int(state["step"]) + 1, batch_in_epoch=k + 1,
                          epoch_sums={key: float(acc[key]) + float(sums[key]) for key in METRIC_KEYS})
@@ -285,7 +284,7 @@ def _train(cfg, workdir, resume, dtype, log):
                 break
         if bar is not None:
             bar.close()
-        if stop and int(state["batch_in_epoch"]) < len(batches):
+        if stop and int(state["batch_in_epoch"]) < len(groups):
             checkpoint()
             break
         # epoch end: validation with the EMA weights, plateau, early stopping, best model
@@ -311,7 +310,7 @@ def _train(cfg, workdir, resume, dtype, log):
         else:  # no validation: every epoch's model replaces the last
             val_loss, vm, improved = float("nan"), {}, True
         row = {"epoch": epoch + 1, "step": int(state["step"]), "lr_scale": float(state["lr_scale"]),
-               "train_loss": float(state["epoch_sums"]["loss_sum"]) / len(batches), "val_loss": val_loss,
+               "train_loss": float(state["epoch_sums"]["loss_sum"]) / len(groups), "val_loss": val_loss,
                **{f"train_{k}": v for k, v in tm.items() if k.endswith("mae")}, **{f"val_{k}": v for k, v in vm.items()},
                "wall_s": time.perf_counter() - t_start}
         if writer:
