@@ -11,9 +11,18 @@ import pytest
 
 from jaxmat.data import read_frames
 
-from conftest import FIXTURES, SHARED
+from conftest import FIXTURES
 
 ROOT = Path(__file__).resolve().parents[1]
+
+
+def _protocol_files(tmp_path, n_train=None):
+    """X_train/X_test.extxyz: the fixture's eight labelled cells of at most 40 atoms (as mlearn "group"s)."""
+    frames = [a for a in ase.io.read(FIXTURES / "m3gnet_mp2021_dev.extxyz", ":") if len(a) <= 40]
+    for k, a in enumerate(frames):
+        a.info["group"] = ("AIMD-NVT", "Surface")[k % 2]
+    ase.io.write(tmp_path / "X_train.extxyz", frames[:n_train])
+    ase.io.write(tmp_path / "X_test.extxyz", frames[:3])
 
 
 def test_every_ablation_variant_is_a_valid_config():
@@ -21,119 +30,85 @@ def test_every_ablation_variant_is_a_valid_config():
     from jaxmat.train import config_from_dict, default_hyperparameters
 
     sys.path.insert(0, str(ROOT / "experiments" / "ablations"))
-    from run import merge
+    from run import plan
 
     spec = json.loads((ROOT / "experiments" / "ablations" / "ablations.json").read_text())
-    assert {"Si", "Mo"} <= set(spec["datasets"])
-    for name, over in spec["variants"].items():
-        cfg = config_from_dict(merge(merge(spec["base"], over), {"data": {"train": "x.extxyz"}}))
+    runs = plan(spec, ROOT / "experiments" / "ablations", Path("/nonexistent"))
+    assert {"Si", "Mo"} == set(spec["epochs"]) and spec["seeds"] == [0, 1, 2]
+    assert len(runs) == len(spec["variants"]) * 2 * 3 == len({r.key for r in runs})
+    for r in runs:
+        assert "test" not in r.config["data"] and r.test.endswith("_test.extxyz")
+        cfg = config_from_dict(r.config)
         hyper = {**default_hyperparameters(cfg.model.family), "element_types": ["Si"], **cfg.model.hyperparameters}
-        assert expected_param_shapes(cfg.model.family, hyper), name
+        assert expected_param_shapes(cfg.model.family, hyper), r.key
+
+
+def test_mlearn_protocol_driver(tmp_path):
+    """The mlearn driver end to end on a tiny protocol (1 epoch, 2 seeds, 2 lanes): every run is trained
+    on one core, evaluated on its test file once, recorded and tabulated; a second call trains nothing
+    and keeps the record; a workdir made for another config is refused."""
+    _protocol_files(tmp_path)
+    spec = json.loads((ROOT / "experiments" / "mlearn" / "protocol.json").read_text())
+    assert set(spec["setups"]["finetune"]["epochs"]) == {"Ni", "Cu", "Li", "Mo", "Si"}
+    assert {"Si", "Mo"} <= set(spec["setups"]["scratch"]["epochs"]) and spec["seeds"] == [0, 1, 2]
+    spec.update(data="{element}_{split}.extxyz", seeds=[0, 1])
+    spec["base"]["data"]["valid_fraction"] = 0.25
+    spec["setups"] = {"finetune": {"epochs": {"X": 1}, "config": spec["setups"]["finetune"]["config"]}}
+    (tmp_path / "protocol.json").write_text(json.dumps(spec))
+    cmd = [sys.executable, str(ROOT / "experiments" / "mlearn" / "run.py"), "--protocol", str(tmp_path / "protocol.json"),
+           "--root", str(tmp_path)]
+    out = subprocess.run(cmd, capture_output=True, text=True, timeout=600)
+    assert out.returncode == 0, out.stderr[-3000:]
+    record = json.loads((tmp_path / "runs.json").read_text())
+    assert set(record) == {"finetune/X/0", "finetune/X/1", "zeroshot/X/-"}
+    for seed in (0, 1):
+        r = record[f"finetune/X/{seed}"]
+        assert r["ended"] == "epochs" and r["epochs"] == r["best_epoch"] == 1 and r["params"] > 100_000
+        assert set(r["test"]["by_group"]) == {"AIMD-NVT", "Surface"} and r["test"]["f_mae"] > 0
+        # the test metrics are those of the kept model on the test file (the frames it was evaluated on)
+        from jaxmat.models import load_model
+        from jaxmat.train import error_metrics, predict
+
+        model = load_model(tmp_path / "runs" / f"finetune_X_{seed}" / "best_model")
+        again = error_metrics(predict(model, model.params, read_frames(tmp_path / "X_test.extxyz")))
+        assert again["f_mae"] == pytest.approx(r["test"]["f_mae"], rel=1e-5)
+        trained = json.loads((tmp_path / "runs" / f"finetune_X_{seed}" / "protocol.json").read_text())["config"]
+        assert "test" not in trained["data"] and trained["run"]["seed"] == seed
+    table = (tmp_path / "results.md").read_text()
+    assert "| X | jaxmat M3GNet fine-tuned |" in table and "| 2 | 1 (1), 1 (1) |" in table
+    assert (tmp_path / "parity" / "finetune_X.png").is_file() and (tmp_path / "curves.png").is_file()
+
+    out = subprocess.run(cmd, capture_output=True, text=True, timeout=600)
+    assert out.returncode == 0 and "2 of 2 runs finished; 0 to go" in out.stdout, out.stderr[-3000:]
+    assert json.loads((tmp_path / "runs.json").read_text()) == record
+
+    sys.path.insert(0, str(ROOT / "experiments"))
+    from _protocol import Run, prepare
+
+    wd = tmp_path / "runs" / "finetune_X_0"
+    with pytest.raises(ValueError, match="the protocol changed"):
+        prepare(Run("finetune/X/0", {"data": {"train": "other.extxyz"}}, str(tmp_path / "X_test.extxyz"), wd))
+    with pytest.raises(ValueError, match="must not name the test file"):
+        prepare(Run("k", {"data": {"train": "a", "test": "b"}}, "b", tmp_path / "new"))
 
 
 @pytest.mark.slow  # minutes on 2 cores: outside the default suite (-m slow)
 def test_ablation_driver_smoke(tmp_path):
+    _protocol_files(tmp_path)
     spec = json.loads((ROOT / "experiments" / "ablations" / "ablations.json").read_text())
     small = copy.deepcopy(spec)
-    # validation on the training file: a split of these 12 varied frames leaves elements (Na, Cl) that no
-    # training frame has, which training from scratch refuses
-    ref = str(FIXTURES / "m3gnet_mp2021_dev.extxyz")
-    small["datasets"] = {"ref": {"train": ref, "valid": ref}}
-    small["variants"] = {k: spec["variants"][k] for k in ("no_three_body", "equivariant")}
-    for v in small["variants"].values():  # tiny widths keep the smoke test fast
-        v.setdefault("model", {}).setdefault("hyperparameters", {}).update(nblocks=1, dim_node=8, dim_edge=8, units=8,
-                                                                          readout_features=[8, 1])
+    small.update(data="{element}_{split}.extxyz", seeds=[0, 1], epochs={"X": 1})
+    small["base"]["data"]["valid_fraction"] = 0.25
+    small["variants"] = {k: spec["variants"][k] for k in ("no three-body", "equivariant", "shallow ensemble (4 heads)")}
+    tiny = {"nblocks": 1, "dim_node": 8, "dim_edge": 8, "units": 8, "readout_features": [8, 1]}
+    small["base"]["model"]["hyperparameters"] = tiny  # tiny widths keep the smoke test fast
     (tmp_path / "spec.json").write_text(json.dumps(small))
-    out = subprocess.run([sys.executable, str(ROOT / "experiments" / "ablations" / "run.py"), str(tmp_path / "spec.json"),
-                          "--epochs", "1"], capture_output=True, text=True, timeout=600)
-    assert out.returncode == 0, out.stderr[-3000:]
-    table = (tmp_path / "results.md").read_text()
-    assert "| ref | no_three_body |" in table and "| ref | equivariant |" in table
-    assert (tmp_path / "ablation.png").stat().st_size > 1000
-
-
-@pytest.mark.slow  # minutes on 2 cores: outside the default suite (-m slow)
-def test_mlearn_ensemble_driver(tmp_path):
-    """Members a (the pretrained default) and b (a with its weights jittered): an ensemble of a with
-    itself reproduces a (zero spread); the mean of a and b is no worse than their average error
-    (triangle inequality); members with different validation splits are refused; an ensemble with a
-    member trained on every frame (d: valid_fraction 0) is scored on test only."""
-    import jax
-    import numpy as np
-
-    from jaxmat.models import load_model
-    from jaxmat.train import error_metrics, predict
-
-    data = str(tmp_path / "small.extxyz")  # the fixture's eight labelled cells of at most 40 atoms
-    frames = [a for a in ase.io.read(FIXTURES / "m3gnet_mp2021_dev.extxyz", ":") if len(a) <= 40]
-    ase.io.write(data, frames)
-    (tmp_path / "configs").mkdir()
-    for name, seed, fraction in (("a", 0, 0.25), ("b", 0, 0.25), ("c", 1, 0.25), ("d", 0, 0.0)):
-        d = {"data": {"train": data, "test": data, "valid_fraction": fraction}, "run": {"seed": seed}}
-        (tmp_path / "configs" / f"{name}.json").write_text(json.dumps(d))
-    a = load_model()
-    a.save(tmp_path / "runs" / "a" / "best_model")
-    rng = np.random.default_rng(0)
-    b = a.with_params(jax.tree_util.tree_map(lambda x: x * (1 + 0.05 * rng.standard_normal(np.shape(x))), a.params))
-    b.save(tmp_path / "runs" / "b" / "best_model")
-    b.save(tmp_path / "runs" / "d" / "best_model")
-    spec = {"note": "smoke", "ensembles": {"aa": ["a", "a"], "ab": ["a", "b"], "ad": ["a", "d"]}}
-    (tmp_path / "ensembles.json").write_text(json.dumps(spec))
-    out = subprocess.run([sys.executable, str(ROOT / "experiments" / "mlearn" / "ensemble.py"), "--root", str(tmp_path)],
+    out = subprocess.run([sys.executable, str(ROOT / "experiments" / "ablations" / "run.py"), str(tmp_path / "spec.json")],
                          capture_output=True, text=True, timeout=600)
     assert out.returncode == 0, out.stderr[-3000:]
-    rows = {r.split("|")[1].strip(): [c.strip() for c in r.split("|")[2:-1]]
-            for r in (tmp_path / "ensembles.md").read_text().splitlines() if r.startswith("| a")}
-    a_test = error_metrics(predict(a, a.params, read_frames(data)))
-    assert float(rows["aa"][3]) == pytest.approx(a_test["f_mae"], abs=1e-4) and float(rows["aa"][5]) == 0.0
-    assert float(rows["aa"][2]) == pytest.approx(a_test["e_mae"], abs=1e-2)
-    members = [float(x) for x in rows["ab"][6].split(",")]
-    assert members[0] == pytest.approx(a_test["f_mae"], abs=1e-4) and float(rows["ab"][5]) > 1e-3
-    assert float(rows["ab"][3]) <= sum(members) / 2 + 1e-4
-    assert rows["ab"][1] != "-" and rows["ad"][1] == "-" and rows["ad"][2:6] == rows["ab"][2:6]
-
-    # --only rescores the named ensembles and keeps the other rows (their members may be gone)
-    md = tmp_path / "ensembles.md"
-    md.write_text(md.read_text().replace("| aa |", "| aa | kept |", 1))
-    for f in (tmp_path / "runs" / "d" / "best_model").iterdir():
-        f.unlink()
-    out = subprocess.run([sys.executable, str(ROOT / "experiments" / "mlearn" / "ensemble.py"), "--root", str(tmp_path),
-                          "--only", "ab"], capture_output=True, text=True, timeout=600)
-    assert out.returncode == 0, out.stderr[-3000:]
-    again = {r.split("|")[1].strip(): r for r in md.read_text().splitlines() if r.startswith("| a")}
-    assert again["aa"].startswith("| aa | kept |")
-    assert [c.strip() for c in again["ab"].split("|")[2:-1]] == rows["ab"]
-    assert [c.strip() for c in again["ad"].split("|")[2:-1]] == rows["ad"]
-
-    sys.path.insert(0, str(ROOT / "experiments" / "mlearn"))
-    from ensemble import ensemble_metrics
-
-    with pytest.raises(ValueError, match="different data splits"):
-        ensemble_metrics(tmp_path, ["a", "c"], "valid")
-    with pytest.raises(ValueError, match="no validation frames"):
-        ensemble_metrics(tmp_path, ["a", "d"], "valid")
+    table = (tmp_path / "results.md").read_text()
+    assert "| X | no three-body |" in table and "| X | equivariant |" in table and "± " in table
+    assert len(json.loads((tmp_path / "runs.json").read_text())) == 6
+    assert (tmp_path / "ablation.png").stat().st_size > 1000 and (tmp_path / "curves.png").is_file()
 
 
-COMMITTED_MODEL = ROOT / "experiments" / "mlearn" / "runs" / "si_l7_s001_full_tb45_nb4_stage2"
-
-
-@pytest.mark.skipif(not (SHARED / "data" / "mlearn" / "Si_test.extxyz").is_file(),
-                    reason="needs ../shared/data/mlearn (absent)")
-@pytest.mark.slow  # minutes on 2 cores: outside the default suite (-m slow)
-def test_a_committed_mlearn_model_reproduces_its_committed_test_numbers():
-    """The committed best model, run through the ASE calculator on the official test split,
-    gives the test MAEs committed beside it (results.json, the trainer's own evaluation)."""
-    import numpy as np
-
-    from jaxmat.calculators import JaxmatCalculator
-
-    committed = json.loads((COMMITTED_MODEL / "results.json").read_text())["test"]
-    calc = JaxmatCalculator(str(COMMITTED_MODEL / "best_model"))
-    e_err, f_err = [], []
-    for atoms in ase.io.read(SHARED / "data" / "mlearn" / "Si_test.extxyz", ":"):
-        ref_e, ref_f = atoms.get_potential_energy() / len(atoms), atoms.get_forces()
-        atoms.calc = calc
-        e_err.append(atoms.get_potential_energy() / len(atoms) - ref_e)
-        f_err.append(atoms.get_forces() - ref_f)
-    assert 1000 * np.abs(e_err).mean() == pytest.approx(committed["e_mae"], abs=0.01)  # meV/atom
-    assert np.abs(np.concatenate(f_err)).mean() == pytest.approx(committed["f_mae"], abs=1e-4)  # eV/A

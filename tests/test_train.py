@@ -2,6 +2,7 @@
 
 import csv
 import json
+from pathlib import Path
 
 import ase.io
 import ase.units
@@ -80,7 +81,7 @@ def test_training_lowers_the_loss_and_model_is_usable(tmp_path, labelled_file):
     # the 20 % threshold was set with stress weight 0.1 (the default until session 13): pinned here so
     # the test checks the training loop, not the default loss weights
     cfg = config_from_dict(_config(labelled_file, optim={"epochs": 8, "learning_rate": 1e-2}, loss={"stress_weight": 0.1}))
-    train_and_evaluate(cfg, tmp_path, log=lambda *_: None)
+    assert train_and_evaluate(cfg, tmp_path, log=lambda *_: None)["ended"] == "epochs"
     rows = [l.split(",") for l in (tmp_path / "metrics.csv").read_text().splitlines()[1:]]
     train_loss = [float(r[3]) for r in rows]
     assert train_loss[-1] < 0.8 * train_loss[0], train_loss
@@ -118,11 +119,12 @@ def test_resuming_an_early_stopped_run_trains_nothing(tmp_path, labelled_file):
     cfg = config_from_dict(_config(labelled_file, optim={"epochs": 10, "learning_rate": 0.0, "ema_decay": 0.0,
                                                          "early_stopping_patience": 1}))
     msgs = []
-    train_and_evaluate(cfg, tmp_path, log=msgs.append)
+    assert train_and_evaluate(cfg, tmp_path, log=msgs.append)["ended"] == "early_stopping"
     assert "early stopping after 2 epochs" in msgs
     csv_before, step = (tmp_path / "metrics.csv").read_text(), int(checkpoint_state(tmp_path)["step"])
     msgs.clear()
-    train_and_evaluate(cfg, tmp_path, resume=True, log=msgs.append)
+    assert json.loads((tmp_path / "results.json").read_text())["ended"] == "early_stopping"
+    assert train_and_evaluate(cfg, tmp_path, resume=True, log=msgs.append)["ended"] == "early_stopping"
     assert any("nothing left to train" in m for m in msgs), msgs
     assert (tmp_path / "metrics.csv").read_text() == csv_before and int(checkpoint_state(tmp_path)["step"]) == step
 
@@ -250,6 +252,20 @@ def test_config_paths_are_relative_to_the_config_file(tmp_path):
         cfg = load_config(cfg_file)
         assert cfg.model.init_from == expected
         assert cfg.data.train == str(tmp_path / "d" / "train.xyz")
+
+
+def test_readme_example_config_is_the_mlearn_fine_tuning_protocol():
+    """examples/finetune_si.json (the README's training example) is valid, points at ../shared beside the
+    project, and trains as the mlearn table's fine-tuning setup does for Si."""
+    root = Path(__file__).resolve().parents[1]
+    cfg = load_config(root / "examples" / "finetune_si.json")
+    assert cfg.data.train == str(SHARED / "data" / "mlearn" / "Si_train.extxyz")
+    protocol = json.loads((root / "experiments" / "mlearn" / "protocol.json").read_text())
+    ft = protocol["setups"]["finetune"]
+    assert cfg.optim.epochs == ft["epochs"]["Si"] and cfg.model.init_from == ft["config"]["model"]["init_from"]
+    for key, value in ft["config"]["optim"].items():
+        assert getattr(cfg.optim, key) == value, key
+    assert cfg.data.valid_fraction == protocol["base"]["data"]["valid_fraction"]
 
 
 @pytest.mark.slow  # minutes on 2 cores: outside the default suite (-m slow)

@@ -1,120 +1,121 @@
-"""Ablations: train every variant of an ablation file on every dataset at the same budget.
+"""M3GNet ablations on mlearn Si and Mo under the mlearn protocol: 3 seeds, mean ± std, test once.
 
-    python experiments/ablations/run.py [ablations.json] [--only VARIANT ...] [--datasets Si ...]
-        [--epochs N] [--max-steps N] [--minutes M] [--out DIR]
+    python experiments/ablations/run.py [ablations.json] [--lanes 2] [--minutes M] [--only "1 block" ...]
 
-The ablation file is data: ``datasets`` (name -> train/test files, relative to the file),
-``base`` (a training config without data files) and ``variants`` (name -> partial config merged
-into ``base``). A new ablation is a new file. Finished runs (``results.json``) are reused, so an
-interrupted sweep continues. Writes ``results.md`` (params, test energy/force MAE, time per step)
-and ``ablation.png`` into ``--out`` (default: beside the ablation file).
+The ablation file is data: ``data`` (file pattern), ``seeds``, ``epochs`` per element, ``base`` (a
+training config) and ``variants`` (name -> partial config merged into ``base``). Runs every (seed,
+element, variant) that runs.json does not hold yet, seed by seed (so a partial sweep compares every
+variant on the first seeds), two at a time, each on one core (experiments/_protocol.py); then writes
+results.md (table) and ablation.png (test MAE, mean ± std over seeds, as error bars) beside the file.
 """
 
 from __future__ import annotations
 
 import argparse
-import copy
-import csv
 import json
+import sys
 from pathlib import Path
 
-import jax
-import numpy as np
-
 HERE = Path(__file__).resolve().parent
+sys.path.insert(0, str(HERE.parent))
+from _protocol import Run, fmt, load_record, merge, run_all  # noqa: E402
 
 
-def merge(base: dict, over: dict) -> dict:
-    out = copy.deepcopy(base)
-    for k, v in over.items():
-        out[k] = merge(out.get(k, {}), v) if isinstance(v, dict) and isinstance(out.get(k), dict) else v
-    return out
+def slug(name: str) -> str:
+    return "".join(c if c.isalnum() else "_" for c in name).strip("_")
 
 
-def run_one(cfg_dict: dict, workdir: Path) -> dict:
-    from jaxmat.models import load_model
-    from jaxmat.train import config_from_dict, train_and_evaluate
-
-    if (workdir / "results.json").is_file() and (workdir / "summary.json").is_file():
-        return json.loads((workdir / "summary.json").read_text())
-    cfg = config_from_dict(cfg_dict)
-    resume = (workdir / "checkpoint.msgpack").is_file()
-    results = train_and_evaluate(cfg, workdir, resume=resume, log=lambda *_: None)
-    rows = list(csv.DictReader(open(workdir / "metrics.csv")))
-    model = load_model(workdir / "best_model")
-    test = results.get("test", results.get("valid", {}))
-    summary = {
-        "params": int(sum(np.size(x) for x in jax.tree_util.tree_leaves(model.params))),
-        "e_mae": test.get("e_mae"), "f_mae": test.get("f_mae"),
-        "epochs": int(rows[-1]["epoch"]), "steps": int(rows[-1]["step"]),
-        "s_per_step": float(rows[-1]["wall_s"]) / max(int(rows[-1]["step"]), 1),
-        "wall_min": float(rows[-1]["wall_s"]) / 60,
-    }
-    (workdir / "summary.json").write_text(json.dumps(summary, indent=2) + "\n")
-    return summary
+def plan(spec: dict, spec_dir: Path, root: Path) -> list[Run]:
+    runs = []
+    for seed in spec["seeds"]:
+        for el, epochs in spec["epochs"].items():
+            files = {s: str((spec_dir / spec["data"].format(element=el, split=s)).resolve()) for s in ("train", "test")}
+            for var, over in spec["variants"].items():
+                cfg = merge(merge(spec["base"], over), {"data": {"train": files["train"]}, "optim": {"epochs": epochs},
+                                                        "run": {"seed": seed}})
+                runs.append(Run(f"{var}/{el}/{seed}", cfg, files["test"], root / "runs" / f"{slug(var)}_{el}_{seed}"))
+    return runs
 
 
-def write_outputs(table: dict, out: Path, spec: dict) -> None:
-    budget = {**spec["base"].get("optim", {}), **spec["base"].get("run", {})}
-    lines = [f"Budget: {json.dumps(budget)} (test-set MAE of the best-validation weights)", "",
-             "| dataset | variant | params | test E MAE (meV/atom) | test F MAE (eV/A) | s/step | wall (min) |",
-             "|---|---|---|---|---|---|---|"]
-    for (ds, var), s in table.items():
-        lines.append(f"| {ds} | {var} | {s['params']:,} | {s['e_mae']:.2f} | {s['f_mae']:.4f} | "
-                     f"{s['s_per_step']:.3f} | {s['wall_min']:.1f} |")
-    (out / "results.md").write_text("\n".join(lines) + "\n")
-    print("\n".join(lines))
+def rows_of(spec, record, var, el):
+    return [record[f"{var}/{el}/{s}"] for s in spec["seeds"] if f"{var}/{el}/{s}" in record]
+
+
+def write_outputs(spec: dict, record: dict, out: Path) -> str:
+    import numpy as np
+
     from jaxmat.train._plots import _plt
 
+    lines = ["| element | variant | params | test E MAE (meV/atom) | test F MAE (eV/A) | seeds | epochs: run (best) | "
+             "one-core min/run |", "|---|---|---|---|---|---|---|---|"]
+    for el in spec["epochs"]:
+        for var in spec["variants"]:
+            rows = rows_of(spec, record, var, el)
+            if not rows:
+                lines.append(f"| {el} | {var} | | not run yet | | 0 | | |")
+                continue
+            epochs = ", ".join(f"{r['epochs']} ({r['best_epoch']})" for r in rows)
+            lines.append(f"| {el} | {var} | {rows[0]['params']:,} | {fmt([r['test']['e_mae'] for r in rows], 2)} | "
+                         f"{fmt([r['test']['f_mae'] for r in rows], 4)} | {len(rows)} | {epochs} | "
+                         f"{fmt([r['minutes'] for r in rows], 1)} |")
+    text = "\n".join(["# M3GNet ablations on mlearn Si and Mo", "",
+                      "Reproduce: `python experiments/ablations/run.py` (resumable; skips the runs in runs.json).", "",
+                      "## Protocol", "", spec["description"], "", "Base config (variants change one part of it):", "",
+                      "```json", json.dumps(spec["base"], indent=1), "```", "", "## Results", "",
+                      "Mean ± sample std over the seeds; force MAE over all force components. Plot: `ablation.png` "
+                      "(error bars: std over seeds); `curves.png`: validation force MAE per epoch of every run.", "",
+                      *lines, ""])
+    (out / "results.md").write_text(text)
+
     plt = _plt()
-    datasets = sorted({d for d, _ in table})
-    variants = list(dict.fromkeys(v for _, v in table))
-    fig, axes = plt.subplots(1, 2, figsize=(11, 4))
-    width = 0.8 / max(len(datasets), 1)
-    for k, ds in enumerate(datasets):
-        x = np.arange(len(variants)) + k * width
+    variants, elements = list(spec["variants"]), list(spec["epochs"])
+    fig, axes = plt.subplots(1, 2, figsize=(12, 4.5))
+    width = 0.8 / len(elements)
+    for k, el in enumerate(elements):
+        x = np.arange(len(variants)) + (k - (len(elements) - 1) / 2) * width
         for ax, key in zip(axes, ("e_mae", "f_mae")):
-            ax.bar(x, [table.get((ds, v), {}).get(key) or np.nan for v in variants], width, label=ds)
+            vals = [[r["test"][key] for r in rows_of(spec, record, v, el)] for v in variants]
+            mean = [np.mean(v) if v else np.nan for v in vals]
+            std = [np.std(v, ddof=1) if len(v) > 1 else 0.0 for v in vals]
+            ax.bar(x, mean, width, yerr=std, capsize=3, label=el)
     for ax, label in zip(axes, ("test energy MAE (meV/atom)", "test force MAE (eV/A)")):
-        ax.set_xticks(np.arange(len(variants)) + width * (len(datasets) - 1) / 2, variants, rotation=40, ha="right")
+        ax.set_xticks(np.arange(len(variants)), variants, rotation=35, ha="right")
         ax.set_ylabel(label)
         ax.legend()
     fig.tight_layout()
     fig.savefig(out / "ablation.png", dpi=110)
     plt.close(fig)
 
+    fig, axes = plt.subplots(1, len(elements), figsize=(6 * len(elements), 4), squeeze=False)
+    for ax, el in zip(axes[0], elements):
+        for k, var in enumerate(variants):
+            for j, r in enumerate(rows_of(spec, record, var, el)):
+                y = r["curve"]["val_f_mae"]
+                ax.plot(range(1, len(y) + 1), y, color=f"C{k % 10}", ls="-" if k < 10 else "--",
+                        label=var if j == 0 else None)
+        ax.set(title=el, xlabel="epoch", ylabel="validation force MAE (eV/A)", yscale="log")
+        ax.legend(fontsize=7)
+    fig.tight_layout()
+    fig.savefig(out / "curves.png", dpi=110)
+    plt.close(fig)
+    return text
+
 
 def main(argv=None):
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    p.add_argument("spec", nargs="?", default=str(HERE / "ablations.json"))
-    p.add_argument("--only", nargs="*", default=None, help="variants to run (default: all)")
-    p.add_argument("--datasets", nargs="*", default=None, help="datasets to run (default: all)")
-    p.add_argument("--epochs", type=int, default=None, help="override the epoch budget")
-    p.add_argument("--max-steps", type=int, default=None, help="stop each run after this many steps (smoke tests)")
-    p.add_argument("--minutes", type=float, default=None, help="wall-time cap per run")
-    p.add_argument("--out", default=None, help="output folder (default: beside the ablation file)")
+    p.add_argument("spec", nargs="?", type=Path, default=HERE / "ablations.json")
+    p.add_argument("--lanes", type=int, default=2, help="runs side by side, one core each")
+    p.add_argument("--minutes", type=float, default=None, help="wall-time cap per run and call (resumable)")
+    p.add_argument("--only", nargs="*", default=None, help="variant names to run (default: all)")
+    p.add_argument("--elements", nargs="*", default=None, help="elements to run (default: all)")
     args = p.parse_args(argv)
-    spec_path = Path(args.spec).resolve()
+    spec_path = args.spec.resolve()
     spec = json.loads(spec_path.read_text())
-    out = Path(args.out).resolve() if args.out else spec_path.parent
-    out.mkdir(parents=True, exist_ok=True)
-    table = {}
-    for ds, files in spec["datasets"].items():
-        if args.datasets and ds not in args.datasets:
-            continue
-        data = {k: str((spec_path.parent / v).resolve()) for k, v in files.items()}
-        for var, over in spec["variants"].items():
-            if args.only and var not in args.only:
-                continue
-            cfg = merge(merge(spec["base"], over), {"data": data})
-            if args.epochs:
-                cfg = merge(cfg, {"optim": {"epochs": args.epochs}})
-            run_over = {k: v for k, v in (("max_steps", args.max_steps), ("max_wall_minutes", args.minutes)) if v}
-            cfg = merge(cfg, {"run": run_over})
-            print(f"== {ds} / {var}", flush=True)
-            table[(ds, var)] = run_one(cfg, out / "runs" / f"{ds}_{var}")
-    write_outputs(table, out, spec)
-    return table
+    root = spec_path.parent
+    runs = [r for r in plan(spec, spec_path.parent, root)
+            if (not args.only or r.key.split("/")[0] in args.only) and (not args.elements or r.key.split("/")[1] in args.elements)]
+    run_all(runs, root / "runs.json", lanes=args.lanes, minutes=args.minutes)
+    print(write_outputs(spec, load_record(root / "runs.json"), root))
 
 
 if __name__ == "__main__":

@@ -1,16 +1,13 @@
-"""mlearn Si/Mo: M3GNet from scratch and fine-tuned from the pretrained default, on this CPU.
+"""mlearn benchmark table: M3GNet fine-tuned and from scratch under one protocol, 3 seeds, test once.
 
-    python experiments/mlearn/run.py [--minutes 20] [--only si_finetune ...]
+    python experiments/mlearn/run.py [--lanes 2] [--minutes M] [--only finetune/Si ...]
 
-Each config in configs/ trains in runs/<name>/ for at most --minutes of wall time per call
-(resumable: calling again continues from the checkpoint), then the best model is evaluated on
-the official test split. Writes results.md (table), and keeps each run's metrics.csv,
-learning_curves.png and parity_test.png. Needs ../shared/data/mlearn.
-
-runs/<name>/best_model and checkpoint.msgpack are git-ignored (1.5 and 6 MB a run). A best_model
-that later runs start from (``init_from``) is committed with ``git add -f``: a session's machine
-is not always handed to the next one, and session 23's was not, which took every trained model
-of the restart chains (sessions 16-23) with it.
+Runs every (setup, element, seed) of protocol.json that runs.json does not hold yet (resumable:
+unfinished runs continue from their checkpoints in runs/, which stay local), two at a time, each
+on one core (experiments/_protocol.py). Then writes results.md (protocol, table with GAP/MTP/JARVIS
+and the zero-shot row, per-group table), curves.png (validation curves of every run) and
+parity/<setup>_<element>.png (test parity plots of seed 0). runs.json, the record of finished runs,
+is committed. Needs ../shared/data/mlearn.
 """
 
 from __future__ import annotations
@@ -18,132 +15,184 @@ from __future__ import annotations
 import argparse
 import json
 import shutil
+import sys
 from pathlib import Path
 
-from jaxmat.train import load_config, train_and_evaluate
-
 HERE = Path(__file__).resolve().parent
-PUBLISHED = {  # Zuo et al., J. Phys. Chem. A 124, 731 (2020): test MAE energy meV/atom, force eV/A
-    "Si": {"GAP": (2.91, 0.07), "MTP": (2.21, 0.06)},
-    "Mo": {"GAP": (2.24, 0.09), "MTP": (2.83, 0.09)},
+sys.path.insert(0, str(HERE.parent))
+from _protocol import Run, fmt, load_record, merge, run_all  # noqa: E402
+
+GROUPS = ("AIMD-NVT", "Elastic", "Surface", "Vacancy")
+# test-set MAE, energy meV/atom and force eV/A. GAP and MTP: Zuo et al., J. Phys. Chem. A 124, 731 (2020),
+# as tabulated (e_table_gap/mtp, f_table_gap/mtp) in ACEpotentials.jl's examples/zuobench/error_table.jl,
+# which reproduces the error table of Witt et al., J. Chem. Phys. 159, 164101 (2023) (forces to 0.01 eV/A).
+# JARVIS: M3GNet trained on the same mlearn splits, JARVIS-Leaderboard (as quoted in issue 35).
+PUBLISHED = {
+    "GAP (Zuo et al. 2020)": {"Ni": (0.42, 0.02), "Cu": (0.46, 0.01), "Li": (0.49, 0.01), "Mo": (2.24, 0.09),
+                              "Si": (2.91, 0.07)},
+    "MTP (Zuo et al. 2020)": {"Ni": (0.48, 0.01), "Cu": (0.41, 0.01), "Li": (0.49, 0.01), "Mo": (2.83, 0.09),
+                              "Si": (2.21, 0.06)},
+    "M3GNet, JARVIS-Leaderboard": {"Cu": (10.2, 0.0177), "Si": (15.8, 0.112)},
 }
-HISTORY = {  # footnotes: config changes made while a run was under way (it resumed with the new file), unfinished runs
-    "si_scratch": "epochs 1-109 ran with a 300-epoch cosine horizon (optim.epochs 300); resumed at epoch 109 "
-                  "with the horizon shortened to 220 epochs to fit the CPU budget (the learning rate drops by ~0.7x there)",
-    "mo_scratch": "epochs 1-55 ran with a 300-epoch cosine horizon (optim.epochs 300); resumed at epoch 55 (next session) "
-                  "with the horizon shortened to 200 epochs to fit the CPU budget (the learning rate drops by ~0.9x there)",
-    "mo_scratch_maxn6": "epochs 1-23 ran with a 300-epoch cosine horizon (the same schedule as mo_scratch, to compare "
-                        "the two epoch by epoch); resumed at epoch 23 with the horizon shortened to 130 epochs to fit "
-                        "the CPU budget (the learning rate drops by ~0.95x there)",
-    "mo_scratch_equivariant": "epochs 1-25 ran with a 200-epoch cosine horizon (a 22-minute probe against mo_scratch); "
-                              "resumed at epoch 25 with the horizon shortened to 100 epochs to fit the CPU budget "
-                              "(the learning rate drops by ~0.9x there)",
-    "mo_l7_s001_restart": "early stopping ended it after epoch 53 (best validation at epoch 13, the model evaluated); "
-                          "a resume call made before commit a5f759c trained one more epoch (54, 61 s, no validation "
-                          "improvement), which the 54 epochs and 33.1 min include",
-    "si_l7_s001_full_restart2": "the wall cap stopped it after epoch 54 of its 55 (the missing epoch's learning "
-                                "rate falls from 1.09e-5 to the cosine's floor, 1.0e-5); evaluated, and its energy "
-                                "stage started, from epoch 54's model",
-    "si_l7_s001_full_restart2_stage2": "the wall cap stopped it after epoch 27 of its 28 (the missing epoch's "
-                                       "learning rate falls from 4.0e-6 to the cosine's floor, 3.0e-6); evaluated "
-                                       "from epoch 27's model",
-    "si_l7_s001_full_tb45_restart7_lr3e4_e3": "the wall cap (27 minutes) stopped it after epoch 29 of its 30 (the "
-                                              "missing epoch is the last of the cosine, near its floor of "
-                                              "3.0e-6); evaluated from epoch 29's model",
-    "mo_l7_s001_full_tb45_nb4_from_r9e3": "cut off after epoch 8 of its 30 when the session-23 machine was shut "
-                                          "down; its checkpoint and its parent's best_model (git-ignored) went with "
-                                          "the machine, so it can neither resume nor be evaluated: metrics.csv only",
-    "si_l7_s001_full_tb45_nb4_from_r6e3s2": "cut off after epoch 23 of its 30 when the session-23 machine was shut "
-                                            "down; its checkpoint and its parent's best_model (git-ignored) went "
-                                            "with the machine, so it can neither resume nor be evaluated: "
-                                            "metrics.csv only",
-}
+LABELS = {"finetune": "jaxmat M3GNet fine-tuned", "scratch": "jaxmat M3GNet from scratch"}
+
+
+def elements(spec: dict) -> list[str]:
+    """The protocol's elements, in table order (first appearance over the setups)."""
+    return list(dict.fromkeys(el for s in spec["setups"].values() for el in s["epochs"]))
+
+
+def data_file(spec: dict, element: str, split: str) -> str:
+    return str((HERE / spec["data"].format(element=element, split=split)).resolve())
+
+
+def plan(spec: dict, root: Path) -> list[Run]:
+    """Every run of the protocol, in the order they are trained (fine-tuning first)."""
+    runs = []
+    for setup, s in spec["setups"].items():
+        for seed in spec["seeds"]:
+            for el, epochs in s["epochs"].items():
+                cfg = merge(merge(spec["base"], s["config"]), {
+                    "data": {"train": data_file(spec, el, "train")},
+                    "optim": {"epochs": epochs}, "run": {"seed": seed}})
+                runs.append(Run(f"{setup}/{el}/{seed}", cfg, data_file(spec, el, "test"), root / "runs" / f"{setup}_{el}_{seed}"))
+    return runs
+
+
+def zero_shot(spec: dict, record: dict, elements) -> None:
+    """The pretrained model's test-split force and stress MAE per element, computed once into the record
+    (energies are not compared: Materials Project and mlearn PBE energies differ by a per-element offset)."""
+    from jaxmat.data import read_frames
+    from jaxmat.models import load_model
+    from jaxmat.train import error_metrics, predict
+
+    model = None
+    for el in elements:
+        if f"zeroshot/{el}/-" in record:
+            continue
+        model = model or load_model()
+        m = error_metrics(predict(model, model.params, read_frames(data_file(spec, el, "test"))))
+        record[f"zeroshot/{el}/-"] = {"key": f"zeroshot/{el}/-", "test": m}
+
+
+def table(spec: dict, record: dict) -> list[str]:
+    lines = ["| element | model | test E MAE (meV/atom) | test F MAE (eV/A) | test stress MAE (GPa) | seeds | "
+             "epochs: run (best) | one-core min/run |", "|---|---|---|---|---|---|---|---|"]
+    for el in elements(spec):
+        zs = record.get(f"zeroshot/{el}/-")
+        if zs:
+            lines.append(f"| {el} | pretrained, zero-shot | - | {zs['test']['f_mae']:.4f} | {zs['test']['s_mae']:.3f} | | | |")
+        for setup in spec["setups"]:
+            rows = [record[f"{setup}/{el}/{s}"] for s in spec["seeds"] if f"{setup}/{el}/{s}" in record]
+            if el not in spec["setups"][setup]["epochs"]:
+                continue
+            if not rows:
+                lines.append(f"| {el} | {LABELS[setup]} | not run yet | | | 0 | | |")
+                continue
+            t = [r["test"] for r in rows]
+            epochs = ", ".join(f"{r['epochs']} ({r['best_epoch']})" for r in rows)
+            lines.append(
+                f"| {el} | {LABELS[setup]} | {fmt([x['e_mae'] for x in t], 2)} | {fmt([x['f_mae'] for x in t], 4)} | "
+                f"{fmt([x['s_mae'] for x in t], 3)} | {len(rows)} | "
+                f"{epochs} | "
+                f"{fmt([r['minutes'] for r in rows], 1)} |")
+        for name, values in PUBLISHED.items():
+            if el in values:
+                e, f = values[el]
+                lines.append(f"| {el} | {name} | {e} | {f} | | | | |")
+    return lines
+
+
+def group_table(spec: dict, record: dict) -> list[str]:
+    lines = ["| element | model | " + " | ".join(GROUPS) + " |", "|---|---|" + "---|" * len(GROUPS)]
+    for el in elements(spec):
+        for setup in spec["setups"]:
+            rows = [record[f"{setup}/{el}/{s}"] for s in spec["seeds"] if f"{setup}/{el}/{s}" in record]
+            if not rows:
+                continue
+            cells = []
+            for g in GROUPS:
+                got = [r["test"]["by_group"][g] for r in rows if g in r["test"]["by_group"]]
+                cells.append(f"{fmt([x['e_mae'] for x in got], 1)} / {fmt([x['f_mae'] for x in got], 3)} ({got[0]['n']})"
+                             if got else "-")
+            lines.append(f"| {el} | {LABELS[setup]} | " + " | ".join(cells) + " |")
+    return lines
+
+
+def plot_curves(spec: dict, record: dict, out: Path) -> None:
+    from jaxmat.train._plots import _plt
+
+    plt = _plt()
+    setups = list(spec["setups"])
+    fig, axes = plt.subplots(1, len(setups), figsize=(6 * len(setups), 4), squeeze=False)
+    for ax, setup in zip(axes[0], setups):
+        for k, el in enumerate(elements(spec)):
+            for s in spec["seeds"]:
+                r = record.get(f"{setup}/{el}/{s}")
+                if r:
+                    y = r["curve"]["val_f_mae"]
+                    ax.plot(range(1, len(y) + 1), y, color=f"C{k}", alpha=0.8, label=el if s == spec["seeds"][0] else None)
+        ax.set(title=LABELS[setup], xlabel="epoch", ylabel="validation force MAE (eV/A)", yscale="log")
+        ax.legend()
+    fig.tight_layout()
+    fig.savefig(out, dpi=110)
+    plt.close(fig)
+
+
+def write_results(spec: dict, record: dict, root: Path) -> str:
+    parity = root / "parity"
+    parity.mkdir(exist_ok=True)
+    for setup in spec["setups"]:
+        for el in elements(spec):
+            src = root / "runs" / f"{setup}_{el}_{spec['seeds'][0]}" / "parity_test.png"
+            if f"{setup}/{el}/{spec['seeds'][0]}" in record and src.is_file() and not (parity / f"{setup}_{el}.png").is_file():
+                shutil.copy(src, parity / f"{setup}_{el}.png")
+    plot_curves(spec, record, root / "curves.png")
+    setups = {k: {"epochs": v["epochs"], "config": merge(spec["base"], v["config"])} for k, v in spec["setups"].items()}
+    text = "\n".join([
+        "# mlearn: fine-tuned and from-scratch M3GNet under one protocol", "",
+        "Reproduce: `python experiments/mlearn/run.py` (resumable; skips the runs in runs.json).", "",
+        "## Protocol (fixed before any test number was seen)", "",
+        spec["description"], "",
+        "- Validation: `data.valid_fraction` of the official training file, a seeded split per seed "
+        f"(seeds {spec['seeds']}: split, data order and initialisation).",
+        "- Model selection: the best-validation EMA weights; early stopping on the validation loss. Nothing is chosen "
+        "on the test split.",
+        "- Test: the official test split, evaluated once per final model by the driver (the training config never "
+        "names it); results are reported as they came out, with no tuning after.",
+        "- Each run on one CPU core (one XLA thread), two runs side by side on this 2-core machine; float32.",
+        "- Table: mean ± sample std over the seeds. Force MAE over all force components; stress in GPa.",
+        "", "Configs (merged into the library defaults, `jaxmat train --describe`):", "", "```json",
+        json.dumps(setups, indent=1), "```", "",
+        "## Results", "", *table(spec, record), "",
+        "The zero-shot row is the pretrained model without training; its energies are not compared (the pretrained "
+        "model's Materials Project PBE energies differ from mlearn's by a per-element offset, which fine-tuning refits). "
+        "GAP and MTP: Zuo et al., J. Phys. Chem. A 124, 731 (2020), test-set MAEs, taken from the tabulation in "
+        "ACEpotentials.jl (examples/zuobench/error_table.jl, reproducing Witt et al., J. Chem. Phys. 159, 164101 (2023)); "
+        "forces there have two decimals. JARVIS: M3GNet trained on the same splits, JARVIS-Leaderboard.", "",
+        "Test MAE per mlearn group (energy meV/atom / force eV/A, mean over seeds; structures per group in brackets):", "",
+        *group_table(spec, record), "",
+        "Plots: `curves.png` (validation force MAE per epoch, every run), `parity/<setup>_<element>.png` "
+        "(test parity of seed 0).", ""])
+    (root / "results.md").write_text(text)
+    return text
 
 
 def main(argv=None):
-    p = argparse.ArgumentParser(description=__doc__)
-    p.add_argument("--minutes", type=float, default=20.0, help="wall-time budget per run and call")
-    p.add_argument("--only", nargs="*", default=None)
+    p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    p.add_argument("--lanes", type=int, default=2, help="runs side by side, one core each")
+    p.add_argument("--minutes", type=float, default=None, help="wall-time cap per run and call (resumable)")
+    p.add_argument("--only", nargs="*", default=None, help="run keys or prefixes, e.g. finetune/Si")
+    p.add_argument("--protocol", type=Path, default=HERE / "protocol.json")
+    p.add_argument("--root", type=Path, default=HERE, help="where runs/, runs.json and the results go")
     args = p.parse_args(argv)
-    for cfg_file in sorted((HERE / "configs").glob("*.json")):
-        name = cfg_file.stem
-        if args.only and name not in args.only:
-            continue
-        cfg = load_config(cfg_file)
-        cfg.run.max_wall_minutes = args.minutes
-        workdir = HERE / "runs" / name
-        resume = (workdir / "checkpoint.msgpack").is_file()
-        print(f"== {name} ({'resume' if resume else 'new'})", flush=True)
-        train_and_evaluate(cfg, workdir, resume=resume)
-    write_table()
-
-
-SHIFT_FREE = ("mo_finetune", "mo_finetune_stage2", "mo_scratch", "mo_scratch_blocks4", "mo_scratch_equivariant",
-              "mo_scratch_maxl7", "mo_scratch_maxn6", "mo_scratch_width128", "si_finetune", "si_scratch",
-              "si_scratch_maxl7", "si_scratch_maxl7_stage2", "si_scratch_stage2")
-SHIFT_NOTE = ("runs marked (s) were trained before commit c29c74f, when the trainer also updated M3GNet's "
-              "per-structure energy shift (`energy_scale/shift`, matgl's data_mean, not extensive): scratch models "
-              "learned 0.7-1.1 eV there, which mostly lands on the small surface slabs; their energies are not "
-              "comparable with the other runs, which keep the shift frozen")
-
-
-def _label(name: str) -> str:
-    """A run's name in the tables, marked (s) if it trained the shift (SHIFT_NOTE)."""
-    return f"{name} (s)" if name in SHIFT_FREE else name
-
-
-GROUPS = ("AIMD-NVT", "Elastic", "Surface", "Vacancy")
-
-
-def groups_table(run: Path) -> dict | None:
-    """Test metrics per mlearn ``group`` of the run's best model (cached in test_by_group.json)."""
-    from jaxmat.data import read_frames
-    from jaxmat.models import load_model
-    from jaxmat.train import metrics_by_group
-
-    cache, best = run / "test_by_group.json", run / "best_model"
-    if cache.is_file() and (not best.is_dir() or cache.stat().st_mtime >= (best / "config.json").stat().st_mtime):
-        return json.loads(cache.read_text())
-    cfg_file = HERE / "configs" / f"{run.name}.json"
-    if not (best.is_dir() and cfg_file.is_file()):
-        return None
-    model = load_model(best)
-    frames = read_frames(load_config(cfg_file).data.test)
-    table = metrics_by_group(model, model.params, frames, "group")
-    cache.write_text(json.dumps(table, indent=1) + "\n")
-    return table
-
-
-def write_table():
-    lines = ["| run | epochs | wall (min) | test E MAE (meV/atom) | test F MAE (eV/A) | test stress MAE (GPa) |",
-             "|---|---|---|---|---|---|"]
-    for run in sorted((HERE / "runs").glob("*")):
-        res = run / "results.json"
-        if not res.is_file():
-            continue
-        test = json.loads(res.read_text()).get("test", {})
-        rows = [r.split(",") for r in (run / "metrics.csv").read_text().splitlines()[1:]]
-        walls = [float(r[-1]) for r in rows]
-        # wall_s restarts at every resumed call: total = sum of the last time of each call
-        total = sum(w for w, nxt in zip(walls, walls[1:] + [0.0]) if nxt < w)
-        epochs = rows[-1][0] if rows else "0"
-        lines.append(f"| {_label(run.name)} | {epochs} | {total / 60:.1f} | {test.get('e_mae', float('nan')):.2f} | "
-                     f"{test.get('f_mae', float('nan')):.3f} | {test.get('s_mae', float('nan')):.3f} |")
-    for el, pubs in PUBLISHED.items():
-        for method, (e, f) in pubs.items():
-            lines.append(f"| {el} {method} (Zuo et al. 2020) | | | {e} | {f} | |")
-    lines += [""] + [f"* {name}: {text}" for name, text in HISTORY.items()] + [f"* {SHIFT_NOTE}"]
-    lines += ["", "Deep ensembles of these runs (mean of the members' predictions): ensembles.md, from ensemble.py."]
-    lines += ["", "Test MAE by mlearn group (energy meV/atom / forces eV/A; structures per group in brackets):", "",
-              "| run | " + " | ".join(GROUPS) + " |", "|---|" + "---|" * len(GROUPS)]
-    for run in sorted((HERE / "runs").glob("*")):
-        table = groups_table(run) if (run / "results.json").is_file() else None  # not while a run is under way
-        if table:
-            lines.append(f"| {_label(run.name)} | " + " | ".join(
-                f"{table[g]['e_mae']:.2f} / {table[g]['f_mae']:.3f} ({table[g]['n']})" if g in table else "-"
-                for g in GROUPS) + " |")
-    (HERE / "results.md").write_text("\n".join(lines) + "\n")
-    print("\n".join(lines))
+    spec = json.loads(args.protocol.read_text())
+    spec["data"] = str((args.protocol.parent / spec["data"]).resolve())  # relative to the protocol file
+    runs = [r for r in plan(spec, args.root) if not args.only or any(r.key.startswith(o) for o in args.only)]
+    record = run_all(runs, args.root / "runs.json", lanes=args.lanes, minutes=args.minutes)
+    zero_shot(spec, record, sorted({r.key.split("/")[1] for r in runs}))
+    (args.root / "runs.json").write_text(json.dumps(dict(sorted(record.items())), indent=1) + "\n")
+    print(write_results(spec, load_record(args.root / "runs.json"), args.root))
 
 
 if __name__ == "__main__":

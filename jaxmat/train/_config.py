@@ -60,8 +60,8 @@ class LossConfig(_Section):
     energy_weight: float = 1.0  #: weight of the energy-per-atom term (eV/atom)
     forces_weight: float = 1.0  #: weight of the force term (eV/A, per component)
     # 0.01, not M3GNet's 0.1: on mlearn Mo/Si (max_l 7, from scratch) 0.1 held the training force MAE
-    # at 0.089/0.063 eV/A; 0.01 gave 0.078/0.058 and a lower test force error (experiments/mlearn/
-    # results.md, *_l7_s001) with the stress error level on Mo and 24 % higher on Si.
+    # at 0.089/0.063 eV/A; 0.01 gave 0.078/0.058 and a lower test force error (the earlier mlearn search,
+    # runs *_l7_s001, in git history before session 29) with the stress error level on Mo and 24 % higher on Si.
     stress_weight: float = 0.01  #: weight of the stress term (GPa, per component)
     kind: str = "huber"  #: "mse" or "huber"
     huber_delta: float = 0.01  #: Huber transition (in each term's unit)

@@ -253,6 +253,7 @@ def _train(cfg, workdir, resume, dtype, log):
         log(f"early stopping had ended this run after epoch {int(state['epoch'])}; nothing left to train")
     t_start = time.perf_counter()
     stop = False
+    ended = "epochs"  # why training ended: "epochs", "early_stopping", "wall_time" or "max_steps" (results.json)
     while int(state["epoch"]) < cfg.optim.epochs and not stop and not early_stopped():
         epoch = int(state["epoch"])
         groups = epoch_groups(g_train, budget, cfg.run.seed, epoch)  # as epoch_batches, keeping the frame indices
@@ -280,7 +281,7 @@ def _train(cfg, workdir, resume, dtype, log):
                 over_time = bool(multihost_utils.broadcast_one_to_all(np.asarray(over_time)))
             if (cfg.run.max_steps is not None and int(state["step"]) >= cfg.run.max_steps) or over_time:
                 log(f"stopping at step {int(state['step'])} ({'wall-time budget' if over_time else 'max_steps'}); resume with --resume")
-                stop = True
+                stop, ended = True, "wall_time" if over_time else "max_steps"
                 break
         if bar is not None:
             bar.close()
@@ -328,12 +329,16 @@ def _train(cfg, workdir, resume, dtype, log):
         checkpoint()
         if early_stopped():
             log(f"early stopping after {epoch + 1} epochs")
+    if early_stopped():
+        ended = "early_stopping"
+    elif int(state["epoch"]) >= cfg.optim.epochs:  # a stop that fell on the last epoch's end ended nothing early
+        ended = "epochs"
     if jax.process_count() == 1:
-        return _finish(cfg, workdir, dtype, train_frames, valid_frames, log)
+        return _finish(cfg, workdir, dtype, train_frames, valid_frames, log, ended)
     # every process must hold the parameters process 0 wrote; then process 0 evaluates and writes the
     # results while the others wait for it (leaving early would end the job under srun)
     multihost_utils.assert_equal(jax.device_get(state["params"]), "the processes ended training with different parameters")
-    results = _finish(cfg, workdir, dtype, train_frames, valid_frames, log) if writer else {}
+    results = _finish(cfg, workdir, dtype, train_frames, valid_frames, log, ended) if writer else {}
     multihost_utils.sync_global_devices("jaxmat train: results written")
     return results
 
@@ -392,7 +397,7 @@ def _truncate_csv(path: Path, epochs_done: int):
         csv.writer(fh).writerows(keep)
 
 
-def _finish(cfg, workdir, dtype, train_frames, valid_frames, log):
+def _finish(cfg, workdir, dtype, train_frames, valid_frames, log, ended):
     best = workdir / "best_model"
     if not best.is_dir():
         log(f"no best model was written: the run stopped (step budget or wall time) before its first epoch ended; "
@@ -402,7 +407,7 @@ def _finish(cfg, workdir, dtype, train_frames, valid_frames, log):
     checks = StructureChecks(**cfg.data.structure_checks)
     if isinstance(model, Ensemble):
         model = _calibrate(cfg, workdir, model, train_frames, valid_frames, dtype, checks, log)
-    results = {}
+    results = {"ended": ended}
     sets = [("valid", valid_frames)] if valid_frames else []
     if cfg.data.test:
         sets.append(("test", _read(cfg, cfg.data.test, model.output_kind)))

@@ -1,0 +1,202 @@
+"""The training protocol shared by the benchmark tables (mlearn, ablations), and its resumable driver.
+
+The protocol, fixed before any test number is seen:
+
+* the validation split is carved from the official training file (``data.valid_fraction``, seeded by
+  ``run.seed``; each seed has its own split, data order and initialisation);
+* the budget is a number of epochs (the cosine schedule's horizon), with early stopping on the
+  validation loss; the model kept is the best-validation EMA weights (``best_model/``);
+* the training config never names the test file: the driver evaluates the official test split once,
+  after the run has ended by its epochs or by early stopping, into ``test.json``, which is never
+  recomputed. A run stopped by a wall-time cap is resumed (bit-identically), not evaluated.
+
+Runs are independent subprocesses, ``lanes`` at a time, each pinned to one CPU core (one XLA thread),
+so a run's minutes are minutes of one core. Calling the driver again skips finished runs and
+resumes unfinished ones from their checkpoints.
+
+    python experiments/_protocol.py one WORKDIR [--core K] [--minutes M]   (one run; the drivers call it)
+"""
+
+from __future__ import annotations
+
+import argparse
+import csv
+import json
+import os
+import subprocess
+import sys
+import threading
+from concurrent.futures import ThreadPoolExecutor
+from pathlib import Path
+from typing import NamedTuple
+
+SINGLE_THREAD = "--xla_cpu_multi_thread_eigen=false intra_op_parallelism_threads=1"
+
+
+class Run(NamedTuple):
+    """One training run: ``config`` is a full training config (data.train, no data.test)."""
+    key: str  #: row label, e.g. "finetune/Si/0"
+    config: dict
+    test: str  #: the official test file, evaluated once at the end
+    workdir: Path
+
+
+def merge(base: dict, over: dict) -> dict:
+    """``base`` with ``over`` merged in, nested dicts key by key (neither is modified)."""
+    out = json.loads(json.dumps(base))
+    for k, v in over.items():
+        out[k] = merge(out.get(k, {}), v) if isinstance(v, dict) and isinstance(out.get(k), dict) else v
+    return out
+
+
+def fmt(values, digits: int) -> str:
+    """"mean ± sample std" of ``values`` ("-" if none, the value alone if one)."""
+    import numpy as np
+
+    if not values:
+        return "-"
+    v = np.asarray(values, float)
+    return f"{v.mean():.{digits}f}" if len(v) == 1 else f"{v.mean():.{digits}f} ± {v.std(ddof=1):.{digits}f}"
+
+
+def status(workdir: Path) -> str:
+    """"done" (summary.json written), "trained" (ended by its epochs or early stopping, test not yet
+    evaluated), "partial" (a checkpoint to resume) or "new"."""
+    if (workdir / "summary.json").is_file():
+        return "done"
+    res = workdir / "results.json"
+    if res.is_file() and json.loads(res.read_text()).get("ended") in ("epochs", "early_stopping"):
+        return "trained"
+    return "partial" if (workdir / "checkpoint.msgpack").is_file() else "new"
+
+
+def prepare(run: Run) -> None:
+    """Write the run's config and test file into its workdir; refuse a workdir made with another config
+    (a changed protocol needs a new workdir, not a silently mixed run)."""
+    if "test" in run.config.get("data", {}):
+        raise ValueError(f"{run.key}: the training config must not name the test file (the driver evaluates it once)")
+    run.workdir.mkdir(parents=True, exist_ok=True)
+    spec = {"key": run.key, "config": run.config, "test": run.test}
+    path = run.workdir / "protocol.json"
+    if path.is_file():
+        old = json.loads(path.read_text())
+        if old != spec:
+            raise ValueError(f"{run.key}: {path} was written for another config or test file; the protocol changed, "
+                             f"so start this run in a new workdir (old: {old}, new: {spec})")
+        return
+    path.write_text(json.dumps(spec, indent=1) + "\n")
+
+
+def load_record(record: Path) -> dict:
+    """{run key: summary} of the finished runs (committed: runs/ stays on the machine that trained)."""
+    return json.loads(record.read_text()) if record.is_file() else {}
+
+
+def run_all(runs: list[Run], record: Path, lanes: int = 2, minutes: float | None = None, log=print) -> dict:
+    """Train every run not yet in ``record`` and evaluate its test split, ``lanes`` subprocesses at a
+    time, lane k pinned to core k; each finished run's summary is added to ``record`` as it ends.
+    ``minutes``: wall-time cap per call (the run resumes on the next call). Returns the record."""
+    done = load_record(record)
+    todo = [r for r in runs if r.key not in done]
+    for r in todo:
+        prepare(r)
+    log(f"{len(runs) - len(todo)} of {len(runs)} runs finished; {len(todo)} to go on {lanes} lane(s)")
+    free, lock = list(range(min(lanes, os.cpu_count() or 1))), threading.Lock()
+
+    def work(run):
+        with lock:
+            core = free.pop()
+        try:
+            cmd = [sys.executable, __file__, "one", str(run.workdir), "--core", str(core)]
+            if minutes:
+                cmd += ["--minutes", str(minutes)]
+            with open(run.workdir / "train.log", "a") as fh:
+                rc = subprocess.run(cmd, stdout=fh, stderr=subprocess.STDOUT).returncode
+            state = status(run.workdir)
+            log(f"{run.key}: {state}" + (f" (exit {rc}; see {run.workdir / 'train.log'})" if rc else ""))
+            if state == "done":
+                with lock:
+                    done[run.key] = json.loads((run.workdir / "summary.json").read_text())
+                    tmp = record.with_suffix(".tmp")
+                    tmp.write_text(json.dumps(dict(sorted(done.items())), indent=1) + "\n")
+                    tmp.replace(record)
+        finally:
+            with lock:
+                free.append(core)
+
+    with ThreadPoolExecutor(len(free)) as pool:
+        list(pool.map(work, todo))
+    return done
+
+
+def one(workdir: Path, core: int | None, minutes: float | None) -> None:
+    """Train (or resume) the run in ``workdir`` and, once it has ended, evaluate its test split once."""
+    if core is not None:
+        os.sched_setaffinity(0, {core})
+        os.environ["XLA_FLAGS"] = (os.environ.get("XLA_FLAGS", "") + " " + SINGLE_THREAD).strip()
+    import jaxmat
+    from jaxmat.train import config_from_dict, train_and_evaluate
+
+    jaxmat.retain_host_memory()  # before the first JAX computation, as the jaxmat command does
+    spec = json.loads((workdir / "protocol.json").read_text())
+    if status(workdir) in ("new", "partial"):
+        cfg = config_from_dict(merge(spec["config"], {"run": {"max_wall_minutes": minutes, "progress": False}}))
+        train_and_evaluate(cfg, workdir, resume=True)
+    if status(workdir) == "trained":
+        evaluate_test(workdir, spec)
+        _write_summary(workdir, spec)
+
+
+def evaluate_test(workdir: Path, spec: dict) -> dict:
+    """The test split's metrics (overall and per ``info["group"]``) of the run's best model, written once
+    to test.json with parity_test.png."""
+    from jaxmat.data import read_frames
+    from jaxmat.models import load_model
+    from jaxmat.train import error_metrics, metrics_by_group, predict
+    from jaxmat.train._plots import parity_plots
+
+    if (workdir / "test.json").is_file():
+        raise RuntimeError(f"{workdir}: the test split was already evaluated (test.json); it is evaluated once")
+    model = load_model(workdir / "best_model")
+    dtype = spec["config"].get("run", {}).get("dtype", "float32")
+    frames = read_frames(spec["test"])
+    pred = predict(model, model.params, frames, dtype=dtype)
+    out = {**error_metrics(pred), "by_group": metrics_by_group(model, model.params, frames, "group", dtype=dtype)}
+    parity_plots(pred, workdir / "parity_test.png", title=f"{spec['key']} (test)")
+    tmp = workdir / "test.json.tmp"
+    tmp.write_text(json.dumps(out, indent=1) + "\n")
+    tmp.replace(workdir / "test.json")
+    return out
+
+
+def _write_summary(workdir: Path, spec: dict) -> None:
+    """summary.json: epochs, best epoch, why it ended, one-core minutes (summed over calls), parameter
+    count, the validation curve, the kept model's validation metrics and the test metrics."""
+    import jax
+    import numpy as np
+
+    from jaxmat.models import load_model
+
+    rows = list(csv.DictReader(open(workdir / "metrics.csv")))
+    walls = [float(r["wall_s"]) for r in rows]
+    minutes = sum(w for w, nxt in zip(walls, walls[1:] + [0.0]) if nxt < w) / 60  # wall_s restarts every call
+    model = load_model(workdir / "best_model")
+    results = json.loads((workdir / "results.json").read_text())
+    out = {"key": spec["key"], "epochs": int(rows[-1]["epoch"]), "best_epoch": int(model.metadata["validation"]["epoch"]),
+           "ended": results["ended"], "minutes": round(minutes, 2),
+           "params": int(sum(np.size(x) for x in jax.tree_util.tree_leaves(model.params))),
+           "curve": {k: [round(float(r[k]), 6) for r in rows] for k in ("val_e_mae", "val_f_mae")},
+           "valid": results.get("valid", {}), "test": json.loads((workdir / "test.json").read_text())}
+    (workdir / "summary.json").write_text(json.dumps(out, indent=1) + "\n")
+
+
+
+if __name__ == "__main__":
+    p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    sub = p.add_subparsers(dest="cmd", required=True)
+    o = sub.add_parser("one", help="train and evaluate one prepared run")
+    o.add_argument("workdir", type=Path)
+    o.add_argument("--core", type=int, default=None)
+    o.add_argument("--minutes", type=float, default=None)
+    args = p.parse_args()
+    one(args.workdir, args.core, args.minutes)
