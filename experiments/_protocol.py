@@ -92,16 +92,18 @@ def load_record(record: Path) -> dict:
     return json.loads(record.read_text()) if record.is_file() else {}
 
 
-def run_all(runs: list[Run], record: Path, lanes: int = 2, minutes: float | None = None, log=print) -> dict:
+def run_all(runs: list[Run], record: Path, lanes: int = 2, minutes: float | None = None,
+            log=print) -> tuple[dict, list[str]]:
     """Train every run not yet in ``record`` and evaluate its test split, ``lanes`` subprocesses at a
     time, lane k pinned to core k; each finished run's summary is added to ``record`` as it ends.
-    ``minutes``: wall-time cap per call (the run resumes on the next call). Returns the record."""
+    ``minutes``: wall-time cap per call (the run resumes on the next call). Returns the record and the
+    runs that failed (a failed run is reported, never recorded: fix the cause and call again)."""
     done = load_record(record)
     todo = [r for r in runs if r.key not in done]
     for r in todo:
         prepare(r)
     log(f"{len(runs) - len(todo)} of {len(runs)} runs finished; {len(todo)} to go on {lanes} lane(s)")
-    free, lock = list(range(min(lanes, os.cpu_count() or 1))), threading.Lock()
+    free, lock, failed = list(range(min(lanes, os.cpu_count() or 1))), threading.Lock(), []
 
     def work(run):
         with lock:
@@ -114,6 +116,8 @@ def run_all(runs: list[Run], record: Path, lanes: int = 2, minutes: float | None
                 rc = subprocess.run(cmd, stdout=fh, stderr=subprocess.STDOUT).returncode
             state = status(run.workdir)
             log(f"{run.key}: {state}" + (f" (exit {rc}; see {run.workdir / 'train.log'})" if rc else ""))
+            if rc:
+                failed.append(f"{run.key} (exit {rc}; {run.workdir / 'train.log'})")
             if state == "done":
                 with lock:
                     done[run.key] = json.loads((run.workdir / "summary.json").read_text())
@@ -126,7 +130,7 @@ def run_all(runs: list[Run], record: Path, lanes: int = 2, minutes: float | None
 
     with ThreadPoolExecutor(len(free)) as pool:
         list(pool.map(work, todo))
-    return done
+    return done, failed
 
 
 def one(workdir: Path, core: int | None, minutes: float | None) -> None:

@@ -16,12 +16,29 @@ from conftest import FIXTURES
 ROOT = Path(__file__).resolve().parents[1]
 
 
-def _protocol_files(tmp_path, n_train=None):
-    """X_train/X_test.extxyz: the fixture's eight labelled cells of at most 40 atoms (as mlearn "group"s)."""
-    frames = [a for a in ase.io.read(FIXTURES / "m3gnet_mp2021_dev.extxyz", ":") if len(a) <= 40]
+def _protocol_files(tmp_path, scratch=False):
+    """X_train/X_test.extxyz with mlearn-style "group"s: the fixture's eight labelled cells of at most 40
+    atoms; ``scratch``: one element (from-scratch training refuses validation elements it never saw),
+    eight rattled 8-atom Si cells labelled by the pretrained model."""
+    if scratch:
+        from ase.build import bulk
+        from ase.calculators.singlepoint import SinglePointCalculator
+
+        from jaxmat.calculators import JaxmatCalculator
+
+        calc, frames = JaxmatCalculator(), []
+        for k in range(8):
+            a = bulk("Si", "diamond", 5.43, cubic=True)
+            a.rattle(0.05, seed=k)
+            a.calc = calc
+            e, f, s = a.get_potential_energy(), a.get_forces(), a.get_stress()
+            a.calc = SinglePointCalculator(a, energy=e, forces=f, stress=s)
+            frames.append(a)
+    else:
+        frames = [a for a in ase.io.read(FIXTURES / "m3gnet_mp2021_dev.extxyz", ":") if len(a) <= 40]
     for k, a in enumerate(frames):
         a.info["group"] = ("AIMD-NVT", "Surface")[k % 2]
-    ase.io.write(tmp_path / "X_train.extxyz", frames[:n_train])
+    ase.io.write(tmp_path / "X_train.extxyz", frames)
     ase.io.write(tmp_path / "X_test.extxyz", frames[:3])
 
 
@@ -94,7 +111,7 @@ def test_mlearn_protocol_driver(tmp_path):
 
 @pytest.mark.slow  # minutes on 2 cores: outside the default suite (-m slow)
 def test_ablation_driver_smoke(tmp_path):
-    _protocol_files(tmp_path)
+    _protocol_files(tmp_path, scratch=True)
     spec = json.loads((ROOT / "experiments" / "ablations" / "ablations.json").read_text())
     small = copy.deepcopy(spec)
     small.update(data="{element}_{split}.extxyz", seeds=[0, 1], epochs={"X": 1})

@@ -114,8 +114,11 @@ def main(argv=None):
     root = spec_path.parent
     runs = [r for r in plan(spec, spec_path.parent, root)
             if (not args.only or r.key.split("/")[0] in args.only) and (not args.elements or r.key.split("/")[1] in args.elements)]
-    run_all(runs, root / "runs.json", lanes=args.lanes, minutes=args.minutes)
+    _, failed = run_all(runs, root / "runs.json", lanes=args.lanes, minutes=args.minutes)
     print(write_outputs(spec, load_record(root / "runs.json"), root))
+
+    if failed:
+        sys.exit("failed runs (the table above leaves them out):\n  " + "\n  ".join(failed))
 
 
 if __name__ == "__main__":

@@ -189,10 +189,13 @@ def main(argv=None):
     spec = json.loads(args.protocol.read_text())
     spec["data"] = str((args.protocol.parent / spec["data"]).resolve())  # relative to the protocol file
     runs = [r for r in plan(spec, args.root) if not args.only or any(r.key.startswith(o) for o in args.only)]
-    record = run_all(runs, args.root / "runs.json", lanes=args.lanes, minutes=args.minutes)
+    record, failed = run_all(runs, args.root / "runs.json", lanes=args.lanes, minutes=args.minutes)
     zero_shot(spec, record, sorted({r.key.split("/")[1] for r in runs}))
     (args.root / "runs.json").write_text(json.dumps(dict(sorted(record.items())), indent=1) + "\n")
     print(write_results(spec, load_record(args.root / "runs.json"), args.root))
+
+    if failed:
+        sys.exit("failed runs (the table above leaves them out):\n  " + "\n  ".join(failed))
 
 
 if __name__ == "__main__":
