@@ -20,12 +20,15 @@ resumes unfinished ones from their checkpoints.
 from __future__ import annotations
 
 import argparse
+import contextlib
 import csv
+import fcntl
 import json
 import os
 import subprocess
 import sys
 import threading
+import time
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 from typing import NamedTuple
@@ -60,12 +63,15 @@ def fmt(values, digits: int) -> str:
 
 
 def status(workdir: Path) -> str:
-    """"done" (summary.json written), "trained" (ended by its epochs or early stopping, test not yet
-    evaluated), "partial" (a checkpoint to resume) or "new"."""
+    """"done" (summary.json written), "trained" (ended by its epochs or early stopping, not yet
+    summarised), "partial" (a checkpoint to resume) or "new"."""
     if (workdir / "summary.json").is_file():
         return "done"
-    res = workdir / "results.json"
-    if res.is_file() and json.loads(res.read_text()).get("ended") in ("epochs", "early_stopping"):
+    try:
+        ended = json.loads((workdir / "results.json").read_text()).get("ended")
+    except (OSError, ValueError):  # absent, or being written
+        ended = None
+    if ended in ("epochs", "early_stopping"):
         return "trained"
     return "partial" if (workdir / "checkpoint.msgpack").is_file() else "new"
 
@@ -92,18 +98,41 @@ def load_record(record: Path) -> dict:
     return json.loads(record.read_text()) if record.is_file() else {}
 
 
+@contextlib.contextmanager
+def locked(path: Path):
+    """An exclusive advisory lock on ``path`` (created), held for the block; another holder is an error,
+    not a wait: two drivers on one run or record would train it twice or drop each other's entries."""
+    with open(path, "a") as fh:
+        try:
+            fcntl.flock(fh, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except BlockingIOError:
+            raise RuntimeError(f"{path} is locked: another driver (or a run it started) is still working here") from None
+        yield
+
+
+def _add_to_record(record: Path, summary: dict) -> None:
+    """Add one finished run to the record file (read again under the lock, written atomically)."""
+    with locked(record.with_suffix(".lock")):
+        done = {**load_record(record), summary["key"]: summary}
+        tmp = record.with_suffix(".tmp")
+        tmp.write_text(json.dumps(dict(sorted(done.items())), indent=1) + "\n")
+        tmp.replace(record)
+
+
 def run_all(runs: list[Run], record: Path, lanes: int = 2, minutes: float | None = None,
-            log=print) -> tuple[dict, list[str]]:
+            log=print) -> tuple[dict, list[str], list[str]]:
     """Train every run not yet in ``record`` and evaluate its test split, ``lanes`` subprocesses at a
-    time, lane k pinned to core k; each finished run's summary is added to ``record`` as it ends.
-    ``minutes``: wall-time cap per call (the run resumes on the next call). Returns the record and the
-    runs that failed (a failed run is reported, never recorded: fix the cause and call again)."""
+    time, each pinned to one of this process's cores; each finished run's summary is added to ``record``
+    as it ends. ``minutes``: wall-time cap per call (the run resumes on the next call). Returns the
+    record, the runs that failed (reported, never recorded: fix the cause and call again) and the runs
+    left unfinished by ``minutes``."""
     done = load_record(record)
     todo = [r for r in runs if r.key not in done]
     for r in todo:
         prepare(r)
-    log(f"{len(runs) - len(todo)} of {len(runs)} runs finished; {len(todo)} to go on {lanes} lane(s)")
-    free, lock, failed = list(range(min(lanes, os.cpu_count() or 1))), threading.Lock(), []
+    cores = sorted(os.sched_getaffinity(0))[:max(lanes, 1)]
+    log(f"{len(runs) - len(todo)} of {len(runs)} runs finished; {len(todo)} to go on {len(cores)} core(s) {cores}")
+    free, lock, failed, unfinished = list(cores), threading.Lock(), [], []
 
     def work(run):
         with lock:
@@ -118,19 +147,31 @@ def run_all(runs: list[Run], record: Path, lanes: int = 2, minutes: float | None
             log(f"{run.key}: {state}" + (f" (exit {rc}; see {run.workdir / 'train.log'})" if rc else ""))
             if rc:
                 failed.append(f"{run.key} (exit {rc}; {run.workdir / 'train.log'})")
-            if state == "done":
+            elif state == "done":
+                summary = json.loads((run.workdir / "summary.json").read_text())
                 with lock:
-                    done[run.key] = json.loads((run.workdir / "summary.json").read_text())
-                    tmp = record.with_suffix(".tmp")
-                    tmp.write_text(json.dumps(dict(sorted(done.items())), indent=1) + "\n")
-                    tmp.replace(record)
+                    _add_to_record(record, summary)
+                    done[run.key] = summary
+            else:
+                unfinished.append(f"{run.key} ({state})")
+        except Exception as e:  # noqa: BLE001 - one run's trouble must not stop the others or the report
+            failed.append(f"{run.key} ({type(e).__name__}: {e})")
         finally:
             with lock:
                 free.append(core)
 
-    with ThreadPoolExecutor(len(free)) as pool:
+    with ThreadPoolExecutor(len(cores)) as pool:
         list(pool.map(work, todo))
-    return done, failed
+    return done, failed, unfinished
+
+
+def report_unfinished(failed: list[str], unfinished: list[str]) -> None:
+    """Exit non-zero naming the failed (1) or unfinished (3) runs, after the table has been written."""
+    if failed:
+        sys.exit("failed runs (the table leaves them out):\n  " + "\n  ".join(failed + unfinished))
+    if unfinished:
+        print("unfinished runs (stopped by --minutes; call again to resume them):\n  " + "\n  ".join(unfinished))
+        sys.exit(3)
 
 
 def one(workdir: Path, core: int | None, minutes: float | None) -> None:
@@ -143,27 +184,34 @@ def one(workdir: Path, core: int | None, minutes: float | None) -> None:
 
     jaxmat.retain_host_memory()  # before the first JAX computation, as the jaxmat command does
     spec = json.loads((workdir / "protocol.json").read_text())
-    if status(workdir) in ("new", "partial"):
-        cfg = config_from_dict(merge(spec["config"], {"run": {"max_wall_minutes": minutes, "progress": False}}))
-        train_and_evaluate(cfg, workdir, resume=True)
-    if status(workdir) == "trained":
-        evaluate_test(workdir, spec)
-        _write_summary(workdir, spec)
+    with locked(workdir / ".lock"):
+        if status(workdir) in ("new", "partial"):
+            cfg = config_from_dict(merge(spec["config"], {"run": {"max_wall_minutes": minutes, "progress": False}}))
+            t0 = time.perf_counter()
+            try:
+                train_and_evaluate(cfg, workdir, resume=True)
+            finally:  # the minutes of every call, partial epochs included
+                spent = json.loads((workdir / "minutes.json").read_text()) if (workdir / "minutes.json").is_file() else []
+                (workdir / "minutes.json").write_text(json.dumps(spent + [(time.perf_counter() - t0) / 60]) + "\n")
+        if status(workdir) == "trained":
+            if not (workdir / "test.json").is_file():  # evaluated once: a kill after it keeps that number
+                evaluate_test(workdir, spec)
+            _write_summary(workdir, spec)
 
 
 def evaluate_test(workdir: Path, spec: dict) -> dict:
     """The test split's metrics (overall and per ``info["group"]``) of the run's best model, written once
     to test.json with parity_test.png."""
-    from jaxmat.data import read_frames
     from jaxmat.models import load_model
-    from jaxmat.train import error_metrics, metrics_by_group, predict
+    from jaxmat.train import config_frames, config_from_dict, error_metrics, metrics_by_group, predict
     from jaxmat.train._plots import parity_plots
 
     if (workdir / "test.json").is_file():
         raise RuntimeError(f"{workdir}: the test split was already evaluated (test.json); it is evaluated once")
     model = load_model(workdir / "best_model")
     dtype = spec["config"].get("run", {}).get("dtype", "float32")
-    frames = read_frames(spec["test"])
+    # read as the run read its training file (keys, stress factor)
+    frames = config_frames(config_from_dict(merge(spec["config"], {"data": {"test": spec["test"]}})), "test")
     pred = predict(model, model.params, frames, dtype=dtype)
     out = {**error_metrics(pred), "by_group": metrics_by_group(model, model.params, frames, "group", dtype=dtype)}
     parity_plots(pred, workdir / "parity_test.png", title=f"{spec['key']} (test)")
@@ -182,8 +230,11 @@ def _write_summary(workdir: Path, spec: dict) -> None:
     from jaxmat.models import load_model
 
     rows = list(csv.DictReader(open(workdir / "metrics.csv")))
-    walls = [float(r["wall_s"]) for r in rows]
-    minutes = sum(w for w, nxt in zip(walls, walls[1:] + [0.0]) if nxt < w) / 60  # wall_s restarts every call
+    if (workdir / "minutes.json").is_file():
+        minutes = sum(json.loads((workdir / "minutes.json").read_text()))
+    else:  # runs summarised before minutes.json existed: wall_s restarts at every call
+        walls = [float(r["wall_s"]) for r in rows]
+        minutes = sum(w for w, nxt in zip(walls, walls[1:] + [0.0]) if nxt < w) / 60
     model = load_model(workdir / "best_model")
     results = json.loads((workdir / "results.json").read_text())
     out = {"key": spec["key"], "epochs": int(rows[-1]["epoch"]), "best_epoch": int(model.metadata["validation"]["epoch"]),

@@ -74,7 +74,13 @@ def test_mlearn_protocol_driver(tmp_path):
     (tmp_path / "protocol.json").write_text(json.dumps(spec))
     cmd = [sys.executable, str(ROOT / "experiments" / "mlearn" / "run.py"), "--protocol", str(tmp_path / "protocol.json"),
            "--root", str(tmp_path)]
-    out = subprocess.run(cmd, capture_output=True, text=True, timeout=600)
+    # a wall-time cap that stops every run within its first epoch: nothing is evaluated or recorded (exit 3)
+    out = subprocess.run(cmd + ["--minutes", "0.0001"], capture_output=True, text=True, timeout=600)
+    assert out.returncode == 3 and "unfinished runs" in out.stdout, (out.stdout[-2000:], out.stderr[-3000:])
+    assert not any((tmp_path / "runs" / f"finetune_X_{s}" / "test.json").exists() for s in (0, 1))
+    assert set(json.loads((tmp_path / "runs.json").read_text())) == {"zeroshot/X/-"}
+    assert "| X | jaxmat M3GNet fine-tuned | not run yet |" in (tmp_path / "results.md").read_text()
+    out = subprocess.run(cmd, capture_output=True, text=True, timeout=600)  # resumes them to the end
     assert out.returncode == 0, out.stderr[-3000:]
     record = json.loads((tmp_path / "runs.json").read_text())
     assert set(record) == {"finetune/X/0", "finetune/X/1", "zeroshot/X/-"}
@@ -99,10 +105,20 @@ def test_mlearn_protocol_driver(tmp_path):
     assert out.returncode == 0 and "2 of 2 runs finished; 0 to go" in out.stdout, out.stderr[-3000:]
     assert json.loads((tmp_path / "runs.json").read_text()) == record
 
+    # killed after the test evaluation, before the summary: the next call summarises the number it has
+    # (a marker here) and never evaluates the test split again
+    wd = tmp_path / "runs" / "finetune_X_0"
+    (wd / "summary.json").unlink()
+    (tmp_path / "runs.json").write_text(json.dumps({k: v for k, v in record.items() if k != "finetune/X/0"}))
+    test = json.loads((wd / "test.json").read_text())
+    (wd / "test.json").write_text(json.dumps({**test, "f_mae": 123.0}))
+    out = subprocess.run(cmd, capture_output=True, text=True, timeout=600)
+    assert out.returncode == 0, out.stderr[-3000:]
+    assert json.loads((tmp_path / "runs.json").read_text())["finetune/X/0"]["test"]["f_mae"] == 123.0
+
     sys.path.insert(0, str(ROOT / "experiments"))
     from _protocol import Run, prepare
 
-    wd = tmp_path / "runs" / "finetune_X_0"
     with pytest.raises(ValueError, match="the protocol changed"):
         prepare(Run("finetune/X/0", {"data": {"train": "other.extxyz"}}, str(tmp_path / "X_test.extxyz"), wd))
     with pytest.raises(ValueError, match="must not name the test file"):

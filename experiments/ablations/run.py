@@ -18,7 +18,7 @@ from pathlib import Path
 
 HERE = Path(__file__).resolve().parent
 sys.path.insert(0, str(HERE.parent))
-from _protocol import Run, fmt, load_record, merge, run_all  # noqa: E402
+from _protocol import Run, fmt, load_record, merge, report_unfinished, run_all  # noqa: E402
 
 
 def slug(name: str) -> str:
@@ -55,8 +55,9 @@ def write_outputs(spec: dict, record: dict, out: Path) -> str:
                 lines.append(f"| {el} | {var} | | not run yet | | 0 | | |")
                 continue
             epochs = ", ".join(f"{r['epochs']} ({r['best_epoch']})" for r in rows)
+            n = f"{len(rows)}" + ("" if len(rows) == len(spec["seeds"]) else " (incomplete)")
             lines.append(f"| {el} | {var} | {rows[0]['params']:,} | {fmt([r['test']['e_mae'] for r in rows], 2)} | "
-                         f"{fmt([r['test']['f_mae'] for r in rows], 4)} | {len(rows)} | {epochs} | "
+                         f"{fmt([r['test']['f_mae'] for r in rows], 4)} | {n} | {epochs} | "
                          f"{fmt([r['minutes'] for r in rows], 1)} |")
     text = "\n".join(["# M3GNet ablations on mlearn Si and Mo", "",
                       "Reproduce: `python experiments/ablations/run.py` (resumable; skips the runs in runs.json).", "",
@@ -114,11 +115,9 @@ def main(argv=None):
     root = spec_path.parent
     runs = [r for r in plan(spec, spec_path.parent, root)
             if (not args.only or r.key.split("/")[0] in args.only) and (not args.elements or r.key.split("/")[1] in args.elements)]
-    _, failed = run_all(runs, root / "runs.json", lanes=args.lanes, minutes=args.minutes)
+    _, failed, unfinished = run_all(runs, root / "runs.json", lanes=args.lanes, minutes=args.minutes)
     print(write_outputs(spec, load_record(root / "runs.json"), root))
-
-    if failed:
-        sys.exit("failed runs (the table above leaves them out):\n  " + "\n  ".join(failed))
+    report_unfinished(failed, unfinished)
 
 
 if __name__ == "__main__":

@@ -20,7 +20,7 @@ from pathlib import Path
 
 HERE = Path(__file__).resolve().parent
 sys.path.insert(0, str(HERE.parent))
-from _protocol import Run, fmt, load_record, merge, run_all  # noqa: E402
+from _protocol import Run, fmt, load_record, merge, report_unfinished, run_all  # noqa: E402
 
 GROUPS = ("AIMD-NVT", "Elastic", "Surface", "Vacancy")
 # test-set MAE, energy meV/atom and force eV/A. GAP and MTP: Zuo et al., J. Phys. Chem. A 124, 731 (2020),
@@ -89,11 +89,11 @@ def table(spec: dict, record: dict) -> list[str]:
             if not rows:
                 lines.append(f"| {el} | {LABELS[setup]} | not run yet | | | 0 | | |")
                 continue
-            t = [r["test"] for r in rows]
+            t, n = [r["test"] for r in rows], f"{len(rows)}" + ("" if len(rows) == len(spec["seeds"]) else " (incomplete)")
             epochs = ", ".join(f"{r['epochs']} ({r['best_epoch']})" for r in rows)
             lines.append(
                 f"| {el} | {LABELS[setup]} | {fmt([x['e_mae'] for x in t], 2)} | {fmt([x['f_mae'] for x in t], 4)} | "
-                f"{fmt([x['s_mae'] for x in t], 3)} | {len(rows)} | "
+                f"{fmt([x['s_mae'] for x in t], 3)} | {n} | "
                 f"{epochs} | "
                 f"{fmt([r['minutes'] for r in rows], 1)} |")
         for name, values in PUBLISHED.items():
@@ -139,7 +139,7 @@ def plot_curves(spec: dict, record: dict, out: Path) -> None:
     plt.close(fig)
 
 
-def write_results(spec: dict, record: dict, root: Path) -> str:
+def write_results(spec: dict, record: dict, root: Path, lanes: int = 2) -> str:
     parity = root / "parity"
     parity.mkdir(exist_ok=True)
     for setup in spec["setups"]:
@@ -152,7 +152,7 @@ def write_results(spec: dict, record: dict, root: Path) -> str:
     text = "\n".join([
         "# mlearn: fine-tuned and from-scratch M3GNet under one protocol", "",
         "Reproduce: `python experiments/mlearn/run.py` (resumable; skips the runs in runs.json).", "",
-        "## Protocol (fixed before any test number was seen)", "",
+        "## Protocol (fixed before any test number of these runs was seen)", "",
         spec["description"], "",
         "- Validation: `data.valid_fraction` of the official training file, a seeded split per seed "
         f"(seeds {spec['seeds']}: split, data order and initialisation).",
@@ -160,7 +160,11 @@ def write_results(spec: dict, record: dict, root: Path) -> str:
         "on the test split.",
         "- Test: the official test split, evaluated once per final model by the driver (the training config never "
         "names it); results are reported as they came out, with no tuning after.",
-        "- Each run on one CPU core (one XLA thread), two runs side by side on this 2-core machine; float32.",
+        f"- Each run on one CPU core (one XLA thread), {lanes} run(s) side by side on this 2-core machine; float32. "
+        "The minutes are wall time of that core (two runs side by side run slower than one alone: memory bandwidth; "
+        "the first runs also shared the machine with development work).",
+        "- GAP and MTP were fitted on the whole official training split; the runs here train on 90 % of it "
+        "(the rest is their validation split).",
         "- Table: mean ± sample std over the seeds. Force MAE over all force components; stress in GPa.",
         "", "Configs (merged into the library defaults, `jaxmat train --describe`):", "", "```json",
         json.dumps(setups, indent=1), "```", "",
@@ -169,7 +173,9 @@ def write_results(spec: dict, record: dict, root: Path) -> str:
         "model's Materials Project PBE energies differ from mlearn's by a per-element offset, which fine-tuning refits). "
         "GAP and MTP: Zuo et al., J. Phys. Chem. A 124, 731 (2020), test-set MAEs, taken from the tabulation in "
         "ACEpotentials.jl (examples/zuobench/error_table.jl, reproducing Witt et al., J. Chem. Phys. 159, 164101 (2023)); "
-        "forces there have two decimals. JARVIS: M3GNet trained on the same splits, JARVIS-Leaderboard.", "",
+        "forces there have two decimals. JARVIS: M3GNet trained on mlearn by the JARVIS-Leaderboard, the values "
+        "quoted in issue 35 (the leaderboard entry was not re-checked from here). A run whose best epoch is its last "
+        "(epochs column) was still improving on validation when its budget ended.", "",
         "Test MAE per mlearn group (energy meV/atom / force eV/A, mean over seeds; structures per group in brackets):", "",
         *group_table(spec, record), "",
         "Plots: `curves.png` (validation force MAE per epoch, every run), `parity/<setup>_<element>.png` "
@@ -189,13 +195,15 @@ def main(argv=None):
     spec = json.loads(args.protocol.read_text())
     spec["data"] = str((args.protocol.parent / spec["data"]).resolve())  # relative to the protocol file
     runs = [r for r in plan(spec, args.root) if not args.only or any(r.key.startswith(o) for o in args.only)]
-    record, failed = run_all(runs, args.root / "runs.json", lanes=args.lanes, minutes=args.minutes)
+    missing = sorted({f for r in runs for f in (r.config["data"]["train"], r.test) if not Path(f).is_file()})
+    if missing:
+        sys.exit("missing data (the mlearn files come with ../shared/data/mlearn):\n  " + "\n  ".join(missing))
+    record, failed, unfinished = run_all(runs, args.root / "runs.json", lanes=args.lanes, minutes=args.minutes)
+    record = load_record(args.root / "runs.json")
     zero_shot(spec, record, sorted({r.key.split("/")[1] for r in runs}))
     (args.root / "runs.json").write_text(json.dumps(dict(sorted(record.items())), indent=1) + "\n")
-    print(write_results(spec, load_record(args.root / "runs.json"), args.root))
-
-    if failed:
-        sys.exit("failed runs (the table above leaves them out):\n  " + "\n  ".join(failed))
+    print(write_results(spec, record, args.root, lanes=args.lanes))
+    report_unfinished(failed, unfinished)
 
 
 if __name__ == "__main__":
