@@ -3,8 +3,6 @@
 from __future__ import annotations
 
 import csv
-import dataclasses
-import json
 import time
 from pathlib import Path
 
@@ -18,20 +16,19 @@ from jaxmat._checks import ConfigError
 from jaxmat.errors import TrainingError
 from jaxmat.data import DatasetError, batch_budget, build_graphs, epoch_batches, epoch_groups, make_batch, read_frames, split
 from jaxmat.graph import StructureChecks
-from jaxmat.models import FAMILIES, Ensemble, Model, grow_model, load_model
+from jaxmat.models import FAMILIES, Model, grow_model, load_model
 from jaxmat.models._model import default_hyperparameters
 from jaxmat.train._config import check_config
-from jaxmat.train._checkpoint import CHECKPOINT_FILE, load_checkpoint, replace_dir, save_checkpoint
+from jaxmat.train._checkpoint import CHECKPOINT_FILE, load_checkpoint, save_checkpoint
 from jaxmat.train._guards import (check_freeze, divergence, healthy, record_config, remove_orphans,
                                   saved_state)
-from jaxmat.train._evaluate import error_metrics, predict
+from jaxmat.train._evaluate import predict
 from jaxmat.train._loss import METRIC_KEYS, summarize
 from jaxmat.train._optim import freeze_labels, make_optimizer, with_frozen
 from jaxmat.train import _parallel
 from jaxmat.train._steps import build_steps, ensemble_template, init_seed, initial_members, member_batch, stack, subsample_masks
-from jaxmat.train._plots import learning_curves, parity_plots
+from jaxmat.train._results import finish, save_best
 from jaxmat.train._refs import fit_element_refs
-from jaxmat.train._uq import fit_calibration, member_predict, uncertainty_plots, uncertainty_report
 
 CSV_FIELDS = ["epoch", "step", "lr_scale", "train_loss", "train_e_mae", "train_f_mae", "train_s_mae",
               "val_loss", "val_e_mae", "val_e_rmse", "val_f_mae", "val_f_rmse", "val_s_mae", "val_s_rmse",
@@ -324,7 +321,7 @@ def _train(cfg, workdir, resume, dtype, log):
         if improved:
             best = jax.device_get(ema_params(state))  # every process computes, process 0 writes
             if writer:
-                _save_best(workdir, run_model, best, {"epoch": epoch + 1, **vm})
+                save_best(workdir, run_model, best, {"epoch": epoch + 1, **vm})
         state.update(epoch=epoch + 1, batch_in_epoch=0, epoch_sums=_zero_sums())
         checkpoint()
         if early_stopped():
@@ -333,12 +330,13 @@ def _train(cfg, workdir, resume, dtype, log):
         ended = "early_stopping"
     elif int(state["epoch"]) >= cfg.optim.epochs:  # a stop that fell on the last epoch's end ended nothing early
         ended = "epochs"
+    test_frames = _read(cfg, cfg.data.test, kind) if cfg.data.test else []
     if jax.process_count() == 1:
-        return _finish(cfg, workdir, dtype, train_frames, valid_frames, log, ended)
+        return finish(cfg, workdir, dtype, train_frames, valid_frames, test_frames, log, ended)
     # every process must hold the parameters process 0 wrote; then process 0 evaluates and writes the
     # results while the others wait for it (leaving early would end the job under srun)
     multihost_utils.assert_equal(jax.device_get(state["params"]), "the processes ended training with different parameters")
-    results = _finish(cfg, workdir, dtype, train_frames, valid_frames, log, ended) if writer else {}
+    results = finish(cfg, workdir, dtype, train_frames, valid_frames, test_frames, log, ended) if writer else {}
     multihost_utils.sync_global_devices("jaxmat train: results written")
     return results
 
@@ -355,38 +353,6 @@ def _progress(cfg, total, epoch):
     return tqdm(total=total, desc=f"epoch {epoch + 1}", leave=False)
 
 
-def _save_best(workdir, model, params, metrics):
-    tmp = workdir / "best_model.tmp"
-    params32 = jax.tree_util.tree_map(lambda x: np.asarray(x, np.float32), params)
-    # the trained model is named after its run; a fine-tuned one records the model it started from
-    meta = {**model.metadata, "validation": metrics, "name": Path(workdir).resolve().name}
-    if "name" in model.metadata:
-        meta["init_from"] = model.metadata["name"]
-    dataclasses.replace(model, params=params32, metadata=meta, _cache={}).save(tmp)
-    replace_dir(tmp, workdir / "best_model")
-
-
-def _calibrate(cfg, workdir, model, train_frames, valid_frames, dtype, checks, log):
-    """Fit the spreads' scales (on the validation frames, or out of sample on the training frames)
-    and store them in best_model/."""
-    method, oos = cfg.ensemble.calibration, cfg.ensemble.calibrate_on == "out_of_sample"
-    frames = train_frames if oos else valid_frames
-    if method == "none" or not frames:
-        if method != "none":
-            log("no validation frames: the ensemble's spreads are left uncalibrated (scale 1)")
-        return model
-    pred = member_predict(model, frames, cfg.data.graphs_per_batch, dtype, checks)
-    seen = subsample_masks(cfg, len(train_frames)) > 0 if oos else None
-    model = model.with_calibration(fit_calibration(model, pred, method, seen))
-    model.save(workdir / "best_model.tmp")
-    replace_dir(workdir / "best_model.tmp", workdir / "best_model")
-    cal = model.calibration
-    where = "training frames, each by the members that did not train on it" if oos else "validation frames"
-    log(f"calibrated on {len(frames)} {where} ({method}): spreads x {cal['energy']:.3g} (energy), "
-        f"x {cal['forces']:.3g} (forces), x {cal['stress']:.3g} (stress)")
-    return model
-
-
 def _truncate_csv(path: Path, epochs_done: int):
     """Drop metric rows of epochs after the restored checkpoint (a resumed run rewrites them)."""
     if not path.is_file():
@@ -395,31 +361,3 @@ def _truncate_csv(path: Path, epochs_done: int):
     keep = [rows[0]] + [r for r in rows[1:] if r and int(r[0]) <= epochs_done]
     with open(path, "w", newline="") as fh:
         csv.writer(fh).writerows(keep)
-
-
-def _finish(cfg, workdir, dtype, train_frames, valid_frames, log, ended):
-    best = workdir / "best_model"
-    if not best.is_dir():
-        log(f"no best model was written: the run stopped (step budget or wall time) before its first epoch ended; "
-            f"continue it with --resume (jaxmat train CONFIG --workdir {workdir} --resume)")
-        return {}
-    model = load_model(best)
-    checks = StructureChecks(**cfg.data.structure_checks)
-    if isinstance(model, Ensemble):
-        model = _calibrate(cfg, workdir, model, train_frames, valid_frames, dtype, checks, log)
-    results = {"ended": ended}
-    sets = [("valid", valid_frames)] if valid_frames else []
-    if cfg.data.test:
-        sets.append(("test", _read(cfg, cfg.data.test, model.output_kind)))
-    for name, frames in sets:
-        pred = predict(model, model.params, frames, cfg.data.graphs_per_batch, dtype, checks=checks)
-        results[name] = error_metrics(pred)
-        parity_plots(pred, workdir / f"parity_{name}.png", title=name)
-        if isinstance(model, Ensemble):  # the spreads on this set, raw and calibrated
-            members = member_predict(model, frames, cfg.data.graphs_per_batch, dtype, checks)
-            results[name]["uncertainty"] = uncertainty_report(model, members)
-            uncertainty_plots(model, members, workdir / f"uncertainty_{name}")
-    learning_curves(workdir / "metrics.csv", workdir / "learning_curves.png")
-    (workdir / "results.json").write_text(json.dumps(results, indent=2) + "\n")
-    log(json.dumps(results))
-    return results

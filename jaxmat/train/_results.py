@@ -1,0 +1,84 @@
+"""What a training run leaves behind: the best model, an ensemble's calibration, results.json."""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+from pathlib import Path
+
+import jax
+import numpy as np
+
+from jaxmat.graph import StructureChecks
+from jaxmat.models import Ensemble, load_model
+from jaxmat.train._checkpoint import replace_dir
+from jaxmat.train._evaluate import error_metrics, predict
+from jaxmat.train._plots import learning_curves, parity_plots
+from jaxmat.train._steps import subsample_masks
+from jaxmat.train._uq import fit_calibration, member_predict, uncertainty_plots, uncertainty_report
+
+
+def save_best(workdir, model, params, metrics):
+    """Write ``params`` (float32) as ``workdir/best_model`` (atomically), with the validation ``metrics``."""
+    tmp = workdir / "best_model.tmp"
+    params32 = jax.tree_util.tree_map(lambda x: np.asarray(x, np.float32), params)
+    # the trained model is named after its run; a fine-tuned one records the model it started from
+    meta = {**model.metadata, "validation": metrics, "name": Path(workdir).resolve().name}
+    if "name" in model.metadata:
+        meta["init_from"] = model.metadata["name"]
+    dataclasses.replace(model, params=params32, metadata=meta, _cache={}).save(tmp)
+    replace_dir(tmp, workdir / "best_model")
+
+
+def _calibrate(cfg, workdir, model, train_frames, valid_frames, dtype, checks, log):
+    """Fit the spreads' scales (on the validation frames, or out of sample on the training frames)
+    and store them in best_model/."""
+    method, oos = cfg.ensemble.calibration, cfg.ensemble.calibrate_on == "out_of_sample"
+    frames = train_frames if oos else valid_frames
+    if method == "none" or not frames:
+        if method != "none":
+            log("no validation frames: the ensemble's spreads are left uncalibrated (scale 1)")
+        return model
+    pred = member_predict(model, frames, cfg.data.graphs_per_batch, dtype, checks)
+    seen = subsample_masks(cfg, len(train_frames)) > 0 if oos else None
+    model = model.with_calibration(fit_calibration(model, pred, method, seen))
+    model.save(workdir / "best_model.tmp")
+    replace_dir(workdir / "best_model.tmp", workdir / "best_model")
+    cal = model.calibration
+    where = "training frames, each by the members that did not train on it" if oos else "validation frames"
+    log(f"calibrated on {len(frames)} {where} ({method}): spreads x {cal['energy']:.3g} (energy), "
+        f"x {cal['forces']:.3g} (forces), x {cal['stress']:.3g} (stress)")
+    return model
+
+
+def finish(cfg, workdir, dtype, train_frames, valid_frames, test_frames, log, ended) -> dict:
+    """After training: calibrate an ensemble's spreads, evaluate the best model on the validation and
+    test frames (metrics, parity and uncertainty plots), draw the learning curves and write
+    results.json (with ``ended``: why training stopped). Returns the results ({} without a best model)."""
+    best = workdir / "best_model"
+    if not best.is_dir():
+        log(f"no best model was written: the run stopped (step budget or wall time) before its first epoch ended; "
+            f"continue it with --resume (jaxmat train CONFIG --workdir {workdir} --resume)")
+        return {}
+    model = load_model(best)
+    checks = StructureChecks(**cfg.data.structure_checks)
+    if isinstance(model, Ensemble):
+        model = _calibrate(cfg, workdir, model, train_frames, valid_frames, dtype, checks, log)
+    results = {"ended": ended}
+    sets = [("valid", valid_frames)] if valid_frames else []
+    if test_frames:
+        sets.append(("test", test_frames))
+    for name, frames in sets:
+        pred = predict(model, model.params, frames, cfg.data.graphs_per_batch, dtype, checks=checks)
+        results[name] = error_metrics(pred)
+        parity_plots(pred, workdir / f"parity_{name}.png", title=name)
+        if isinstance(model, Ensemble):  # the spreads on this set, raw and calibrated
+            members = member_predict(model, frames, cfg.data.graphs_per_batch, dtype, checks)
+            results[name]["uncertainty"] = uncertainty_report(model, members)
+            uncertainty_plots(model, members, workdir / f"uncertainty_{name}")
+    learning_curves(workdir / "metrics.csv", workdir / "learning_curves.png")
+    tmp = workdir / "results.json.tmp"  # atomic: a reader never sees half a file
+    tmp.write_text(json.dumps(results, indent=2) + "\n")
+    tmp.replace(workdir / "results.json")
+    log(json.dumps(results))
+    return results
