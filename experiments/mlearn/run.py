@@ -139,6 +139,16 @@ def plot_curves(spec: dict, record: dict, out: Path) -> None:
     plt.close(fig)
 
 
+def budget_note(record: dict) -> str:
+    """How many trained runs ended at (or one epoch short of) their epoch budget, from the record."""
+    trained = [r for k, r in record.items() if not k.startswith("zeroshot/")]
+    at_end = [r for r in trained if r["best_epoch"] >= r["epochs"] - 1 and r["ended"] == "epochs"]
+    return (f"Budget: in {len(at_end)} of {len(trained)} finished runs the best validation epoch was the last or the "
+            "one before, with early stopping never triggered: the validation curves were still falling, so these "
+            "numbers are limited by the stated budget, and a longer budget is the next lever (not tried: the "
+            "protocol fixed the budget before the test split was seen).")
+
+
 def write_results(spec: dict, record: dict, root: Path, lanes: int = 2) -> str:
     parity = root / "parity"
     parity.mkdir(exist_ok=True)
@@ -176,6 +186,7 @@ def write_results(spec: dict, record: dict, root: Path, lanes: int = 2) -> str:
         "forces there have two decimals. JARVIS: M3GNet trained on mlearn by the JARVIS-Leaderboard, the values "
         "quoted in issue 35 (the leaderboard entry was not re-checked from here). A run whose best epoch is its last "
         "(epochs column) was still improving on validation when its budget ended.", "",
+        budget_note(record), "",
         "Test MAE per mlearn group (energy meV/atom / force eV/A, mean over seeds; structures per group in brackets):", "",
         *group_table(spec, record), "",
         "Plots: `curves.png` (validation force MAE per epoch, every run), `parity/<setup>_<element>.png` "
