@@ -143,6 +143,8 @@ def budget_note(record: dict) -> str:
     """How many trained runs ended at (or one epoch short of) their epoch budget, from the record."""
     trained = [r for k, r in record.items() if not k.startswith("zeroshot/")]
     at_end = [r for r in trained if r["best_epoch"] >= r["epochs"] - 1 and r["ended"] == "epochs"]
+    if not at_end:
+        return f"Budget: none of the {len(trained)} finished runs was still improving when its budget ended."
     return (f"Budget: in {len(at_end)} of {len(trained)} finished runs the best validation epoch was the last or the "
             "one before, with early stopping never triggered: the validation curves were still falling, so these "
             "numbers are limited by the stated budget, and a longer budget is the next lever (not tried: the "
