@@ -44,6 +44,8 @@ def rows_of(spec, record, var, el):
 def write_outputs(spec: dict, record: dict, out: Path) -> str:
     import numpy as np
 
+    from matplotlib.patches import Patch
+
     from jaxmat.train._plots import _plt
 
     lines = ["| element | variant | params | test E MAE (meV/atom) | test F MAE (eV/A) | seeds | epochs: run (best) | "
@@ -78,11 +80,16 @@ def write_outputs(spec: dict, record: dict, out: Path) -> str:
             vals = [[r["test"][key] for r in rows_of(spec, record, v, el)] for v in variants]
             mean = [np.mean(v) if v else np.nan for v in vals]
             std = [np.std(v, ddof=1) if len(v) > 1 else 0.0 for v in vals]
-            ax.bar(x, mean, width, yerr=std, capsize=3, label=el)
+            bars = ax.bar(x, mean, width, yerr=std, capsize=3, label=el, color=f"C{k}")
+            for bar, v in zip(bars, vals):
+                if len(v) < len(spec["seeds"]):  # incomplete: hatched and pale, so no ranking is read from it
+                    bar.set_hatch("//")
+                    bar.set_alpha(0.45)
     for ax, label in zip(axes, ("test energy MAE (meV/atom)", "test force MAE (eV/A)")):
         ax.set_xticks(np.arange(len(variants)), variants, rotation=35, ha="right")
         ax.set_ylabel(label)
-        ax.legend()
+        ax.legend(handles=[Patch(color=f"C{k}", label=el) for k, el in enumerate(elements)])
+    fig.suptitle(f"mean ± std over {len(spec['seeds'])} seeds; hatched, pale bars: fewer seeds so far", fontsize=9)
     fig.tight_layout()
     fig.savefig(out / "ablation.png", dpi=110)
     plt.close(fig)
