@@ -80,7 +80,7 @@ def write_outputs(spec: dict, record: dict, out: Path) -> str:
             vals = [[r["test"][key] for r in rows_of(spec, record, v, el)] for v in variants]
             mean = [np.mean(v) if v else np.nan for v in vals]
             std = [np.std(v, ddof=1) if len(v) > 1 else 0.0 for v in vals]
-            bars = ax.bar(x, mean, width, yerr=std, capsize=3, label=el, color=f"C{k}")
+            bars = ax.bar(x, mean, width, yerr=std, capsize=3, color=f"C{k}")
             for bar, v in zip(bars, vals):
                 if len(v) < len(spec["seeds"]):  # incomplete: hatched and pale, so no ranking is read from it
                     bar.set_hatch("//")
