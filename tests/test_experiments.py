@@ -60,6 +60,26 @@ def test_every_ablation_variant_is_a_valid_config():
         assert expected_param_shapes(cfg.model.family, hyper), r.key
 
 
+def test_ablation_budget_note():
+    """The budget paragraph is measured from the curves: a flat end reads as flattened, a falling one as not,
+    the steepest variant is named, and runs shorter than the window are left out rather than read as NaN."""
+    sys.path.insert(0, str(ROOT / "experiments" / "ablations"))
+    from run import TAIL, budget_note, tail_gain
+
+    spec = json.loads((ROOT / "experiments" / "ablations" / "ablations.json").read_text())
+
+    def run(curve, ended="epochs"):
+        return {"curve": {"val_f_mae": curve}, "ended": ended}
+
+    flat, falling = [1.0] * 10, [1.0 - 0.05 * k for k in range(10)]
+    assert tail_gain(run(flat)) == 0.0
+    assert tail_gain(run(falling)) == pytest.approx(100 * (falling[-TAIL - 1] - falling[-1]) / falling[-TAIL - 1])
+    note = budget_note(spec, {"a/Si/0": run(flat), "a/Si/1": run(flat), "b/Si/0": run(falling, "early stopping")})
+    assert "have flattened" in note and "1 of 3 runs stopped early" in note and "most (mean over runs): b (" in note
+    assert "still falling, so" in budget_note(spec, {"b/Si/0": run(falling)})
+    assert "not measured" in budget_note(spec, {"a/Si/0": run([1.0, 0.9])})
+
+
 def test_mlearn_protocol_driver(tmp_path):
     """The mlearn driver end to end on a tiny protocol (1 epoch, 2 seeds, 2 lanes): every run is trained
     on one core, evaluated on its test file once, recorded and tabulated; a second call trains nothing

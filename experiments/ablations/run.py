@@ -41,6 +41,43 @@ def rows_of(spec, record, var, el):
     return [record[f"{var}/{el}/{s}"] for s in spec["seeds"] if f"{var}/{el}/{s}" in record]
 
 
+TAIL = 5  # epochs over which the end of a learning curve is measured
+FLAT = 2.0  # a median fall (%) over those epochs below this counts as flattened
+
+
+def tail_gain(r: dict) -> float:
+    """Relative fall (%) of the validation force MAE over a run's last TAIL epochs: ~0 when the curve is flat."""
+    y = r["curve"]["val_f_mae"]
+    return 100.0 * (y[-TAIL - 1] - y[-1]) / y[-TAIL - 1] if len(y) > TAIL else float("nan")
+
+
+def budget_note(spec: dict, record: dict) -> str:
+    """How flat the validation curves are where the fixed budget ends, from every recorded run."""
+    import numpy as np
+
+    from jaxmat.train._config import OptimConfig
+
+    final = spec["base"].get("optim", {}).get("final_lr_factor", OptimConfig.final_lr_factor)
+    gains = {k: g for k, r in record.items() if np.isfinite(g := tail_gain(r))}
+    if not gains:
+        return f"Budget: no run is longer than {TAIL} epochs, so how flat the curves end is not measured."
+    by_var: dict[str, list[float]] = {}
+    for k, g in gains.items():
+        by_var.setdefault(k.split("/")[0], []).append(g)
+    steepest = sorted(by_var, key=lambda v: -np.mean(by_var[v]))[:3]
+    early = sum(r["ended"] != "epochs" for r in record.values())
+    median = float(np.median(list(gains.values())))
+    verdict = ("the curves (`curves.png`) have flattened, so the table compares variants near the end of their "
+               "schedules, not mid-descent" if median < FLAT else
+               "the curves (`curves.png`) were still falling, so the table compares variants at this budget only")
+    return (f"Budget: every variant gets the same epochs (the cosine horizon: the learning rate ends at "
+            f"{100 * final:g} % of its peak); {early} of {len(record)} runs stopped early. Over the last {TAIL} "
+            f"epochs the validation force MAE fell by a median {median:.1f} % (largest {max(gains.values()):.1f} %): "
+            f"{verdict}. Still falling most (mean over runs): "
+            + ", ".join(f"{v} ({np.mean(by_var[v]):.1f} %)" for v in steepest)
+            + "; a longer budget is the next lever, and it would favour those.")
+
+
 def write_outputs(spec: dict, record: dict, out: Path) -> str:
     import numpy as np
 
@@ -49,17 +86,18 @@ def write_outputs(spec: dict, record: dict, out: Path) -> str:
     from jaxmat.train._plots import _plt
 
     lines = ["| element | variant | params | test E MAE (meV/atom) | test F MAE (eV/A) | seeds | epochs: run (best) | "
-             "one-core min/run |", "|---|---|---|---|---|---|---|---|"]
+             f"val F fall, last {TAIL} ep. (%) | one-core min/run |", "|---|---|---|---|---|---|---|---|---|"]
     for el in spec["epochs"]:
         for var in spec["variants"]:
             rows = rows_of(spec, record, var, el)
             if not rows:
-                lines.append(f"| {el} | {var} | | not run yet | | 0 | | |")
+                lines.append(f"| {el} | {var} | | not run yet | | 0 | | | |")
                 continue
             epochs = ", ".join(f"{r['epochs']} ({r['best_epoch']})" for r in rows)
             n = f"{len(rows)}" + ("" if len(rows) == len(spec["seeds"]) else " (incomplete)")
             lines.append(f"| {el} | {var} | {rows[0]['params']:,} | {fmt([r['test']['e_mae'] for r in rows], 2)} | "
                          f"{fmt([r['test']['f_mae'] for r in rows], 4)} | {n} | {epochs} | "
+                         f"{fmt([tail_gain(r) for r in rows], 1)} | "
                          f"{fmt([r['minutes'] for r in rows], 1)} |")
     text = "\n".join(["# M3GNet ablations on mlearn Si and Mo", "",
                       "Reproduce: `python experiments/ablations/run.py` (resumable; skips the runs in runs.json).", "",
@@ -67,7 +105,7 @@ def write_outputs(spec: dict, record: dict, out: Path) -> str:
                       "```json", json.dumps(spec["base"], indent=1), "```", "", "## Results", "",
                       "Mean ± sample std over the seeds; force MAE over all force components. Plot: `ablation.png` "
                       "(error bars: std over seeds); `curves.png`: validation force MAE per epoch of every run.", "",
-                      *lines, ""])
+                      *lines, "", budget_note(spec, record), ""])
     (out / "results.md").write_text(text)
 
     plt = _plt()
