@@ -127,7 +127,9 @@ def write_outputs(spec: dict, record: dict, out: Path) -> str:
         ax.set_xticks(np.arange(len(variants)), variants, rotation=35, ha="right")
         ax.set_ylabel(label)
         ax.legend(handles=[Patch(color=f"C{k}", label=el) for k, el in enumerate(elements)])
-    fig.suptitle(f"mean ± std over {len(spec['seeds'])} seeds; hatched, pale bars: fewer seeds so far", fontsize=9)
+    partial = any(len(rows_of(spec, record, v, el)) < len(spec["seeds"]) for v in variants for el in elements)
+    fig.suptitle(f"mean ± std over {len(spec['seeds'])} seeds" + ("; hatched, pale bars: fewer seeds so far" if partial else ""),
+                 fontsize=9)
     fig.tight_layout()
     fig.savefig(out / "ablation.png", dpi=110)
     plt.close(fig)
