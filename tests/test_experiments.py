@@ -80,6 +80,7 @@ def test_ablation_budget_note():
     assert "not measured" in budget_note(spec, {"a/Si/0": run([1.0, 0.9])})
 
 
+@pytest.mark.slow  # ~3.3 min on 2 cores (two pinned training subprocesses): outside the default suite (-m slow)
 def test_mlearn_protocol_driver(tmp_path):
     """The mlearn driver end to end on a tiny protocol (1 epoch, 2 seeds, 2 lanes): every run is trained
     on one core, evaluated on its test file once, recorded and tabulated; a second call trains nothing
