@@ -97,7 +97,7 @@ def write_outputs(spec: dict, record: dict, out: Path) -> str:
             n = f"{len(rows)}" + ("" if len(rows) == len(spec["seeds"]) else " (incomplete)")
             lines.append(f"| {el} | {var} | {rows[0]['params']:,} | {fmt([r['test']['e_mae'] for r in rows], 2)} | "
                          f"{fmt([r['test']['f_mae'] for r in rows], 4)} | {n} | {epochs} | "
-                         f"{fmt([tail_gain(r) for r in rows], 1)} | "
+                         f"{fmt([g for r in rows if np.isfinite(g := tail_gain(r))], 1)} | "
                          f"{fmt([r['minutes'] for r in rows], 1)} |")
     text = "\n".join(["# M3GNet ablations on mlearn Si and Mo", "",
                       "Reproduce: `python experiments/ablations/run.py` (resumable; skips the runs in runs.json).", "",
