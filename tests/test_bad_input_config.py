@@ -62,6 +62,15 @@ CONFIGS = {
     "unknown structure check": ({"data": {"structure_checks": {"min_distance": 0.3}}},
                                 r"data.structure_checks: unknown key\(s\) \['min_distance'\]"),
     "no training file": ({"data": {"train": ""}}, "data.train .* is required"),
+    # an ensemble field without ensemble.kind, or one the kind does not use, would be silently ignored
+    "ensemble size without kind": ({"ensemble": {"size": 5}}, r"ensemble.size = 5 is set but ensemble.kind is 'none' "
+                                   r"\(one model would be trained.*set ensemble.kind to 'deep' or 'shallow'"),
+    "bootstrap of a shallow ensemble": ({"ensemble": {"kind": "shallow", "bootstrap": 0.5}},
+                                        r"ensemble.bootstrap = 0.5 applies to deep ensembles only"),
+    "heads of a deep ensemble": ({"ensemble": {"kind": "deep", "heads": ["readout", "conv_0"]}},
+                                 r"ensemble.heads = .* applies to shallow ensembles only"),
+    "no heads": ({"ensemble": {"kind": "shallow", "heads": []}}, r"ensemble.heads = \[\]: a shallow ensemble needs"),
+    "init_member without init_from": ({"model": {"init_member": 0}}, r"model.init_member = 0 .*init_from is not set"),
 }
 
 

@@ -110,7 +110,7 @@ def training_table(K, repeats):
         steps.member_mode = (lambda: "vmap") if vmapped else (lambda: "sequential")
         cfg = config_from_dict({"data": {"train": str(source), "graphs_per_batch": 4},
                                 "model": {"hyperparameters": hyper}, "run": {"progress": False},
-                                "ensemble": {"kind": kind, "size": K}})
+                                "ensemble": {"kind": kind, **({"size": K} if kind != "none" else {})}})
         model = _make_model(cfg, frames, "atoms")
         graphs = build_graphs(frames, model)
         budget = batch_budget(graphs, 4)

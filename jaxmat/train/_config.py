@@ -10,8 +10,9 @@ import json
 from pathlib import Path
 from typing import ClassVar
 
-from jaxmat._checks import (ConfigError, Rule, at_least, between, check_fields, check_instance, each, non_negative,
-                            one_of, positive, rules_text)
+from jaxmat._checks import (Rule, at_least, between, check_fields, check_instance, each, non_negative, one_of,
+                            positive, rules_text)
+from jaxmat.errors import ConfigError
 
 
 class _Section:
@@ -46,6 +47,7 @@ class DataConfig(_Section):
 @dataclasses.dataclass
 class ModelConfig(_Section):
     init_from: str | None = None  #: pretrained name or bundle folder (relative to the config file) to fine-tune; None: from scratch
+    init_member: int | None = None  #: init_from an ensemble bundle: fine-tune its member k (0 .. K-1; required there, refused for a single model)
     family: str = "M3GNet"  #: model family for training from scratch
     hyperparameters: dict = dataclasses.field(default_factory=dict)  #: overrides of the family defaults; with init_from only growth ({"max_l": 7}, {"nblocks": 4}; see grow_model)
     freeze: list[str] = dataclasses.field(default_factory=list)  #: parameter-path prefixes kept fixed ("conv_", "energy_scale/element_refs")
@@ -53,6 +55,7 @@ class ModelConfig(_Section):
     scale_from_data: bool = True  #: from scratch: energy scale = RMS force component of the data
 
     SECTION: ClassVar[str] = "model"
+    RULES: ClassVar[dict] = {"init_member": non_negative()}
 
 
 @dataclasses.dataclass
@@ -99,7 +102,7 @@ class OptimConfig(_Section):
 @dataclasses.dataclass
 class EnsembleConfig(_Section):
     kind: str = "none"  #: "none" (one model), "deep" (size full models trained side by side in one vmapped step) or "shallow" (one body, size readout heads)
-    size: int = 5  #: number of members K (>= 2)
+    size: int | None = None  #: number of members K (>= 2); None: 5 for a deep or shallow ensemble (with kind "none" leave it unset)
     bootstrap: float = 1.0  #: deep: fraction of the training frames each member trains on (sub-sampled without replacement, seeded per member; the others get loss weight 0); 1: all
     heads: list[str] = dataclasses.field(default_factory=lambda: ["readout"])  #: shallow: parameter groups with one copy per member
     reinit: list[str] = dataclasses.field(default_factory=list)  #: fine-tuning: parameter groups drawn fresh per member (member k: seed run.init_seed + k), e.g. ["readout"]; shallow heads always are
@@ -113,6 +116,15 @@ class EnsembleConfig(_Section):
                              "bootstrap": between(0, 1, lo_open=True), "objective": one_of("crps", "nll"),
                              "uncertainty_weight": non_negative(), "calibration": one_of("nll", "musil", "none"),
                              "calibrate_on": one_of("valid", "out_of_sample")}
+    DEFAULT_SIZE: ClassVar[int] = 5
+    #: fields that only one kind of ensemble uses (any other kind would silently ignore them)
+    ONLY_FOR: ClassVar[dict] = {"bootstrap": "deep", "heads": "shallow", "objective": "shallow",
+                                "uncertainty_weight": "shallow"}
+
+    def __post_init__(self):
+        super().__post_init__()
+        if self.kind != "none" and self.size is None:
+            self.size = self.DEFAULT_SIZE
 
 
 @dataclasses.dataclass
@@ -192,13 +204,19 @@ def check_config(cfg: TrainConfig) -> None:
         if cfg.model.family not in FAMILIES:
             raise ConfigError(f"config: model.family = {cfg.model.family!r}: expected one of {sorted(FAMILIES)}")
         check_hyperparameters(cfg.model.family, cfg.model.hyperparameters, "config: model.hyperparameters")
+    if cfg.model.init_member is not None and not cfg.model.init_from:
+        raise ConfigError(f"config: model.init_member = {cfg.model.init_member} picks a member of the ensemble "
+                          "model.init_from names, but model.init_from is not set")
     ens = cfg.ensemble
+    _check_ensemble_kind(ens)
     if ens.kind != "none":
         if ens.calibrate_on == "out_of_sample" and (ens.kind != "deep" or ens.bootstrap == 1):
             raise ConfigError("config: ensemble.calibrate_on = 'out_of_sample' needs a deep ensemble with "
                               "ensemble.bootstrap < 1 (otherwise every member trained on every training frame)")
-        if ens.calibration == "musil" and ens.size < 4:
-            raise ConfigError(f"config: ensemble.calibration = 'musil' needs ensemble.size >= 4, got {ens.size}")
+        if ens.calibration == "musil":
+            from jaxmat.uncertainty import check_musil_size
+
+            check_musil_size(ens.size, "config: ensemble.calibration = 'musil'", "ensemble.calibration = 'nll'")
         if ens.kind == "deep" and cfg.model.init_from and not ens.reinit and ens.bootstrap == 1:
             raise ConfigError("config: a deep ensemble fine-tuned from one model with ensemble.reinit [] and "
                               "ensemble.bootstrap 1 would train K identical members: re-draw some groups per member "
@@ -206,6 +224,38 @@ def check_config(cfg: TrainConfig) -> None:
         if ens.kind == "shallow" and cfg.loss.forces_weight == 0:
             raise ConfigError("config: a shallow ensemble needs loss.forces_weight > 0: trained on energies only, "
                               "its force spreads are not calibrated")
+
+
+def _default(cls, name):
+    f = {f.name: f for f in dataclasses.fields(cls)}[name]
+    return f.default_factory() if f.default_factory is not dataclasses.MISSING else f.default
+
+
+def _check_ensemble_kind(ens: EnsembleConfig) -> None:
+    """No ensemble field that the chosen kind ignores may be set (it would be silently ignored):
+    with kind "none" none at all, and the deep-only and shallow-only ones only with their kind."""
+    changed = [f.name for f in dataclasses.fields(ens) if f.name != "kind" and getattr(ens, f.name) != _default(type(ens), f.name)]
+    if ens.kind == "none" and changed:
+        name = changed[0]
+        what = f"an ensemble of {ens.size}" if name == "size" else "an ensemble"
+        raise ConfigError(f"config: ensemble.{name} = {getattr(ens, name)!r} is set but ensemble.kind is 'none' (one model "
+                          f"would be trained and ensemble.{name} ignored): set ensemble.kind to 'deep' or 'shallow' "
+                          f"to train {what}, or remove ensemble.{name}")
+    if ens.kind == "none":
+        return
+    if ens.size is None:  # kind set after the section was made
+        ens.size = ens.DEFAULT_SIZE
+    for name in changed:
+        only = ens.ONLY_FOR.get(name)
+        if only and only != ens.kind:
+            why = {"deep": "the shallow heads share one body that trains on every frame",
+                   "shallow": "a deep ensemble has one copy of every parameter group per member"}[only]
+            raise ConfigError(f"config: ensemble.{name} = {getattr(ens, name)!r} applies to {only} ensembles only "
+                              f"({why}), and ensemble.kind is {ens.kind!r}: remove ensemble.{name}, or set "
+                              f"ensemble.kind to {only!r}")
+    if ens.kind == "shallow" and not ens.heads:
+        raise ConfigError("config: ensemble.heads = []: a shallow ensemble needs at least one parameter group with "
+                          "one copy per member (e.g. [\"readout\"])")
 
 
 def load_config(path) -> TrainConfig:

@@ -11,9 +11,8 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
-from jaxmat._checks import ConfigError
-from jaxmat.errors import TrainingError
-from jaxmat.train._checkpoint import CHECKPOINT_FILE, CheckpointError, recover_dir
+from jaxmat.errors import CheckpointError, ConfigError, TrainingError
+from jaxmat.train._checkpoint import CHECKPOINT_FILE, recover_dir
 from jaxmat.train._optim import param_path
 
 
@@ -48,6 +47,9 @@ def record_config(cfg, workdir: Path, log, resumed: bool, write: bool = True) ->
             old = {}
         changed = {(sec, k): (old[sec].get(k), v) for sec, fields in new.items() for k, v in fields.items()
                    if isinstance(old.get(sec), dict) and old[sec].get(k) != v}
+        if new["ensemble"]["kind"] == "none" and old.get("ensemble", {}).get("kind") == "none":
+            # one model: the other ensemble fields mean nothing (ensemble.size was 5 there before it became None)
+            changed = {key: v for key, v in changed.items() if key[0] != "ensemble"}
         text = lambda keys: "; ".join(f"{sec}.{k}: {changed[sec, k][0]!r} -> {changed[sec, k][1]!r}"  # noqa: E731
                                       for sec, k in keys)
         fixed = [key for key in changed if key[1] in REPLAY_FIELDS.get(key[0], ())]
