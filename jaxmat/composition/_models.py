@@ -121,11 +121,6 @@ def count_params(variables) -> int:
     return int(sum(x.size for x in jax.tree_util.tree_leaves(variables["params"])))
 
 
-def predict_fn(model: nn.Module):
-    """(variables, x) -> predictions in inference mode (running batch-norm statistics)."""
-    return lambda variables, x: model.apply(variables, jnp.asarray(x), train=False)
-
-
 #: width profile each architecture is scaled from when matching a parameter budget
 BASE_WIDTHS = {"elemnet": ELEMNET_WIDTHS, "irnet": ELEMNET_WIDTHS, "brnet": (1024, 512, 256, 128, 64, 32)}
 
