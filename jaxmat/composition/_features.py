@@ -60,10 +60,6 @@ def element_embedding_table(path, elements: Sequence[str] = ELEMNET_ELEMENTS) ->
     return (t - t.mean(0)) / np.where(t.std(0) > 0, t.std(0), 1.0)
 
 
-def descriptor_names(property_names: Sequence[str]) -> list[str]:
-    return [f"{stat}_{p}" for p in property_names for stat in STATS]
-
-
 def _fractions_and_properties(formula: str, table: dict[str, np.ndarray]) -> tuple[np.ndarray, np.ndarray]:
     """(n_el,) atomic fractions and (n_el, n_props) element properties of ``formula``. Raises
     FormulaError for an element the table lacks."""
