@@ -22,10 +22,7 @@ from typing import Any, Callable, Mapping, NamedTuple
 
 import numpy as np
 
-
-class ConfigError(ValueError):
-    """A setting (config field, command-line option, keyword argument, hyperparameter) of the
-    wrong type or outside its allowed range."""
+from jaxmat.errors import ConfigError
 
 
 class Rule(NamedTuple):

@@ -16,7 +16,8 @@ import numpy as np
 import vesin
 from ase.calculators.calculator import Calculator, PropertyNotImplementedError, all_changes
 
-from jaxmat._checks import ConfigError, at_least, check_value, non_negative, one_of
+from jaxmat._checks import at_least, check_value, non_negative, one_of
+from jaxmat.errors import ConfigError
 from jaxmat.graph import (
     CUTOFF_TOLERANCE,
     DEFAULT_CHECKS,

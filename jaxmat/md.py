@@ -15,9 +15,9 @@ from ase.md.langevin import Langevin
 from ase.md import velocitydistribution
 from ase.md.verlet import VelocityVerlet
 
-from jaxmat._checks import ConfigError, Rule, at_least, check_instance, check_value, each, non_negative, one_of, positive
+from jaxmat._checks import Rule, at_least, check_instance, check_value, each, non_negative, one_of, positive
 from jaxmat.data import read_structures
-from jaxmat.graph import StructureError
+from jaxmat.errors import ConfigError, StructureError
 from jaxmat.guard import GuardLimits, MDGuard
 
 

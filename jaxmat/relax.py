@@ -22,7 +22,7 @@ from ase.filters import FrechetCellFilter
 from ase.optimize import BFGS, FIRE
 
 from jaxmat._checks import between, check_instance, non_negative, one_of, positive
-from jaxmat.graph import StructureError
+from jaxmat.errors import StructureError
 
 #: a relaxation whose volume leaves [1/MAX_VOLUME_RATIO, MAX_VOLUME_RATIO] x its start has diverged
 MAX_VOLUME_RATIO = 8.0

@@ -10,7 +10,7 @@ from jaxmat.composition._features import (
     magpie_descriptors,
     read_element_table,
 )
-from jaxmat.composition._formula import FormulaError, fractions, parse_formula
+from jaxmat.composition._formula import fractions, parse_formula
 from jaxmat.composition._attention import ElementAttention
 from jaxmat.composition._models import (
     ARCHITECTURES,
@@ -19,11 +19,13 @@ from jaxmat.composition._models import (
     IRNet,
     count_params,
     make_regressor,
+    match_budget,
     scaled_widths,
 )
+from jaxmat.errors import FormulaError
 
 __all__ = [
     "ARCHITECTURES", "BRNet", "ELEMNET_ELEMENTS", "ElementAttention", "ElemNetMLP", "FormulaError", "IRNet",
     "count_params", "element_embedding_table", "element_fractions", "featurize", "fractions", "magpie_descriptors",
-    "make_regressor", "parse_formula", "read_element_table", "scaled_widths",
+    "make_regressor", "match_budget", "parse_formula", "read_element_table", "scaled_widths",
 ]

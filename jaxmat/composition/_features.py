@@ -9,7 +9,8 @@ from typing import Sequence
 
 import numpy as np
 
-from jaxmat.composition._formula import FormulaError, fractions
+from jaxmat.composition._formula import fractions
+from jaxmat.errors import FormulaError
 
 #: ElemNet's 86 elements (Jha et al., Sci. Rep. 2018): H-Pu without He, Ne, Ar, Po, At, Rn, Fr, Ra.
 ELEMNET_ELEMENTS = (

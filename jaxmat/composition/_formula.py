@@ -6,12 +6,10 @@ import re
 
 from ase.data import chemical_symbols
 
+from jaxmat.errors import FormulaError
+
 _KNOWN = set(chemical_symbols[1:])
 _TOKEN = re.compile(r"([A-Z][a-z]?)|(\()|(\))|(\d+(?:\.\d+)?|\.\d+)|(\s+)")
-
-
-class FormulaError(ValueError):
-    """A formula that cannot be parsed (unknown element, bad characters, unbalanced brackets...)."""
 
 
 def parse_formula(formula: str) -> dict[str, float]:

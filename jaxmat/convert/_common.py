@@ -7,12 +7,10 @@ from pathlib import Path
 import numpy as np
 from ase.data import chemical_symbols
 
+from jaxmat.errors import ConversionError
+
 #: matgl's DEFAULT_ELEMENTS (used when a model.json names none): Z < 95 without Po, At, Rn, Fr, Ra.
 MATGL_DEFAULT_ELEMENTS = tuple(s for s in chemical_symbols[1:95] if s not in ("Po", "At", "Rn", "Fr", "Ra"))
-
-
-class ConversionError(ValueError):
-    """The matgl folder cannot be converted (unsupported architecture or unexpected tensors)."""
 
 
 def load_state_dict(path: Path) -> dict[str, np.ndarray]:

@@ -6,7 +6,8 @@ import re
 
 import numpy as np
 
-from jaxmat.convert._common import MATGL_DEFAULT_ELEMENTS, ConversionError
+from jaxmat.convert._common import MATGL_DEFAULT_ELEMENTS
+from jaxmat.errors import ConversionError
 
 
 def _mlp(sd, prefix, n_linear):

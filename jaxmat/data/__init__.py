@@ -11,7 +11,8 @@ from jaxmat.data._batch import (
     pack,
     split,
 )
-from jaxmat.data._read import DatasetError, Frame, read_frames, read_structures
+from jaxmat.data._read import Frame, read_frames, read_structures
+from jaxmat.errors import DatasetError
 
 __all__ = [
     "Batch",

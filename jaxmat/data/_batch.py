@@ -6,7 +6,8 @@ from typing import NamedTuple, Sequence
 
 import numpy as np
 
-from jaxmat.data._read import DatasetError, Frame
+from jaxmat.data._read import Frame
+from jaxmat.errors import DatasetError
 from jaxmat.graph import DEFAULT_CHECKS, PadSizes, StructureChecks, atoms_to_graph, batch_graphs, cast_floats, graph_sizes, pad_graph
 
 

@@ -17,9 +17,7 @@ import ase.io
 import numpy as np
 from ase.stress import voigt_6_to_full_3x3_stress
 
-
-class DatasetError(ValueError):
-    """A dataset frame that cannot be used: missing or non-finite labels, bad structure."""
+from jaxmat.errors import DatasetError
 
 
 class Frame(NamedTuple):

@@ -1,5 +1,6 @@
 """Atomic graphs: host construction (neighbour lists, triplets), batching, padding, geometry."""
 
+from jaxmat.errors import StructureError
 from jaxmat.graph._build import (
     PadSizes,
     atoms_to_graph,
@@ -16,7 +17,6 @@ from jaxmat.graph._neighbors import CUTOFF_TOLERANCE, build_triplets, neighbor_e
 from jaxmat.graph._structure import (
     DEFAULT_CHECKS,
     StructureChecks,
-    StructureError,
     check_structure,
     localize_positions,
 )

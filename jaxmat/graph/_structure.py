@@ -26,10 +26,7 @@ import numpy as np
 from ase.data import chemical_symbols, covalent_radii
 
 from jaxmat._checks import at_least, check_instance, non_negative
-
-
-class StructureError(ValueError):
-    """An input structure that no potential can evaluate meaningfully."""
+from jaxmat.errors import StructureError
 
 
 @dataclasses.dataclass(frozen=True)

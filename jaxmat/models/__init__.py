@@ -1,6 +1,7 @@
 """Model families, model bundles and the pretrained registry."""
 
-from jaxmat.models._bundle import BundleError, read_bundle, save_bundle
+from jaxmat.errors import BundleError, UnknownElementError
+from jaxmat.models._bundle import read_bundle, save_bundle
 from jaxmat.models._ensemble import Ensemble, stack_members
 from jaxmat.models._grow import GROWABLE, grow_model
 from jaxmat.models._m3gnet import M3GNet
@@ -8,7 +9,6 @@ from jaxmat.models._model import (
     DEFAULT_MODEL,
     FAMILIES,
     Model,
-    UnknownElementError,
     list_pretrained,
     load_model,
 )

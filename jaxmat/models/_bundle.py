@@ -24,16 +24,14 @@ import flax.serialization
 import jax
 import numpy as np
 
+from jaxmat.errors import BundleError
+
 FORMAT = "jaxmat-bundle"
 FORMAT_VERSION = 2
 ENSEMBLE_FORMAT_VERSION = 3
 SUPPORTED_VERSIONS = (1, 2, 3)
 CONFIG_FILE = "config.json"
 PARAMS_FILE = "params.msgpack"
-
-
-class BundleError(ValueError):
-    """A model bundle that is missing, corrupt or incompatible with this jaxmat."""
 
 
 def atomic_write(path: Path, data: bytes) -> None:

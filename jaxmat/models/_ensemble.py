@@ -24,7 +24,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
-from jaxmat._checks import ConfigError
+from jaxmat.errors import ConfigError
 from jaxmat.models._model import Model, resolved_hyperparameters
 
 KINDS = ("deep", "shallow")

@@ -13,8 +13,9 @@ import jax.numpy as jnp
 import numpy as np
 from ase.data import chemical_symbols
 
-from jaxmat._checks import ConfigError, check_fields
-from jaxmat.models._bundle import BundleError, check_params, read_bundle, save_bundle
+from jaxmat._checks import check_fields
+from jaxmat.errors import BundleError, ConfigError, UnknownElementError
+from jaxmat.models._bundle import check_params, read_bundle, save_bundle
 from jaxmat.models._m3gnet import M3GNet
 from jaxmat.models._megnet import MEGNet
 
@@ -23,10 +24,6 @@ FAMILIES: dict[str, type[nn.Module]] = {"M3GNet": M3GNet, "MEGNet": MEGNet}
 
 PRETRAINED_DIR = Path(__file__).resolve().parent.parent / "pretrained"
 DEFAULT_MODEL = "M3GNet-MP-2021.2.8-PES"
-
-
-class UnknownElementError(ValueError):
-    """A structure holds an element the model was not trained on."""
 
 
 @dataclasses.dataclass(frozen=True, eq=False)

@@ -30,7 +30,8 @@ from ase import units
 from ase.calculators.singlepoint import SinglePointCalculator
 from tqdm.auto import tqdm
 
-from jaxmat._checks import ConfigError, check_value, non_negative, one_of
+from jaxmat._checks import check_value, non_negative, one_of
+from jaxmat.errors import ConfigError, RefusedStructure
 from jaxmat.graph import DEFAULT_CHECKS
 from jaxmat.guard import MDGuard, runaway_temperature
 from jaxmat.md import MDSettings, thermalize
@@ -40,7 +41,7 @@ from jaxmat.relax import RelaxSettings, finish
 from jaxmat.simulate import _fire as fire
 from jaxmat.simulate._integrators import MDState, kinetic_energy, langevin, nose_hoover, npt_crescale, nve
 from jaxmat.simulate._layout import join, make_batch, split
-from jaxmat.simulate._neighbors import RefusedStructure, build_lists, effective_graph, still_valid
+from jaxmat.simulate._neighbors import build_lists, effective_graph, still_valid
 
 MD_NODE = ("positions", "momenta", "forces")
 FIRE_NODE = ("dof", "velocity", "forces", "positions", "cartesian_forces")

@@ -28,12 +28,12 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
+from jaxmat.errors import NeighborOverflowError, RefusedStructure, StructureError
 from jaxmat.graph import (
     CUTOFF_TOLERANCE,
     DEFAULT_CHECKS,
     AtomicGraph,
     PadSizes,
-    StructureError,
     atoms_to_graph,
     batch_graphs,
     bucket_sizes,
@@ -43,18 +43,6 @@ from jaxmat.graph import (
     pad_graph,
 )
 from jaxmat.graph._structure import lattice_basis
-
-
-class NeighborOverflowError(RuntimeError):
-    """A rebuilt neighbour list needs more room than the fixed capacity allows."""
-
-
-class RefusedStructure(StructureError):
-    """The graph builder refused structure ``index`` of a batch (``cause`` says why)."""
-
-    def __init__(self, index: int, cause: Exception):
-        super().__init__(f"structure {index}: {cause}")
-        self.index, self.cause = index, cause
 
 
 class Lists(NamedTuple):

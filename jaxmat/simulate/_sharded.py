@@ -21,12 +21,10 @@ from ase import units
 from jax.sharding import Mesh, NamedSharding, PartitionSpec
 from tqdm.auto import tqdm
 
-from jaxmat._checks import ConfigError
-from jaxmat.errors import SimulationError
+from jaxmat.errors import ConfigError, RefusedStructure, SimulationError
 from jaxmat.guard import runaway_temperature
 from jaxmat.simulate._integrators import MDState
 from jaxmat.simulate._layout import join, make_batch, split
-from jaxmat.simulate._neighbors import RefusedStructure
 
 AXIS = "replicas"
 MD_NODE = ("positions", "momenta", "forces")

@@ -1,6 +1,7 @@
 """Training with Optax: configs, losses, element references, checkpoints, the training loop."""
 
-from jaxmat.train._checkpoint import CheckpointError, load_checkpoint, save_checkpoint
+from jaxmat.errors import CheckpointError
+from jaxmat.train._checkpoint import load_checkpoint, save_checkpoint
 from jaxmat.train._config import TrainConfig, config_from_dict, describe, load_config
 from jaxmat.train._evaluate import error_metrics, format_metrics, format_metrics_by_group, metrics_by_group, predict
 from jaxmat.train._loss import loss_and_metrics, summarize

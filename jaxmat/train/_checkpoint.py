@@ -14,15 +14,12 @@ import flax.serialization
 import jax
 import numpy as np
 
-from jaxmat.models._bundle import BundleError, atomic_write, check_weights
+from jaxmat.errors import BundleError, CheckpointError
+from jaxmat.models._bundle import atomic_write, check_weights
 
 FORMAT = "jaxmat-checkpoint"
 FORMAT_VERSION = 1
 CHECKPOINT_FILE = "checkpoint.msgpack"
-
-
-class CheckpointError(ValueError):
-    """A checkpoint that is corrupt or does not fit the current run."""
 
 
 def save_checkpoint(workdir, state: dict) -> Path:

@@ -6,7 +6,8 @@ import jax
 import numpy as np
 
 from jaxmat._checks import at_least, check_value, one_of
-from jaxmat.data import DatasetError, batch_budget, build_graphs, make_batch, pack
+from jaxmat.data import batch_budget, build_graphs, make_batch, pack
+from jaxmat.errors import DatasetError
 from jaxmat.graph import DEFAULT_CHECKS, StructureChecks
 from jaxmat.models._predict import host_graph_totals, warn_outside_domain
 from jaxmat.potential import energy_forces_stress

@@ -26,8 +26,8 @@ import jax
 import numpy as np
 from jax.sharding import Mesh, NamedSharding, PartitionSpec
 
-from jaxmat._checks import ConfigError
 from jaxmat.data import Batch, batch_budget, make_batch
+from jaxmat.errors import ConfigError
 from jaxmat.potential import energy_forces_stress
 from jaxmat.train._loss import label_counts, loss_and_metrics, potential_terms
 

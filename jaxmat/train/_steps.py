@@ -18,8 +18,8 @@ import numpy as np
 import optax
 from jax.sharding import NamedSharding, PartitionSpec
 
-from jaxmat._checks import ConfigError
 from jaxmat.data import Batch, Labels
+from jaxmat.errors import ConfigError
 from jaxmat.models import Ensemble, Model
 from jaxmat.train._guards import all_finite
 from jaxmat.train._loss import loss_and_metrics, potential_terms

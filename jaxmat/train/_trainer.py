@@ -12,9 +12,8 @@ import numpy as np
 from ase.data import atomic_numbers
 from jax.experimental import multihost_utils
 
-from jaxmat._checks import ConfigError
-from jaxmat.errors import TrainingError
-from jaxmat.data import DatasetError, batch_budget, build_graphs, epoch_batches, epoch_groups, make_batch, read_frames, split
+from jaxmat.data import batch_budget, build_graphs, epoch_batches, epoch_groups, make_batch, read_frames, split
+from jaxmat.errors import ConfigError, DatasetError, TrainingError
 from jaxmat.graph import StructureChecks
 from jaxmat.models import FAMILIES, Model, grow_model, load_model
 from jaxmat.models._model import default_hyperparameters

@@ -7,8 +7,9 @@ import jax
 import numpy as np
 
 from jaxmat import uncertainty as uq
-from jaxmat._checks import ConfigError, at_least, check_value, one_of
-from jaxmat.data import DatasetError, batch_budget, build_graphs, make_batch, pack
+from jaxmat._checks import at_least, check_value, one_of
+from jaxmat.data import batch_budget, build_graphs, make_batch, pack
+from jaxmat.errors import ConfigError, DatasetError
 from jaxmat.graph import DEFAULT_CHECKS
 from jaxmat.models import Ensemble
 
