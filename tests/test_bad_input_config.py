@@ -128,7 +128,7 @@ def _ge_frames(path):
 
 
 @pytest.mark.parametrize("case", ["freeze typo", "freeze everything", "element only in validation",
-                                  "property model without its key"])
+                                  "property model without its key", "shallow head typo"])
 def test_configs_refused_once_the_model_is_known(tmp_path, labelled_file, case):
     over, error, match = {
         "freeze typo": ({"model": {"freeze": ["energy_scales/element_refs", "conv_", "conv_7"]}}, ConfigError,
@@ -139,6 +139,9 @@ def test_configs_refused_once_the_model_is_known(tmp_path, labelled_file, case):
                                        r"ge.extxyz:0: element\(s\) \['Ge'\] occur in validation frames but in no training"),
         "property model without its key": ({"model": {"family": "MEGNet", "hyperparameters": {}}}, ConfigError,
                                            "data.energy_key is required for a structure -> property model"),
+        "shallow head typo": ({"ensemble": {"kind": "shallow", "size": 2, "heads": ["nohead"]}}, ConfigError,
+                              r"ensemble.heads \['nohead'\] names no parameter group of this model: heads are whole "
+                              r"top-level groups, one of \[.*'readout'.*\]"),
     }[case]
     cfg = config_from_dict(_config(labelled_file, **over))
     with pytest.raises(error, match=match):

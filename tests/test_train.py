@@ -290,6 +290,41 @@ def test_freeze_keeps_parameters_fixed(tmp_path, labelled_file, model):
     assert best.name == tmp_path.name and best.metadata["init_from"] == "M3GNet-MP-2021.2.8-PES"
 
 
+def test_fine_tuning_from_an_ensemble_starts_from_the_chosen_member(tmp_path, labelled_file):
+    """model.init_from an ensemble bundle needs model.init_member (one line saying so); member 1 is
+    then the starting point (zero learning rate: the first checkpoint holds its weights exactly)."""
+    from conftest import TINY
+    from jaxmat.data import make_batch
+    from jaxmat.errors import ConfigError
+    from jaxmat.models import Model, stack_members
+
+    frames = read_frames(labelled_file)[:1]
+    tiny = Model("M3GNet", {**TINY, "element_types": ["Si"]}, None, {"name": "tiny"})
+    graphs = build_graphs(frames, tiny)
+    graph = make_batch([0], frames, graphs, batch_budget(graphs, 1), "float32").graph
+    ens = stack_members([tiny.with_params(tiny.init_params(graph, seed=k)) for k in range(2)])
+    ens.save(tmp_path / "ens")
+
+    def cfg(member, init_from=str(tmp_path / "ens")):
+        return config_from_dict(_config(labelled_file, model={"init_from": init_from, "hyperparameters": {},
+                                                              "init_member": member, "refit_element_refs": False},
+                                        optim={"learning_rate": 0.0, "ema_decay": 0.0}, run={"max_steps": 1}))
+    for member, init_from, match in [
+            (None, str(tmp_path / "ens"), r"is a deep ensemble of 2 members and model.init_member is not set: set "
+                                          r"model.init_member to a member 0 .. 1"),
+            (2, str(tmp_path / "ens"), r"model.init_member = 2 is out of range"),
+            (0, "M3GNet-MP-2021.2.8-PES", r"is a single model, not an ensemble: remove model.init_member")]:
+        with pytest.raises(ConfigError, match=match):
+            train_and_evaluate(cfg(member, init_from), tmp_path / f"bad{member}", log=lambda *_: None)
+    train_and_evaluate(cfg(1), tmp_path / "run", log=lambda *_: None)
+    start = checkpoint_state(tmp_path / "run")["params"]
+    want = flax.serialization.to_state_dict(jax.device_get(ens.member_params(1)))
+    for a, b in zip(jax.tree_util.tree_leaves(want), jax.tree_util.tree_leaves(start)):
+        np.testing.assert_array_equal(np.asarray(a, np.float32), b)
+    assert not all(np.array_equal(a, b) for a, b in zip(jax.tree_util.tree_leaves(ens.member_params(0)),
+                                                          jax.tree_util.tree_leaves(start)))
+
+
 def test_weight_decay_spares_the_reference_energies():
     """With zero gradients (no clipping: its norm would divide 0 by 0) AdamW only decays; the
     energy_scale group (eV references) is excluded."""

@@ -101,3 +101,15 @@ def check_freeze(params, prefixes, constants=()) -> None:
                           f"paths start with one of {groups} (e.g. 'conv_', 'energy_scale/element_refs')")
     if prefixes and all(any(path.startswith(p) for p in list(prefixes) + list(constants)) for path in paths):
         raise ConfigError(f"config: model.freeze {list(prefixes)} freezes every parameter: nothing would be trained")
+
+
+def check_ensemble_groups(ens, params) -> None:
+    """``ensemble.heads`` (shallow) and ``ensemble.reinit`` must name top-level parameter groups of
+    the model (``params``: one member's tree); a typo would otherwise stack or redraw nothing."""
+    groups = sorted(params)
+    for field, names in (("heads", ens.heads if ens.kind == "shallow" else []),
+                         ("reinit", ens.reinit if ens.kind != "none" else [])):
+        unknown = [n for n in names if n not in params]
+        if unknown:
+            raise ConfigError(f"config: ensemble.{field} {unknown} names no parameter group of this model: "
+                              f"{field} are whole top-level groups, one of {groups} (e.g. [\"readout\"])")

@@ -15,11 +15,11 @@ from jax.experimental import multihost_utils
 from jaxmat.data import batch_budget, build_graphs, epoch_batches, epoch_groups, make_batch, read_frames, split
 from jaxmat.errors import ConfigError, DatasetError, TrainingError
 from jaxmat.graph import StructureChecks
-from jaxmat.models import FAMILIES, Model, grow_model, load_model
+from jaxmat.models import FAMILIES, Ensemble, Model, grow_model, load_model
 from jaxmat.models._model import default_hyperparameters
 from jaxmat.train._config import check_config
 from jaxmat.train._checkpoint import CHECKPOINT_FILE, load_checkpoint, save_checkpoint
-from jaxmat.train._guards import (check_freeze, divergence, healthy, record_config, remove_orphans,
+from jaxmat.train._guards import (check_ensemble_groups, check_freeze, divergence, healthy, record_config, remove_orphans,
                                   saved_state)
 from jaxmat.train._evaluate import predict
 from jaxmat.train._loss import METRIC_KEYS, summarize
@@ -37,10 +37,29 @@ CSV_FIELDS = ["epoch", "step", "lr_scale", "train_loss", "train_e_mae", "train_f
 def output_kind(cfg) -> str:
     """"atoms" (potential: energy, forces, stress labels) or "graph" (one target per structure)."""
     if cfg.model.init_from:
-        return load_model(cfg.model.init_from).output_kind
+        return init_model(cfg).output_kind
     if cfg.model.family not in FAMILIES:
         raise ValueError(f"unknown model family {cfg.model.family!r}; known: {sorted(FAMILIES)}")
     return FAMILIES[cfg.model.family].output_kind
+
+
+def init_model(cfg) -> Model:
+    """The model ``model.init_from`` names; of an ensemble bundle, its member ``model.init_member``."""
+    m = cfg.model
+    base = load_model(m.init_from)
+    if not isinstance(base, Ensemble):
+        if m.init_member is not None:
+            raise ConfigError(f"config: model.init_member = {m.init_member}, but model.init_from {m.init_from!r} is a "
+                              "single model, not an ensemble: remove model.init_member")
+        return base
+    if m.init_member is None or m.init_member >= base.size:
+        got = "is not set" if m.init_member is None else f"= {m.init_member} is out of range"
+        raise ConfigError(f"config: model.init_from {m.init_from!r} is a {base.kind} ensemble of {base.size} members and "
+                          f"model.init_member {got}: set model.init_member to a member 0 .. {base.size - 1} to fine-tune "
+                          "it (fine-tune several into a new ensemble with ensemble.kind 'deep')")
+    meta = {k: v for k, v in base.metadata.items() if k != "members"}
+    meta["name"] = f"{base.name}[{m.init_member}]"  # recorded as the fine-tuned model's init_from
+    return Model(base.family, base.hyperparameters, base.member_params(m.init_member), meta)
 
 
 def _read(cfg, path, kind):
@@ -93,7 +112,7 @@ def config_frames(cfg, which: str) -> list:
 def _make_model(cfg, frames, kind, valid_frames=()) -> Model:
     m = cfg.model
     if m.init_from:  # hyperparameters may only grow the pretrained model (function-preserving)
-        base = load_model(m.init_from)
+        base = init_model(cfg)
         return grow_model(base, seed=init_seed(cfg), **m.hyperparameters) if m.hyperparameters else base
     symbols = {s for f in frames for s in f.atoms.get_chemical_symbols()}
     for f in valid_frames:  # an element no training frame has would keep its random initial weights
@@ -186,6 +205,7 @@ def _train(cfg, workdir, resume, dtype, log):
     run_model = ensemble_template(cfg, model, member)  # the model itself, or an ensemble of its architecture
     # the model's constants (M3GNet's per-structure shift) are never trained, whatever the config says
     check_freeze(member, cfg.model.freeze, model.constant_params)
+    check_ensemble_groups(cfg.ensemble, member)
     tx = with_frozen(tx, member if deep else proto, list(cfg.model.freeze) + list(model.constant_params))
     tx_init = jax.vmap(tx.init) if deep else tx.init  # a deep ensemble: one optimizer state per member
     state = {"params": proto, "ema": proto, "opt_state": tx_init(proto), "step": 0, "epoch": 0,
