@@ -243,7 +243,7 @@ def _ensemble(args) -> int:
 
 
 def _list(args) -> int:
-    from jaxmat.models import list_pretrained
+    from jaxmat._pretrained import list_pretrained  # not jaxmat.models: no jax/flax import for a folder listing
 
     print("\n".join(list_pretrained()))
     return 0

@@ -14,6 +14,7 @@ import numpy as np
 from ase.data import chemical_symbols
 
 from jaxmat._checks import check_fields
+from jaxmat._pretrained import DEFAULT_MODEL, PRETRAINED_DIR, list_pretrained
 from jaxmat.errors import BundleError, ConfigError, UnknownElementError
 from jaxmat.models._bundle import check_params, read_bundle, save_bundle
 from jaxmat.models._m3gnet import M3GNet
@@ -21,9 +22,6 @@ from jaxmat.models._megnet import MEGNet
 
 #: Model families a bundle may name in its ``"model"`` field.
 FAMILIES: dict[str, type[nn.Module]] = {"M3GNet": M3GNet, "MEGNet": MEGNet}
-
-PRETRAINED_DIR = Path(__file__).resolve().parent.parent / "pretrained"
-DEFAULT_MODEL = "M3GNet-MP-2021.2.8-PES"
 
 
 @dataclasses.dataclass(frozen=True, eq=False)
@@ -232,8 +230,3 @@ def check_hyperparameters(family: str, hyper: dict, where: str, required: tuple 
     if tb is not None and rc is not None and tb > rc:
         raise ConfigError(f"{where}: threebody_cutoff {tb} A exceeds cutoff {rc} A (triplets are pairs of bonds of "
                           "the graph, so their cutoff function would be cut off abruptly)")
-
-
-def list_pretrained() -> list[str]:
-    """Names of the bundles shipped inside the package."""
-    return sorted(p.name for p in PRETRAINED_DIR.iterdir() if (p / "config.json").is_file())
