@@ -3,7 +3,8 @@
 Stress is returned in eV/A^3 with ASE's sign and Voigt order (see ``jaxmat.potential``); it is
 only defined for cells periodic in all three directions. For an ensemble (``jaxmat.models.Ensemble``)
 these are the members' means, and the results also hold the calibrated spreads ``energy_std`` (eV),
-``forces_std`` (N, 3) and ``stress_std`` (6,), and the members' own ``energies_members`` (K,),
+``forces_std`` (N, 3) and ``stress_std`` (6,) (the raw members' std for a quantity the bundle has
+not calibrated: ``model.is_calibrated(q)``), and the members' own ``energies_members`` (K,),
 ``forces_members`` (K, N, 3) and ``stress_members`` (K, 6).
 """
 
@@ -183,17 +184,17 @@ class JaxmatCalculator(Calculator):
         """Means, calibrated spreads (ddof=1 x the bundle's scales) and the members' own values."""
         from jaxmat.uncertainty import member_stats
 
-        cal = self.model.calibration
+        scale = self.model.spread_scale  # 1 for a quantity the bundle does not calibrate (raw members' std)
         energies = np.asarray(out["energies"][:, :n], np.float64)  # (K, n)
         members = energies.sum(axis=1)  # float64 totals per member
         forces = np.asarray(out["forces"][:, :n], np.float64)
         e_mean, e_std = member_stats(members)
         f_mean, f_std = member_stats(forces)
         res = {"energy": float(e_mean), "free_energy": float(e_mean), "energies": energies.mean(axis=0),
-               "forces": f_mean, "energy_std": float(cal["energy"] * e_std), "forces_std": cal["forces"] * f_std,
+               "forces": f_mean, "energy_std": float(scale("energy") * e_std), "forces_std": scale("forces") * f_std,
                "energies_members": members, "forces_members": forces}
         if periodic:
             stress = np.asarray(to_voigt(out["stress"][:, 0]), np.float64)  # (K, 6)
             s_mean, s_std = member_stats(stress)
-            res.update(stress=s_mean, stress_std=cal["stress"] * s_std, stress_members=stress)
+            res.update(stress=s_mean, stress_std=scale("stress") * s_std, stress_members=stress)
         return res

@@ -198,8 +198,8 @@ def _uncertainty_table(model, frames, path, args) -> None:
     from jaxmat.train._uq import format_report, member_predict, uncertainty_plots, uncertainty_report
 
     members = member_predict(model, frames, args.graphs_per_batch, args.dtype)
-    print(f"uncertainty ({model.kind} ensemble of {model.size}, calibration {model.calibration['method']}; "
-          "entries with zero reference excluded; energies per atom):")
+    print(f"uncertainty ({model.kind} ensemble of {model.size}, calibration {model.calibration['method']}; entries "
+          "with zero reference excluded; MAE, RMS sigma and NLL in each row's unit):")
     print(format_report(uncertainty_report(model, members)))
     Path(args.plots).mkdir(parents=True, exist_ok=True)
     written = uncertainty_plots(model, members, Path(args.plots) / Path(path).stem)
@@ -226,19 +226,35 @@ def _predict(args) -> int:
 
 
 def _ensemble(args) -> int:
+    from jaxmat._checks import ConfigError
     from jaxmat.data import read_frames
     from jaxmat.models import load_model, stack_members
-    from jaxmat.train._uq import fit_calibration, member_predict
+    from jaxmat.train._uq import fit_calibration, format_scales, member_predict
+    from jaxmat.uncertainty import check_musil_size
 
-    ens = stack_members([load_model(m) for m in args.members], kind="deep",
-                        metadata={"name": Path(args.output).name, "members": list(args.members)})
+    out = Path(args.output)
+    if out.exists() and not args.force:  # e.g. `jaxmat ensemble a b c` meant `jaxmat ensemble OUT a b c`
+        what = "a model bundle" if (out / "config.json").is_file() else ("a folder" if out.is_dir() else "a file")
+        raise ConfigError(f"the output {args.output} exists ({what}); refusing to write over it. The first argument is "
+                          "the output folder (jaxmat ensemble OUT MEMBER...): name a new folder, or add --force to "
+                          "replace it")
+    if args.method is not None and not args.calibrate_on:
+        raise ConfigError(f"--method {args.method} chooses how --calibrate-on fits the spreads; without --calibrate-on "
+                          "the ensemble is not calibrated: add --calibrate-on FILE or drop --method")
+    method = args.method or "nll"
+    if args.calibrate_on and method == "musil":
+        check_musil_size(len(args.members), "jaxmat ensemble --method musil", "--method nll")
+    meta = {"name": out.name, "members": list(args.members)}
+    if args.calibrate_on:
+        meta["calibrated_on"] = str(args.calibrate_on)
+    ens = stack_members([load_model(m) for m in args.members], kind="deep", metadata=meta)
     if args.calibrate_on:
         frames = read_frames(args.calibrate_on, require=("energy",))
-        ens = ens.with_calibration(fit_calibration(ens, member_predict(ens, frames), args.method))
+        ens = ens.with_calibration(fit_calibration(
+            ens, member_predict(ens, frames), method,
+            warn=lambda msg: print(f"jaxmat ensemble: warning: {msg}", file=sys.stderr, flush=True)))
     ens.save(args.output)
-    cal = ens.calibration
-    print(f"wrote {args.output}: deep ensemble of {ens.size} {ens.family} members; spreads x {cal['energy']:.3g} "
-          f"(energy), x {cal['forces']:.3g} (forces), x {cal['stress']:.3g} (stress) [{cal['method']}]")
+    print(f"wrote {args.output}: deep ensemble of {ens.size} {ens.family} members; {format_scales(ens.calibration)}")
     return 0
 
 
@@ -340,8 +356,11 @@ def build_parser() -> argparse.ArgumentParser:
     en.add_argument("output", help="folder of the ensemble bundle")
     en.add_argument("members", nargs="+", help="bundle folders (or pretrained names) of the members, >= 2")
     en.add_argument("--calibrate-on", default=None, help="labelled file none of the members trained on: fit the "
-                    "scales of the energy/force/stress spreads there (default: uncalibrated, scale 1)")
-    en.add_argument("--method", choices=("nll", "musil"), default="nll")
+                    "scales of the energy/force/stress spreads there (default: not calibrated; a quantity the file "
+                    "does not label stays not calibrated)")
+    en.add_argument("--method", choices=("nll", "musil"), default=None,
+                    help="with --calibrate-on: nll (default) or musil (the Musil/Imbalzano alpha, >= 4 members)")
+    en.add_argument("--force", action="store_true", help="write over the output if it exists")
     en.set_defaults(func=_ensemble)
 
     ls = sub.add_parser("list", help="list the pretrained models shipped with jaxmat")

@@ -164,6 +164,10 @@ def run_md(atoms, calc, settings: MDSettings = MDSettings(), trajectory: str | N
     if s.max_force_std is not None and "forces_std" not in getattr(calc, "implemented_properties", ()):
         raise ConfigError(f"md.max_force_std = {s.max_force_std} needs an ensemble model (one that reports forces_std); "
                           f"{getattr(getattr(calc, 'model', None), 'name', type(calc).__name__)} is a single model")
+    if s.max_force_std is not None:  # the watch compares raw spreads where the bundle has no force calibration
+        from jaxmat.models._ensemble import warn_if_uncalibrated
+
+        warn_if_uncalibrated(getattr(calc, "model", None), "forces", f"md.max_force_std = {s.max_force_std} eV/A")
     if uncertain_file is None:
         uncertain_file = str(Path(trajectory).with_suffix("")) + "_uncertain.extxyz" if trajectory else "uncertain.extxyz"
     guard = MDGuard(len(atoms), s.temperature, s.timestep, s.ensemble == "nve", s.guard_limits)

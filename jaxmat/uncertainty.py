@@ -16,8 +16,21 @@ from __future__ import annotations
 import numpy as np
 from scipy import special, stats
 
+from jaxmat.errors import ConfigError
+
 #: central intervals reported by ``calibration_metrics`` (1 and 2 sigma of a Gaussian)
 LEVELS = (0.6827, 0.9545)
+#: the smallest committee the Musil/Imbalzano alpha is defined for (its factor (M - 3) / (M - 1))
+MUSIL_MIN_MEMBERS = 4
+
+
+def check_musil_size(n_members: int, where: str, alternative: str) -> None:
+    """ConfigError unless a committee of ``n_members`` can be calibrated by ``musil_alpha``: the one
+    rule behind the training config (``ensemble.calibration``) and ``jaxmat ensemble --method``.
+    ``where`` names the setting, ``alternative`` how to ask for the NLL scale instead."""
+    if n_members < MUSIL_MIN_MEMBERS:
+        raise ConfigError(f"{where}: the Musil/Imbalzano calibration needs an ensemble of at least {MUSIL_MIN_MEMBERS} "
+                          f"members (its estimator is undefined below), this one has {n_members}; use {alternative}")
 
 
 def member_stats(values, axis: int = 0):
@@ -125,8 +138,8 @@ def musil_alpha(err, sigma, n_members) -> float:
     err, sigma = _flat(err, sigma)
     M = np.broadcast_to(np.asarray(n_members, np.float64).ravel() if np.ndim(n_members) else float(n_members),
                         err.shape)
-    if np.any(M < 4):
-        raise ValueError(f"the Musil/Imbalzano alpha needs a committee of at least 4 members, got {int(M.min())}")
+    if np.any(M < MUSIL_MIN_MEMBERS):
+        raise ValueError(f"the Musil/Imbalzano alpha needs a committee of at least {MUSIL_MIN_MEMBERS} members, got {int(M.min())}")
     alpha2 = float(np.mean(-1.0 / M + (M - 3) / (M - 1) * (err / sigma) ** 2))
     if alpha2 <= 0:
         raise ValueError(f"the Musil/Imbalzano alpha^2 is {alpha2:.3g} <= 0: the committee spread is far larger "

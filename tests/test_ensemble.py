@@ -4,18 +4,22 @@ calibration, uncertainty in MD, and the errors on bad input."""
 from __future__ import annotations
 
 import json
+import re
+import shutil
 
 import ase.io
 import jax
 import numpy as np
 import pytest
 from ase.build import bulk
+from ase.calculators.singlepoint import SinglePointCalculator
 
-from conftest import checkpoint_state, tiny_train_config, train_killed_and_resumed
+from conftest import TINY, checkpoint_state, tiny_train_config, train_killed_and_resumed
 from jaxmat import load_model
 from jaxmat.calculators import JaxmatCalculator
 from jaxmat.models import BundleError, Ensemble, Model, stack_members
 from jaxmat._checks import ConfigError
+from jaxmat.cli import main
 
 _BASE = {"data": {"valid_fraction": 0.25, "graphs_per_batch": 2},
          "optim": {"epochs": 2, "learning_rate": 5e-3, "warmup_epochs": 0.5},
@@ -46,7 +50,7 @@ def _results(calc, atoms):
 
 @pytest.mark.parametrize("kind", ["deep", "shallow"])
 def test_identical_members_have_zero_spread_and_equal_the_single_model(model, calc64, si_rattled, kind):
-    ens = stack_members([model] * 3, kind=kind)
+    ens = stack_members([model] * 3, kind=kind, allow_identical=True)
     calc = JaxmatCalculator(ens, dtype="float64")
     got, ref = _results(calc, si_rattled), _results(calc64, si_rattled)
     assert got["energy"] == pytest.approx(ref["energy"], abs=1e-10)
@@ -78,7 +82,7 @@ def test_spreads_are_the_members_std_times_the_calibration(model, si_rattled, tm
 
 
 def test_ensemble_calculator_compiles_once_per_bucket(model):
-    calc = JaxmatCalculator(stack_members([model] * 2, kind="shallow"))
+    calc = JaxmatCalculator(stack_members([model] * 2, kind="shallow", allow_identical=True))
     for k in range(3):
         a = bulk("Si", "diamond", 5.43, cubic=True).repeat((2, 2, 2))
         a.rattle(0.02, seed=k)
@@ -159,7 +163,7 @@ def test_cli_evaluate_prints_the_calibration_table_and_writes_plots(model, label
     assert load_model(tmp_path / "ens").calibration["method"] == "nll"
     assert main(["evaluate", str(tmp_path / "ens"), str(labelled_file), "--plots", str(tmp_path / "plots")]) == 0
     out = capsys.readouterr().out
-    assert "forces raw" in out and "Spearman" in out and "deep ensemble of 3" in out
+    assert re.search(r"forces\s+eV/A\s+raw", out) and "Spearman" in out and "deep ensemble of 3" in out
     assert {p.name for p in (tmp_path / "plots").iterdir()} == {"si_labelled_reliability.png", "si_labelled_scatter.png"}
 
 
@@ -221,7 +225,8 @@ def test_out_of_sample_calibration_uses_only_the_members_that_did_not_see_a_fram
     pred = {"energy": values, "energy_ref": ref, "energy_frame": np.arange(n),
             "forces": np.zeros((K, 0, 3)), "forces_ref": np.zeros((0, 3)), "forces_frame": np.zeros(0, int),
             "stress": np.zeros((K, 0, 3, 3)), "stress_ref": np.zeros((0, 3, 3)), "stress_frame": np.zeros(0, int)}
-    ens = stack_members([Model("M3GNet", {"element_types": ["Si"]}, {"readout": {"w": np.zeros(2)}})] * K)
+    ens = stack_members([Model("M3GNet", {"element_types": ["Si"]}, {"readout": {"w": np.zeros(2)}})] * K,
+                        allow_identical=True)
     cal = fit_calibration(ens, pred, "musil", seen)
     assert cal["energy"] == pytest.approx(alpha, rel=0.05)
     assert cal["method"] == "musil, out of sample"
@@ -258,3 +263,108 @@ def test_vmapped_and_sequential_deep_steps_agree(labelled_file, monkeypatch):
             out[mode] = jax.device_get(train_step(params, jax.vmap(tx.init)(params), params, batch, 1.0))
     for a, b in zip(jax.tree_util.tree_leaves(out["vmap"]), jax.tree_util.tree_leaves(out["sequential"])):
         np.testing.assert_allclose(np.asarray(a), np.asarray(b), rtol=1e-10, atol=1e-12)
+
+
+# ------------------------------------------------- issue 45: honest calibration from `jaxmat ensemble`
+@pytest.fixture(scope="module")
+def tiny_members(tmp_path_factory):
+    """Four TINY Si members (fresh parameters, seeds 0-3) saved as bundles: they disagree a lot."""
+    from jaxmat.models._model import fresh_params
+
+    hyper, root = {**TINY, "element_types": ["Si"]}, tmp_path_factory.mktemp("members")
+    return [str(Model("M3GNet", hyper, fresh_params("M3GNet", hyper, k), {"name": f"tiny{k}"}).save(root / f"tiny{k}"))
+            for k in range(4)]
+
+
+@pytest.fixture(scope="module")
+def few_frames(tmp_path_factory, labelled_file):
+    """Four labelled frames (energy, forces, stress), and the same four with their energies only."""
+    frames, root = ase.io.read(labelled_file, ":4"), tmp_path_factory.mktemp("few")
+    energy_only = []
+    for a in frames:
+        b = a.copy()
+        b.calc = SinglePointCalculator(b, energy=a.get_potential_energy())
+        energy_only.append(b)
+    ase.io.write(root / "full.extxyz", frames)
+    ase.io.write(root / "energy_only.extxyz", energy_only)
+    return str(root / "full.extxyz"), str(root / "energy_only.extxyz")
+
+
+def test_musil_needs_4_members_in_the_cli_as_in_the_config(tiny_members, few_frames, labelled_file, tmp_path, capsys):
+    from jaxmat.train import config_from_dict
+
+    out = tmp_path / "ens"
+    assert main(["ensemble", str(out), *tiny_members[:2], "--calibrate-on", few_frames[0], "--method", "musil"]) == 2
+    err = capsys.readouterr().err
+    assert "at least 4 members" in err and "has 2" in err and "use --method nll" in err and not out.exists()
+    with pytest.raises(ConfigError, match="at least 4 members.*has 2; use ensemble.calibration = 'nll'"):
+        config_from_dict(tiny_train_config(labelled_file, _BASE, ensemble={"kind": "deep", "size": 2, "calibration": "musil"}))
+    assert main(["ensemble", str(out), *tiny_members, "--calibrate-on", few_frames[0], "--method", "musil"]) == 0
+    cal = load_model(out).calibration
+    assert cal["method"] == "musil" and all(cal[q] > 0 and cal[q] != 1.0 for q in ("energy", "forces", "stress"))
+
+
+def test_calibrating_on_energies_only_leaves_forces_and_stress_not_calibrated(tiny_members, few_frames, si_rattled,
+                                                                              tmp_path, capsys):
+    from jaxmat.md import MDSettings, run_md
+
+    out = tmp_path / "ens"
+    assert main(["ensemble", str(out), *tiny_members[:3], "--calibrate-on", few_frames[1]]) == 0
+    said = capsys.readouterr()
+    assert "no forces labels" in said.err and "no stress labels" in said.err
+    assert "not calibrated (forces), not calibrated (stress) [nll]" in said.out
+    stored = json.loads((out / "config.json").read_text())["ensemble"]["calibration"]
+    assert stored["forces"] is None and stored["stress"] is None and stored["energy"] > 0
+    ens = load_model(out)
+    assert ens.is_calibrated("energy") and not ens.is_calibrated("forces") and not ens.is_calibrated("stress")
+    calc = JaxmatCalculator(ens)
+    res = _results(calc, si_rattled)  # the raw members' std where not calibrated
+    np.testing.assert_allclose(res["forces_std"], res["forces_members"].std(axis=0, ddof=1), rtol=1e-12)
+    np.testing.assert_allclose(res["stress_std"], res["stress_members"].std(axis=0, ddof=1), rtol=1e-12)
+    assert res["energy_std"] == pytest.approx(stored["energy"] * res["energies_members"].std(ddof=1), rel=1e-12)
+    with pytest.warns(UserWarning, match="forces spread of .* is NOT calibrated"):  # the MD watch says so
+        run_md(bulk("Si", "diamond", 5.43, cubic=True), calc, MDSettings(steps=1, log_every=1, max_force_std=100.0),
+               trajectory=None, printer=lambda *a: None)
+    assert main(["evaluate", str(out), few_frames[0], "--plots", str(tmp_path)]) == 0
+    text = capsys.readouterr().out
+    assert re.search(r"forces\s+eV/A\s+not calibrated\s+-", text) and re.search(r"energy\s+meV/atom\s+x", text)
+
+
+def test_identical_members_and_zero_spreads_are_refused(tiny_members, few_frames, tmp_path, capsys):
+    from jaxmat.data import read_frames
+    from jaxmat.train._uq import fit_calibration, member_predict
+
+    out = tmp_path / "ens"
+    assert main(["ensemble", str(out), tiny_members[0], tiny_members[1], tiny_members[0], "--calibrate-on",
+                 few_frames[0]]) == 2
+    assert "members 0 (tiny0) and 2 (tiny0) have bit-identical parameters" in capsys.readouterr().err
+    assert not out.exists()
+    copies = stack_members([load_model(tiny_members[0])] * 2, allow_identical=True)  # on purpose: then no fit
+    with pytest.raises(ConfigError, match=r"agree exactly \(zero spread\) on all 4 labelled energy entries"):
+        fit_calibration(copies, member_predict(copies, read_frames(few_frames[0])))
+
+
+def test_ensemble_does_not_write_over_an_existing_path_unless_forced(tiny_members, tmp_path, capsys):
+    trained = tmp_path / "a"
+    shutil.copytree(tiny_members[0], trained)
+    before = {p.name: p.read_bytes() for p in trained.iterdir()}
+    assert main(["ensemble", str(trained), tiny_members[1], tiny_members[2]]) == 2  # the output forgotten
+    err = capsys.readouterr().err
+    assert "exists (a model bundle)" in err and "--force" in err
+    assert {p.name: p.read_bytes() for p in trained.iterdir()} == before
+    assert main(["ensemble", str(trained), tiny_members[1], tiny_members[2], "--force"]) == 0
+    assert isinstance(load_model(trained), Ensemble)
+
+
+def test_evaluate_reports_each_quantity_in_one_named_unit(tiny_members, few_frames, tmp_path, capsys):
+    """The calibration table's MAE of every quantity equals the metrics table's above it (meV/atom,
+    eV/A, GPa): same unit, named in both."""
+    out = tmp_path / "ens"
+    assert main(["ensemble", str(out), *tiny_members[:3], "--calibrate-on", few_frames[0]]) == 0
+    assert "warning" not in capsys.readouterr().err
+    assert main(["evaluate", str(out), few_frames[0], "--plots", str(tmp_path)]) == 0
+    text = capsys.readouterr().out
+    for q, unit in (("energy", "meV/atom"), ("forces", "eV/A"), ("stress", "GPa")):
+        mae = float(re.search(rf"^{q}\s+(\S+)\s+\S+\s+{re.escape(unit)}$", text, re.M).group(1))
+        raw = float(re.search(rf"^{q}\s+{re.escape(unit)}\s+raw\s+(\S+)", text, re.M).group(1))
+        assert raw == pytest.approx(mae, rel=1e-3, abs=2e-4), q

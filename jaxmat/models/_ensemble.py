@@ -12,12 +12,16 @@ ensemble mean unchanged; the spread comes from ``member_results``.
 
 Calibration: ``calibration = {"energy": s_E, "forces": s_F, "stress": s_S, "method": ...}``
 multiplies the members' sample standard deviation (ddof=1) wherever a spread is reported
-(``jaxmat.uncertainty.member_stats``). Uncalibrated ensembles carry scale 1.
+(``jaxmat.uncertainty.member_stats``). A quantity that was not calibrated (method "none", or no
+labels of it where the others were fit) has scale ``None`` (null in the bundle): its reported
+spread is the raw members' std (``spread_scale`` gives 1), and ``is_calibrated`` says so.
 """
 
 from __future__ import annotations
 
 import dataclasses
+import hashlib
+import warnings
 from typing import Callable
 
 import jax
@@ -33,7 +37,9 @@ MODES = ("auto", "vmap", "sequential")
 #: ``mode="auto"``: vmap on accelerators (the member axis runs in parallel), one member after another
 #: on the CPU, where vmap measured 2-4x slower (K = 8 on Si64: 8.7x one member vmapped, 3.4x with
 #: lax.map; experiments/uncertainty/bench_ensemble.py)
-UNCALIBRATED = {"energy": 1.0, "forces": 1.0, "stress": 1.0, "method": "none"}
+#: the spread quantities that carry a calibration scale
+SPREADS = ("energy", "forces", "stress")
+UNCALIBRATED = {"energy": None, "forces": None, "stress": None, "method": "none"}
 
 
 @dataclasses.dataclass(frozen=True, eq=False)
@@ -70,6 +76,15 @@ class Ensemble(Model):
 
     def with_calibration(self, calibration: dict) -> "Ensemble":
         return dataclasses.replace(self, calibration={**UNCALIBRATED, **calibration}, _cache={})
+
+    def is_calibrated(self, quantity: str) -> bool:
+        """Whether the spread of ``quantity`` ("energy", "forces", "stress") was fitted to labels."""
+        return self.calibration.get("method", "none") != "none" and self.calibration.get(quantity) is not None
+
+    def spread_scale(self, quantity: str) -> float:
+        """The factor on the members' std of ``quantity``: its fitted scale, 1 where not calibrated."""
+        s = self.calibration.get(quantity)
+        return 1.0 if s is None else float(s)
 
     # ---------------------------------------------------------------- evaluation
     def map_members(self, fn: Callable, params, mode: str = "vmap"):
@@ -136,12 +151,14 @@ class Ensemble(Model):
                 "calibration": dict(self.calibration)}
 
 
-def stack_members(models, kind: str = "deep", stacked=None, metadata=None) -> Ensemble:
+def stack_members(models, kind: str = "deep", stacked=None, metadata=None, allow_identical: bool = False) -> Ensemble:
     """An ensemble from K >= 2 single models of one architecture (same family and hyperparameters).
 
     ``kind="deep"`` stacks every parameter group; ``kind="shallow"`` stacks the groups in
     ``stacked`` (default ``("readout",)``) and takes the shared ones from the first model, which
-    must equal them in every other model.
+    must equal them in every other model. Two members with bit-identical stacked parameters are
+    refused (their spread is 0 everywhere), unless ``allow_identical`` (e.g. to check that an
+    ensemble of copies reproduces the single model).
     """
     models = list(models)
     if len(models) < 2:
@@ -174,8 +191,39 @@ def stack_members(models, kind: str = "deep", stacked=None, metadata=None) -> En
                                                                  jax.tree_util.tree_leaves(m.params[g]))):
                     raise ConfigError(f"shallow ensemble: member {k} differs from member 0 in the shared group {g!r}")
             params[g] = v
+    if not allow_identical:  # (after the shared groups were found equal)
+        _refuse_identical(models, groups)
     meta = dict(metadata if metadata is not None else first.metadata)
     return Ensemble(first.family, dict(first.hyperparameters), params, meta, kind=kind, stacked=groups)
+
+
+def _refuse_identical(models, groups) -> None:
+    """ConfigError naming the first two members whose parameters in ``groups`` are bit-identical."""
+    seen = {}
+    for k, m in enumerate(models):
+        h = hashlib.sha256()
+        for g in groups:
+            for leaf in jax.tree_util.tree_leaves(m.params[g]):
+                a = np.ascontiguousarray(leaf)
+                h.update(f"{a.dtype}{a.shape}".encode())
+                h.update(a.tobytes())
+        j = seen.setdefault(h.hexdigest(), k)
+        if j != k:
+            raise ConfigError(f"ensemble members {j} ({models[j].name}) and {k} ({m.name}) have bit-identical parameters"
+                              f"{'' if len(groups) == len(m.params) else ' in the stacked groups ' + str(list(groups))}: "
+                              "copies of one model agree everywhere, so the ensemble's spread would be 0 (no uncertainty "
+                              "at all); give each member once, as separately trained models")
+
+
+def warn_if_uncalibrated(model, quantity: str, what: str) -> None:
+    """A UserWarning when ``model`` is an ensemble whose ``quantity`` spread is not calibrated and
+    ``what`` (e.g. "md.max_force_std = 0.5 eV/A") compares that raw members' std with a threshold."""
+    if isinstance(model, Ensemble) and not model.is_calibrated(quantity):
+        warnings.warn(f"{what} watches the {quantity} spread of {model.name}, which is NOT calibrated (its calibration: "
+                      f"method {model.calibration.get('method')!r}, no {quantity} scale): the threshold is compared with "
+                      "the raw members' std (ddof=1), which may be far too small or too large; calibrate the ensemble on "
+                      f"held-out frames labelled with {quantity} (jaxmat ensemble OUT MEMBER... --calibrate-on FILE)",
+                      UserWarning, stacklevel=3)
 
 
 def check_ensemble_config(ens, where: str) -> dict:
@@ -190,8 +238,13 @@ def check_ensemble_config(ens, where: str) -> dict:
     if not isinstance(stacked, list) or not stacked or not all(isinstance(s, str) for s in stacked):
         raise ConfigError(f"{where}: ensemble 'stacked' must be a non-empty list of parameter groups")
     cal = {**UNCALIBRATED, **(ens.get("calibration") or {})}
-    for key in ("energy", "forces", "stress"):
+    if not isinstance(cal["method"], str):
+        raise ConfigError(f"{where}: ensemble calibration method {cal['method']!r}: expected a string")
+    for key in SPREADS:
         v = cal[key]
+        if v is None:  # not calibrated
+            continue
         if isinstance(v, bool) or not isinstance(v, (int, float)) or not np.isfinite(v) or v <= 0:
-            raise ConfigError(f"{where}: ensemble calibration {key} = {v!r}: expected a finite number > 0")
+            raise ConfigError(f"{where}: ensemble calibration {key} = {v!r}: expected a finite number > 0, "
+                              "or null (not calibrated)")
     return {"kind": kind, "size": size, "stacked": stacked, "calibration": cal}

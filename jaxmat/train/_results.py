@@ -15,7 +15,7 @@ from jaxmat.train._checkpoint import replace_dir
 from jaxmat.train._evaluate import error_metrics, predict
 from jaxmat.train._plots import learning_curves, parity_plots
 from jaxmat.train._steps import subsample_masks
-from jaxmat.train._uq import fit_calibration, member_predict, uncertainty_plots, uncertainty_report
+from jaxmat.train._uq import fit_calibration, format_scales, member_predict, uncertainty_plots, uncertainty_report
 
 
 def save_best(workdir, model, params, metrics):
@@ -41,13 +41,12 @@ def _calibrate(cfg, workdir, model, train_frames, valid_frames, dtype, checks, l
         return model
     pred = member_predict(model, frames, cfg.data.graphs_per_batch, dtype, checks)
     seen = subsample_masks(cfg, len(train_frames)) > 0 if oos else None
-    model = model.with_calibration(fit_calibration(model, pred, method, seen))
+    model = model.with_calibration(fit_calibration(model, pred, method, seen, warn=lambda msg: log(f"warning: {msg}")))
     model.save(workdir / "best_model.tmp")
     replace_dir(workdir / "best_model.tmp", workdir / "best_model")
     cal = model.calibration
     where = "training frames, each by the members that did not train on it" if oos else "validation frames"
-    log(f"calibrated on {len(frames)} {where} ({method}): spreads x {cal['energy']:.3g} (energy), "
-        f"x {cal['forces']:.3g} (forces), x {cal['stress']:.3g} (stress)")
+    log(f"calibrated on {len(frames)} {where}: {format_scales(cal)}")
     return model
 
 

@@ -3,6 +3,8 @@ uncertainty report (``jaxmat.uncertainty`` metrics) and its plots."""
 
 from __future__ import annotations
 
+import warnings
+
 import jax
 import numpy as np
 
@@ -12,9 +14,12 @@ from jaxmat.data import batch_budget, build_graphs, make_batch, pack
 from jaxmat.errors import ConfigError, DatasetError
 from jaxmat.graph import DEFAULT_CHECKS
 from jaxmat.models import Ensemble
+from jaxmat.train._loss import EV_A3_TO_GPA
 
-#: quantities of the report: key, prediction unit, the key of its error scale in ``error_metrics``
+#: quantities and the unit of their predictions (``member_predict``)
 QUANTITIES = (("energy", "eV/atom"), ("forces", "eV/A"), ("stress", "eV/A^3"))
+#: unit and factor from the prediction unit of each quantity in reports and plots: those of ``error_metrics``
+REPORT_UNITS = {"energy": ("meV/atom", 1000.0), "forces": ("eV/A", 1.0), "stress": ("GPa", EV_A3_TO_GPA)}
 
 
 def member_predict(ens: Ensemble, frames, graphs_per_batch: int = 4, dtype: str = "float32",
@@ -97,71 +102,117 @@ def out_of_sample(pred: dict, seen) -> dict:
     return out
 
 
-def fit_calibration(ens: Ensemble, pred: dict, method: str = "nll", seen=None) -> dict:
+def fit_calibration(ens: Ensemble, pred: dict, method: str = "nll", seen=None, warn=None) -> dict:
     """Scales of the energy, force and stress spreads from predictions (``member_predict``):
-    "nll" (``uncertainty.nll_scale``), "musil" (``uncertainty.musil_alpha``) or "none" (all 1).
+    "nll" (``uncertainty.nll_scale``), "musil" (``uncertainty.musil_alpha``) or "none" (not calibrated).
     The frames are held out (validation), or, with ``seen`` ((K, n_frames) bool: which member
-    trained on which frame), training frames scored by the members that did not see them."""
-    cal = {"energy": 1.0, "forces": 1.0, "stress": 1.0, "method": method if seen is None else f"{method}, out of sample"}
+    trained on which frame), training frames scored by the members that did not see them.
+
+    A quantity with nothing to fit on (no labels of it, every label 0, or out of sample fewer than 4
+    members that did not see it for "musil") is left not calibrated: scale None, and ``warn``
+    (default ``warnings.warn``) is told why. Refused: no labels at all (DatasetError), "musil" in
+    sample with fewer than 4 members, and members that agree exactly (zero spread) on every labelled
+    entry of a quantity (ConfigError: no scale can make a zero spread honest)."""
+    name = method if seen is None else f"{method}, out of sample"
+    cal = {q: None for q, _ in QUANTITIES}
     if method == "none":
-        return cal
+        return {**cal, "method": "none"}
+    if method == "musil" and seen is None:
+        uq.check_musil_size(ens.size, "calibration method 'musil'", "the method 'nll'")
     if seen is None:
         data = {q: (*v, np.full(v[0].shape, ens.size)) for q, v in errors_and_sigmas(pred).items()}
     else:
         data = out_of_sample(pred, seen)
     if not data:
         raise DatasetError("cannot calibrate: the frames have no energy, force or stress labels")
-    for q, (ref, err, sigma, M) in data.items():
-        keep = (ref != 0) & (sigma > 0)
-        if method == "musil":
-            keep &= M >= 4
-        if not np.any(keep):
+    warn = warn or (lambda msg: warnings.warn(msg, UserWarning, stacklevel=3))
+    for q, _ in QUANTITIES:
+        if q not in data:
+            warn(f"the calibration frames have no {q} labels: the {q} spreads are NOT calibrated (stored as null; "
+                 "the raw members' std is reported)")
             continue
-        cal[q] = uq.musil_alpha(err[keep], sigma[keep], M[keep]) if method == "musil" else uq.nll_scale(err[keep], sigma[keep])
-    return cal
+        ref, err, sigma, M = data[q]
+        keep = ref != 0
+        if keep.any() and not np.any(sigma[keep] > 0):
+            raise ConfigError(f"cannot calibrate the {q} spreads: the {ens.size} members agree exactly (zero spread) on "
+                              f"all {int(keep.sum())} labelled {q} entries of the calibration frames; are they copies "
+                              "of one model? An ensemble needs separately trained members")
+        keep &= sigma > 0
+        if method == "musil":
+            keep &= M >= uq.MUSIL_MIN_MEMBERS
+        if not np.any(keep):
+            why = ("with at least %d members that did not train on them" % uq.MUSIL_MIN_MEMBERS
+                   if method == "musil" and np.any(ref != 0) else "with a non-zero reference")
+            warn(f"no {q} entry of the calibration frames {why}: the {q} spreads are NOT calibrated (stored as null; "
+                 "the raw members' std is reported)")
+            continue
+        e, s = err[keep], sigma[keep]
+        scale = uq.musil_alpha(e, s, M[keep]) if method == "musil" else uq.nll_scale(e, s)
+        if not np.isfinite(scale) or scale <= 0:
+            raise ConfigError(f"cannot calibrate the {q} spreads: the ensemble mean reproduces every {q} label of the "
+                              f"calibration frames exactly (scale {scale}); calibrate on frames the members did not "
+                              "train on")
+        cal[q] = float(scale)
+    return {**cal, "method": name}
+
+
+def format_scales(cal: dict) -> str:
+    """'spreads x 1.2 (energy), x 0.8 (forces), not calibrated (stress) [nll]' of a calibration dict."""
+    parts = [f"x {cal[q]:.3g} ({q})" if cal.get(q) is not None else f"not calibrated ({q})" for q, _ in QUANTITIES]
+    return "spreads " + ", ".join(parts) + f" [{cal.get('method')}]"
 
 
 def uncertainty_report(ens: Ensemble, pred: dict) -> dict:
-    """{quantity: {"raw": metrics, "calibrated": metrics}} of ``uncertainty.calibration_metrics``
-    (entries with zero reference or zero spread dropped); energies per atom."""
+    """{quantity: {"unit", "raw": metrics, "calibrated": metrics, "scale"}} of
+    ``uncertainty.calibration_metrics`` (entries with zero reference or zero spread dropped), in the
+    units of ``error_metrics`` (``REPORT_UNITS``: energy meV/atom, forces eV/A, stress GPa; MAE, RMS
+    sigma, CRPS and NLL depend on them). A quantity the ensemble has not calibrated has
+    ``"calibrated": None`` and ``"scale": None``."""
     report = {}
     for q, (ref, err, sigma) in errors_and_sigmas(pred).items():
         e, s = uq.usable(ref, err, sigma)
         if e.size < 2:
             continue
-        scale = float(ens.calibration[q])
-        report[q] = {"raw": uq.calibration_metrics(e, s), "calibrated": uq.calibration_metrics(e, scale * s),
-                     "scale": scale}
+        unit, factor = REPORT_UNITS[q]
+        e, s = factor * e, factor * s
+        calibrated = ens.is_calibrated(q)
+        scale = ens.spread_scale(q) if calibrated else None
+        report[q] = {"unit": unit, "raw": uq.calibration_metrics(e, s),
+                     "calibrated": uq.calibration_metrics(e, scale * s) if calibrated else None, "scale": scale}
     return report
 
 
 def format_report(report: dict) -> str:
+    """The report as a table: one raw and one calibrated row per quantity, each with its unit (that of
+    MAE, RMS sigma and NLL; the other columns have none)."""
     cols = (("mae", "MAE", ".4f"), ("rms_sigma", "RMS sig", ".4f"), ("nll", "NLL", ".3f"), ("spearman", "Spearman", ".3f"),
             ("auroc_worst10", "AUROC10", ".3f"), ("miscalibration_area", "mis.area", ".3f"),
             ("coverage_68", "cov68", ".3f"), ("coverage_95", "cov95", ".3f"))
-    lines = [f"{'quantity':18s} " + " ".join(f"{h:>9s}" for _, h, _ in cols)]
+    lines = [f"{'quantity':8s} {'unit':8s} {'spreads':14s} " + " ".join(f"{h:>9s}" for _, h, _ in cols)]
     for q, r in report.items():
         for which in ("raw", "calibrated"):
             m = r[which]
-            label = f"{q} {which if which == 'raw' else 'x%.3g' % r['scale']}"
-            lines.append(f"{label:18s} " + " ".join(f"{m[k]:9{f}}" for k, _, f in cols))
+            label = "raw" if which == "raw" else ("not calibrated" if m is None else "x%.3g" % r["scale"])
+            cells = [f"{'-':>9s}"] * len(cols) if m is None else [f"{m[k]:9{f}}" for k, _, f in cols]
+            lines.append(f"{q:8s} {r['unit']:8s} {label:14s} " + " ".join(cells))
     return "\n".join(lines)
 
 
 def uncertainty_plots(ens: Ensemble, pred: dict, prefix) -> list:
-    """``<prefix>_reliability.png`` (RMSE vs RMS sigma per bin, calibrated) and ``<prefix>_scatter.png``
-    (|error| vs sigma) for forces and energies; returns the paths written."""
+    """``<prefix>_reliability.png`` (RMSE vs RMS sigma per bin, calibrated where the ensemble is) and
+    ``<prefix>_scatter.png`` (|error| vs sigma) for forces and energies, in ``REPORT_UNITS``; returns
+    the paths written."""
     import matplotlib
 
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
-    data = {q: uq.usable(ref, err, sigma * float(ens.calibration[q]))
+    data = {q: uq.usable(ref, REPORT_UNITS[q][1] * err, REPORT_UNITS[q][1] * ens.spread_scale(q) * sigma)
             for q, (ref, err, sigma) in errors_and_sigmas(pred).items() if q != "stress"}
     data = {q: v for q, v in data.items() if v[0].size >= 2}
     if not data:
         raise DatasetError("nothing to plot: no labelled energies or forces with a non-zero spread")
-    units = dict(QUANTITIES)
+    units = {q: u for q, (u, _) in REPORT_UNITS.items()}
     paths = []
     for kind in ("reliability", "scatter"):
         fig, axes = plt.subplots(1, len(data), figsize=(4.5 * len(data), 4), squeeze=False)
@@ -170,7 +221,7 @@ def uncertainty_plots(ens: Ensemble, pred: dict, prefix) -> list:
                 rs, rmse, _ = uq.reliability_curve(e, s, 10)
                 top = 1.05 * max(rs.max(), rmse.max())
                 ax.plot([0, top], [0, top], "k--", lw=1, label="calibrated")
-                ax.plot(rs, rmse, "o-", label=f"{ens.name}")
+                ax.plot(rs, rmse, "o-", label=ens.name + ("" if ens.is_calibrated(q) else " (not calibrated)"))
                 ax.set_xlabel(f"RMS predicted sigma ({units[q]})")
                 ax.set_ylabel(f"RMSE of the mean ({units[q]})")
                 ax.legend()
