@@ -65,7 +65,6 @@ def energy_forces_stress(apply_fn: Callable, params, g: AtomicGraph, compute_str
     G = g.graph
     dtype = G.nodes["positions"].dtype
     params = jax.tree_util.tree_map(lambda p: jnp.asarray(p, dtype), params)
-    n_graph = G.n_node.shape[0]
     # zero strain (G, 3, 3) made from the cells, not jnp.zeros: inside jax.shard_map (data-parallel
     # training) a constant is the same on every device, and its gradient would be summed over them
     strain0 = G.globals["cell"].astype(dtype) * 0
@@ -79,17 +78,62 @@ def energy_forces_stress(apply_fn: Callable, params, g: AtomicGraph, compute_str
 
     argnums = (0, 1) if compute_stress else 0
     grads, e_atom = jax.grad(total, argnums=argnums, has_aux=True)(G.nodes["positions"], strain0)
-    dE_dpos = grads[0] if compute_stress else grads
+    return _assemble(G, e_atom, grads[0] if compute_stress else grads, grads[1] if compute_stress else None)
+
+
+def _assemble(G, e_atom, dE_dpos, dE_dstrain):
+    """The result dict of ``energy_forces_stress`` from per-atom energies (N,) and the gradients of
+    their sum with respect to the positions (N, 3) and, if not None, the strain (G, 3, 3)."""
+    n_graph = G.n_node.shape[0]
     energy = graph_totals(e_atom, G.nodes["graph_index"], n_graph)
     out = {"energy": energy, "energies": e_atom, "forces": -dE_dpos * G.nodes["mask"][:, None]}
-    if compute_stress:
+    if dE_dstrain is not None:
         # stress only exists for cells periodic in all directions (others, e.g. molecules with a
         # zero cell, get 0 instead of a division by a zero volume)
         periodic = jnp.all(G.globals["pbc"], axis=1) & G.globals["mask"]
         volume = jnp.where(periodic, jnp.abs(jnp.linalg.det(G.globals["cell"])), 1.0)
-        stress = grads[1] / volume[:, None, None]
+        stress = dE_dstrain / volume[:, None, None]
         out["stress"] = 0.5 * (stress + jnp.swapaxes(stress, 1, 2)) * periodic[:, None, None]
     return out
+
+
+def outputs_forces_stress(apply_fn: Callable, params, g: AtomicGraph, compute_stress: bool = True,
+                          n_grad: int | None = None, mode: str = "vmap"):
+    """``energy_forces_stress`` of M per-atom outputs that share one forward pass (shallow-ensemble
+    heads, last-layer feature projections): one forward, then the gradients of the first ``n_grad``
+    outputs (default all) from one backward pass with their cotangents batched.
+
+    Args:
+      apply_fn: ``apply_fn(params, graph) -> (M, N)`` per-atom values (eV for energies).
+      n_grad: how many leading outputs get forces and stress (the others only their values).
+      mode: "vmap" (the n_grad cotangents in one batched backward pass) or "sequential"
+        (``lax.map``: one cotangent after another through the same saved forward, memory of one).
+
+    Returns ``energy`` (M, G), ``energies`` (M, N), and for the first n_grad outputs ``forces``
+    (n_grad, N, 3) and, if ``compute_stress``, ``stress`` (n_grad, G, 3, 3): row m is exactly
+    ``energy_forces_stress`` of output m (same units, signs, masks and symmetrisation).
+    """
+    G = g.graph
+    dtype = G.nodes["positions"].dtype
+    params = jax.tree_util.tree_map(lambda p: jnp.asarray(p, dtype), params)
+    strain0 = G.globals["cell"].astype(dtype) * 0  # (see energy_forces_stress)
+
+    def outputs(positions, strain):
+        gg = g._replace(graph=G._replace(nodes={**G.nodes, "positions": positions}))
+        return apply_fn(params, _strained(gg, strain) if compute_stress else gg)
+
+    e_atoms, pullback = jax.vjp(outputs, G.nodes["positions"], strain0)
+    M = e_atoms.shape[0]
+    n_grad = M if n_grad is None else int(n_grad)
+    onehot = jnp.broadcast_to(jnp.eye(M, dtype=e_atoms.dtype)[:n_grad, :, None], (n_grad,) + e_atoms.shape)
+    dpos, dstrain = (jax.lax.map(pullback, onehot) if mode == "sequential" else jax.vmap(pullback)(onehot))
+    rows = jax.vmap(lambda e, dp, ds: _assemble(G, e, dp, ds if compute_stress else None))(
+        e_atoms[:n_grad], dpos, dstrain)
+    if n_grad < M:
+        rest = jax.vmap(lambda e: graph_totals(e, G.nodes["graph_index"], G.n_node.shape[0]))(e_atoms[n_grad:])
+        rows["energy"] = jnp.concatenate([rows["energy"], rest])
+        rows["energies"] = e_atoms
+    return rows
 
 
 def to_voigt(stress):

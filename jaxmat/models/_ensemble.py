@@ -134,9 +134,15 @@ class Ensemble(Model):
 
     def member_results(self, params, graph, compute_stress: bool = True, mode: str = "vmap") -> dict:
         """``jaxmat.potential.energy_forces_stress`` of every member: each entry with a leading
-        member axis (K, ...). Forces and stress are derived once per member, in the one place."""
+        member axis (K, ...). Forces and stress are derived once per member, in the one place.
+        A shallow ensemble runs its shared body once forward and pulls the K heads' cotangents back
+        in one batched pass (``jaxmat.models._shallow``; same numbers)."""
         from jaxmat.potential import energy_forces_stress
 
+        if self.kind == "shallow":
+            from jaxmat.models._shallow import head_results
+
+            return head_results(self, params, graph, compute_stress, mode)
         return self.map_members(lambda p: energy_forces_stress(
             lambda pp, g: Model.apply(self, pp, g), p, graph, compute_stress), params, mode)
 
