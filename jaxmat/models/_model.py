@@ -19,9 +19,10 @@ from jaxmat.errors import BundleError, ConfigError, UnknownElementError
 from jaxmat.models._bundle import check_params, read_bundle, save_bundle
 from jaxmat.models._m3gnet import M3GNet
 from jaxmat.models._megnet import MEGNet
+from jaxmat.models._sevennet import SevenNet
 
 #: Model families a bundle may name in its ``"model"`` field.
-FAMILIES: dict[str, type[nn.Module]] = {"M3GNet": M3GNet, "MEGNet": MEGNet}
+FAMILIES: dict[str, type[nn.Module]] = {"M3GNet": M3GNet, "MEGNet": MEGNet, "SevenNet": SevenNet}
 
 
 @dataclasses.dataclass(frozen=True, eq=False)

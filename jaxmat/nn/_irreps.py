@@ -1,0 +1,179 @@
+"""e3nn (torch) conventions in plain JAX, for ports of e3nn-built models (SevenNet, NequIP).
+
+Node features are held per angular momentum ``l`` as arrays of shape (N, 2l+1, mul) ("ir_mul"
+layout: the channels are the contiguous last axis, so a linear layer is one matmul per ``l``).
+A feature set is a dict ``{l: array}``; an ``l`` that is absent is zero.
+
+Conventions reproduced exactly (checked against e3nn 0.6 in tests/test_sevennet_parts.py):
+
+* spherical harmonics: e3nn's real basis, components (x, y, z) for l = 1, "component"
+  normalisation (|Y_l|^2 = 2l+1 on the unit sphere), from ``e3nn_jax.spherical_harmonics``;
+* Clebsch-Gordan coefficients: ``e3nn_jax.clebsch_gordan`` = e3nn's ``wigner_3j`` (unit norm);
+* ``o3.Linear``: weights N(0, 1) divided by sqrt(fan-in) in the forward pass (path
+  normalisation "element");
+* ``o3.TensorProduct`` 'uvu' paths with a one-channel second input (the spherical harmonics),
+  "component" irrep normalisation and "element" path normalisation: each path is scaled by
+  sqrt(2 l_out + 1);
+* ``nn.FullyConnectedNet`` and ``nn.Gate``: activations scaled by e3nn's ``normalize2mom``
+  constant (``E3NN_SILU_NORM`` for SiLU).
+"""
+
+from __future__ import annotations
+
+import functools
+from typing import NamedTuple, Sequence
+
+import e3nn_jax as e3nn
+import flax.linen as nn
+import jax
+import jax.numpy as jnp
+import numpy as np
+
+#: e3nn's ``normalize2mom(silu).cst``: 1 / sqrt(<silu(z)^2>) estimated by e3nn 0.6 (torch) from
+#: 10^6 normal samples drawn with seed 0. The sampled value, not the exact integral (1.67912...),
+#: is what trained e3nn models hold in every activation; the converter checks it against torch.
+E3NN_SILU_NORM = 1.6791767923989418
+
+
+def normalized_silu(x):
+    """SiLU times ``E3NN_SILU_NORM`` (e3nn's second-moment-normalised SiLU)."""
+    return jax.nn.silu(x) * jnp.asarray(E3NN_SILU_NORM, x.dtype)
+
+
+def parse_irreps(irreps: str) -> dict[int, int]:
+    """'128x0e+64x1e+32x2e' -> {0: 128, 1: 64, 2: 32}. Only even-parity irreps of distinct,
+    increasing l (the node irreps of models without parity, such as SevenNet-0)."""
+    out: dict[int, int] = {}
+    for mul, ir in e3nn.Irreps(irreps):
+        if ir.p != 1:
+            raise ValueError(f"irreps {irreps!r}: only even parity (e) is supported, got {mul}x{ir}")
+        if out and ir.l <= max(out):
+            raise ValueError(f"irreps {irreps!r}: each l must appear once, in increasing order")
+        if mul > 0:
+            out[ir.l] = mul
+    return out
+
+
+class Path(NamedTuple):
+    """One 'uvu' tensor-product path: input ``l_in`` (x) harmonic ``l_sh`` -> ``l_out``."""
+
+    l_in: int
+    l_sh: int
+    l_out: int
+
+
+@functools.lru_cache(maxsize=None)
+def uvu_paths(ls_in: tuple, lmax_sh: int, ls_out: tuple) -> tuple[Path, ...]:
+    """The convolution paths of SevenNet/NequIP in weight order: grouped by ``l_out`` (ascending),
+    within a group in e3nn's instruction order (input irrep, then harmonic, then l_out)."""
+    natural = [Path(l1, l2, l3) for l1 in ls_in for l2 in range(lmax_sh + 1)
+               for l3 in range(abs(l1 - l2), l1 + l2 + 1) if l3 in ls_out]
+    return tuple(sorted(natural, key=lambda p: p.l_out))  # stable: natural order within an l_out
+
+
+@functools.lru_cache(maxsize=None)
+def _path_matrix(path: Path) -> np.ndarray:
+    """sqrt(2 l_out + 1) * C[l_in, l_sh, l_out] reshaped (2l_sh+1, (2l_in+1)(2l_out+1)), float64."""
+    c = np.asarray(e3nn.clebsch_gordan(*path), np.float64) * np.sqrt(2 * path.l_out + 1)
+    return np.transpose(c, (1, 0, 2)).reshape(2 * path.l_sh + 1, -1)
+
+
+def spherical_harmonics(vectors, lmax: int, normalize: bool = True) -> dict[int, jnp.ndarray]:
+    """{l: (E, 2l+1)} e3nn spherical harmonics ("component" normalisation) of ``vectors`` (E, 3).
+    With ``normalize`` the vectors are made unit first (callers keep zero vectors out)."""
+    irreps = "+".join(f"{l}{'e' if l % 2 == 0 else 'o'}" for l in range(lmax + 1))
+    sh = e3nn.spherical_harmonics(irreps, vectors, normalize=normalize, normalization="component").array
+    return {l: sh[:, l * l:(l + 1) * (l + 1)] for l in range(lmax + 1)}
+
+
+def uvu_messages(x: dict, sh: dict, weights, paths: Sequence[Path], muls: dict) -> dict:
+    """Per-edge 'uvu' tensor products, weighted per path and channel.
+
+    Args:
+      x: {l_in: (E, 2l_in+1, mul_l_in)} node features gathered on the edges.
+      sh: {l_sh: (E, 2l_sh+1)} spherical harmonics of the edge vectors.
+      weights: (E, sum of mul_l_in over paths), laid out in ``paths`` order.
+      paths: from ``uvu_paths`` (grouped by l_out).
+      muls: {l_in: mul}.
+    Returns {l_out: (E, 2l_out+1, sum of the muls of its paths)}, the paths of an l_out
+    concatenated along the channels in ``paths`` order (e3nn's sorted output irreps).
+    """
+    out: dict[int, list] = {}
+    start = 0
+    for p in paths:
+        mul = muls[p.l_in]
+        xe = x[p.l_in]
+        dt = xe.dtype
+        m = jnp.asarray(_path_matrix(p), dt)
+        a = (sh[p.l_sh] @ m).reshape(-1, 2 * p.l_in + 1, 2 * p.l_out + 1)  # (E, i, k)
+        msg = jnp.sum(a[:, :, :, None] * xe[:, :, None, :], axis=1)  # (E, k, u)
+        out.setdefault(p.l_out, []).append(msg * weights[:, None, start:start + mul])
+        start += mul
+    return {l: (v[0] if len(v) == 1 else jnp.concatenate(v, axis=-1)) for l, v in out.items()}
+
+
+class IrrepsLinear(nn.Module):
+    """e3nn ``o3.Linear`` between even-parity feature sets: per l, (N, 2l+1, mul_in) @
+    w_l (mul_in, mul_out) / sqrt(mul_in). ``muls_out``: ((l, mul_out), ...). Params ``w{l}``
+    (N(0, 1) at initialisation, as e3nn). An output l without input is absent (zero)."""
+
+    muls_out: tuple
+
+    @nn.compact
+    def __call__(self, x: dict) -> dict:
+        out = {}
+        for l, mul_out in self.muls_out:
+            if l not in x:
+                continue
+            h = x[l]
+            w = self.param(f"w{l}", nn.initializers.normal(1.0), (h.shape[-1], mul_out))
+            out[l] = (h @ w.astype(h.dtype)) * jnp.asarray(h.shape[-1] ** -0.5, h.dtype)
+        return out
+
+
+class RadialMLP(nn.Module):
+    """e3nn ``nn.FullyConnectedNet`` without biases: layers ``layer_k`` (fan_in, fan_out) divided
+    by sqrt(fan_in), normalised SiLU between layers (not after the last). (E, K) -> (E, widths[-1])."""
+
+    widths: Sequence[int]
+
+    @nn.compact
+    def __call__(self, x):
+        for k, width in enumerate(self.widths):
+            w = self.param(f"layer_{k}", nn.initializers.normal(1.0), (x.shape[-1], width))
+            x = (x @ w.astype(x.dtype)) * jnp.asarray(x.shape[-1] ** -0.5, x.dtype)
+            if k < len(self.widths) - 1:
+                x = normalized_silu(x)
+        return x
+
+
+def gate(h: dict, muls_out: dict) -> dict:
+    """e3nn ``nn.Gate`` as SevenNet uses it: h[0] holds the scalars (muls_out[0]) then one gate
+    per gated channel (l > 0, in increasing l); scalars -> silu, gated l -> h[l] * silu(gate)."""
+    n0 = muls_out[0]
+    out = {0: normalized_silu(h[0][:, :, :n0])}
+    start = n0
+    for l in sorted(k for k in muls_out if k > 0):
+        g = normalized_silu(h[0][:, :, start:start + muls_out[l]])
+        out[l] = h[l] * g if l in h else None
+        start += muls_out[l]
+    return {l: v for l, v in out.items() if v is not None}
+
+
+def xplor_cutoff(r, r_on: float, r_cut: float):
+    """XPLOR switching function: 1 below ``r_on``, smooth to 0 at ``r_cut`` (HOOMD-blue's)."""
+    r2, on2, cut2 = r * r, r_on * r_on, r_cut * r_cut
+    smooth = (cut2 - r2) ** 2 * (cut2 + 2 * r2 - 3 * on2) / (cut2 - on2) ** 3
+    return jnp.where(r < r_on, jnp.ones_like(r), smooth)
+
+
+def poly_cutoff(r, r_cut: float, p: int = 6):
+    """Polynomial envelope of DimeNet (p = 6), as NequIP/SevenNet write it (no clamp beyond r_cut)."""
+    x = r / r_cut
+    return (1 - (p + 1.0) * (p + 2.0) / 2.0 * x**p + p * (p + 2.0) * x ** (p + 1)
+            - p * (p + 1.0) / 2.0 * x ** (p + 2))
+
+
+def bessel_basis(r, coeffs, r_cut: float):
+    """(E,) -> (E, K): (2 / r_cut) sin(coeffs_k r) / r, coeffs trainable (initially k pi / r_cut)."""
+    return (2.0 / r_cut) * jnp.sin(coeffs[None, :] * r[:, None]) / r[:, None]
