@@ -173,3 +173,24 @@ def test_metadata_may_be_edited_and_format_1_still_loads(tmp_path, tiny):
         warnings.simplefilter("error")
         again = load_model(old.save(tmp_path / "resaved"))
     assert again.hyperparameters == resolved_hyperparameters("M3GNet", tiny.hyperparameters)  # defaults written out
+
+
+@pytest.mark.parametrize("value, match", [(None, None), (0.0, "forces = 0.0: expected a finite number > 0, or null"),
+                                          ("1.2", "forces = '1.2'"), (True, "forces = True")])
+def test_ensemble_calibration_scales_in_a_bundle(tmp_path, tiny, value, match):
+    """A scale is a finite number > 0 or null: not calibrated (the raw members' std), never a made-up 1."""
+    from jaxmat.models import stack_members
+
+    second = tiny.with_params(fresh_params("M3GNet", HYPER, seed=1))
+    ens = stack_members([tiny, second]).with_calibration({"energy": 1.5, "forces": 2.0, "stress": None, "method": "nll"})
+    path = ens.save(tmp_path / "ens")
+    saved = json.loads((path / "config.json").read_text())["ensemble"]["calibration"]
+    assert saved == {"energy": 1.5, "forces": 2.0, "stress": None, "method": "nll"}  # null in the bundle
+    _edit_config(lambda c: c["ensemble"]["calibration"].__setitem__("forces", value), certify=True)(path)
+    if match is not None:
+        with pytest.raises(BundleError, match=match):
+            load_model(path)
+        return
+    loaded = load_model(path)
+    assert [loaded.is_calibrated(q) for q in ("energy", "forces", "stress")] == [True, False, False]
+    assert (loaded.spread_scale("energy"), loaded.spread_scale("forces")) == (1.5, 1.0)
