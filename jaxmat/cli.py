@@ -150,7 +150,7 @@ def _train(args) -> int:
         return 0
     if not args.config:
         raise ValueError("a config file is required (jaxmat train --describe lists every field)")
-    cfg = load_config(args.config)
+    cfg = _train_overrides(load_config(args.config), args)
     from jaxmat.distributed import initialize_from_env
 
     multi = initialize_from_env()  # a SLURM job step or JAXMAT_COORDINATOR: jax.distributed, before any computation
@@ -161,11 +161,42 @@ def _train(args) -> int:
         where = f" ({jax.process_count()} processes, {jax.device_count()} devices)" if multi else ""
         print(f"jaxmat train: {args.config} -> {workdir}{where}", flush=True)
     log = print if jax.process_index() == 0 else (lambda *a, **k: None)
-    train_and_evaluate(cfg, workdir, resume=args.resume, log=log)
-    best = Path(workdir) / "best_model"
-    if best.is_dir() and jax.process_index() == 0:  # (otherwise the run has said why there is none)
-        print(f"best model: {best} (use it with JaxmatCalculator(model=...))")
+    try:
+        train_and_evaluate(cfg, workdir, resume=args.resume, log=log)  # ends with a summary of the run
+    except KeyboardInterrupt:  # Ctrl-C: the checkpoint on disk is whole (written atomically); say how to go on
+        from jaxmat.train._report import interrupted_report
+
+        if jax.process_index() == 0:
+            again, resume = (_train_command(args, workdir, r) for r in (False, True))
+            print(f"\njaxmat train: {interrupted_report(workdir, resume, again)}", file=sys.stderr, flush=True)
+        return 130
     return 0
+
+
+def _train_overrides(cfg, args):
+    """``--epochs`` and ``--max-minutes`` replace optim.epochs and run.max_wall_minutes (checked as in a config)."""
+    import dataclasses
+
+    from jaxmat.errors import ConfigError
+
+    for flag, section, field, value in (("--epochs", "optim", "epochs", args.epochs),
+                                        ("--max-minutes", "run", "max_wall_minutes", args.max_minutes)):
+        if value is not None:
+            try:
+                setattr(cfg, section, dataclasses.replace(getattr(cfg, section), **{field: value}))
+            except ConfigError as err:
+                raise ConfigError(f"{flag} {value}: {err}") from None
+    return cfg
+
+
+def _train_command(args, workdir, resume: bool) -> str:
+    """The shell command that runs this training again in ``workdir`` (with --resume: continues it)."""
+    import shlex
+
+    words = ["jaxmat", "train", args.config, "--workdir", workdir]
+    words += ["--epochs", str(args.epochs)] if args.epochs is not None else []
+    words += ["--max-minutes", f"{args.max_minutes:g}"] if args.max_minutes is not None else []
+    return " ".join(shlex.quote(str(w)) for w in words + (["--resume"] if resume else []))
 
 
 def _evaluate(args) -> int:
@@ -335,7 +366,11 @@ def build_parser() -> argparse.ArgumentParser:
     tr = sub.add_parser("train", help="train or fine-tune a model from a JSON config")
     tr.add_argument("config", nargs="?", help="JSON config (see --describe)")
     tr.add_argument("--workdir", default=None, help="output folder (default: config path without .json)")
-    tr.add_argument("--resume", action="store_true", help="continue the checkpoint in workdir")
+    tr.add_argument("--resume", action="store_true", help="continue the checkpoint in workdir (Ctrl-C keeps the last "
+                    "checkpoint and prints the command that resumes it)")
+    tr.add_argument("--epochs", type=int, default=None, help="override optim.epochs (e.g. 2 for a short trial run)")
+    tr.add_argument("--max-minutes", type=float, default=None, help="override run.max_wall_minutes: stop after this "
+                    "many minutes of training (checkpointed; the best model so far is evaluated; --resume continues)")
     tr.add_argument("--describe", action="store_true", help="print every config field and exit")
     tr.set_defaults(func=_train)
 

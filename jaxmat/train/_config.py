@@ -234,7 +234,8 @@ def _default(cls, name):
 def _check_ensemble_kind(ens: EnsembleConfig) -> None:
     """No ensemble field that the chosen kind ignores may be set (it would be silently ignored):
     with kind "none" none at all, and the deep-only and shallow-only ones only with their kind."""
-    changed = [f.name for f in dataclasses.fields(ens) if f.name != "kind" and getattr(ens, f.name) != _default(type(ens), f.name)]
+    changed = [f.name for f in dataclasses.fields(ens)
+               if f.name != "kind" and getattr(ens, f.name) != _default(type(ens), f.name)]
     if ens.kind == "none" and changed:
         name = changed[0]
         what = f"an ensemble of {ens.size}" if name == "size" else "an ensemble"
@@ -286,4 +287,11 @@ def describe() -> str:
                 decl, doc = line.split("#:")
                 field = decl.split(":")[0].strip()
                 lines.append(f"  {decl.strip():60s} {doc.strip()} [{allowed.get(field, '')}]")
+    lines += ["[command line: jaxmat train CONFIG ...]",
+              f"  {'--epochs N':60s} overrides optim.epochs (a short trial: --epochs 2)",
+              f"  {'--max-minutes M':60s} overrides run.max_wall_minutes (stop after M minutes of training, "
+              "checkpointed; the best model so far is evaluated; --resume continues)",
+              f"  {'--workdir DIR':60s} output folder (default: the config path without .json)",
+              f"  {'--resume':60s} continue the checkpoint in the workdir (Ctrl-C keeps the last checkpoint and "
+              "prints this command)"]
     return "\n".join(lines)

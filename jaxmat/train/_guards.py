@@ -60,7 +60,9 @@ def record_config(cfg, workdir: Path, log, resumed: bool, write: bool = True) ->
         if changed:
             log("resumed with a changed config: " + text(changed))
     if write:
-        path.write_text(json.dumps(new, indent=2) + "\n")
+        from jaxmat.train._report import write_json
+
+        write_json(path, new)
 
 
 def saved_state(workdir: Path) -> str:

@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import dataclasses
-import json
 from pathlib import Path
 
 import jax
@@ -14,6 +13,7 @@ from jaxmat.models import Ensemble, load_model
 from jaxmat.train._checkpoint import replace_dir
 from jaxmat.train._evaluate import error_metrics, predict
 from jaxmat.train._plots import learning_curves, parity_plots
+from jaxmat.train._report import finite_json, summary, write_json
 from jaxmat.train._steps import subsample_masks
 from jaxmat.train._uq import fit_calibration, format_scales, member_predict, uncertainty_plots, uncertainty_report
 
@@ -23,7 +23,7 @@ def save_best(workdir, model, params, metrics):
     tmp = workdir / "best_model.tmp"
     params32 = jax.tree_util.tree_map(lambda x: np.asarray(x, np.float32), params)
     # the trained model is named after its run; a fine-tuned one records the model it started from
-    meta = {**model.metadata, "validation": metrics, "name": Path(workdir).resolve().name}
+    meta = {**model.metadata, "validation": finite_json(metrics), "name": Path(workdir).resolve().name}
     if "name" in model.metadata:
         meta["init_from"] = model.metadata["name"]
     dataclasses.replace(model, params=params32, metadata=meta, _cache={}).save(tmp)
@@ -64,6 +64,8 @@ def finish(cfg, workdir, dtype, train_frames, valid_frames, test_frames, log, en
     if isinstance(model, Ensemble):
         model = _calibrate(cfg, workdir, model, train_frames, valid_frames, dtype, checks, log)
     results = {"ended": ended}
+    if "epoch" in model.metadata.get("validation", {}):
+        results["best_epoch"] = model.metadata["validation"]["epoch"]
     sets = [("valid", valid_frames)] if valid_frames else []
     if test_frames:
         sets.append(("test", test_frames))
@@ -76,8 +78,8 @@ def finish(cfg, workdir, dtype, train_frames, valid_frames, test_frames, log, en
             results[name]["uncertainty"] = uncertainty_report(model, members)
             uncertainty_plots(model, members, workdir / f"uncertainty_{name}")
     learning_curves(workdir / "metrics.csv", workdir / "learning_curves.png")
-    tmp = workdir / "results.json.tmp"  # atomic: a reader never sees half a file
-    tmp.write_text(json.dumps(results, indent=2) + "\n")
-    tmp.replace(workdir / "results.json")
-    log(json.dumps(results))
+    results = finite_json(results)  # strict JSON: a metric that is not a number is null
+    write_json(workdir / "results.json", results)
+    unit = model.metadata.get("units", {}).get("target", "(target unit)") if model.output_kind == "graph" else None
+    log(summary(workdir, results, {name: len(frames) for name, frames in sets}, unit))
     return results

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import csv
+import io
 import time
 from pathlib import Path
 
@@ -16,6 +17,7 @@ from jaxmat.data import batch_budget, build_graphs, epoch_batches, epoch_groups,
 from jaxmat.errors import ConfigError, DatasetError, TrainingError
 from jaxmat.graph import StructureChecks
 from jaxmat.models import FAMILIES, Ensemble, Model, grow_model, load_model
+from jaxmat.models._bundle import atomic_write
 from jaxmat.models._model import default_hyperparameters
 from jaxmat.train._config import check_config
 from jaxmat.train._checkpoint import CHECKPOINT_FILE, load_checkpoint, save_checkpoint
@@ -27,6 +29,7 @@ from jaxmat.train._optim import freeze_labels, make_optimizer, with_frozen
 from jaxmat.train import _parallel
 from jaxmat.train._steps import build_steps, ensemble_template, init_seed, initial_members, member_batch, stack, subsample_masks
 from jaxmat.train._results import finish, save_best
+from jaxmat.train._report import position
 from jaxmat.train._refs import fit_element_refs
 
 CSV_FIELDS = ["epoch", "step", "lr_scale", "train_loss", "train_e_mae", "train_f_mae", "train_s_mae",
@@ -213,7 +216,7 @@ def _train(cfg, workdir, resume, dtype, log):
              "plateau_bad": 0, "epoch_sums": _zero_sums(), "seed": cfg.run.seed}
     if resume:
         state = load_checkpoint(workdir, state)
-        log(f"resumed from step {int(state['step'])} (epoch {int(state['epoch'])}, batch {int(state['batch_in_epoch'])})")
+        log(f"resumed from {position(int(state['step']), int(state['epoch']), int(state['batch_in_epoch']))}")
     else:
         prepare = lambda p: cast(_prepare_params(cfg, model, p, train_frames, g_train))  # noqa: E731
         params = stack(cfg, initial_members(cfg, model, first.graph, prepare))
@@ -377,6 +380,7 @@ def _truncate_csv(path: Path, epochs_done: int):
     if not path.is_file():
         return
     rows = list(csv.reader(open(path)))
-    keep = [rows[0]] + [r for r in rows[1:] if r and int(r[0]) <= epochs_done]
-    with open(path, "w", newline="") as fh:
-        csv.writer(fh).writerows(keep)
+    keep = [rows[0]] + [r for r in rows[1:] if r and r[0].isdigit() and int(r[0]) <= epochs_done]
+    text = io.StringIO(newline="")
+    csv.writer(text).writerows(keep)
+    atomic_write(path, text.getvalue().encode())  # a kill (or Ctrl-C) here keeps the old file whole
