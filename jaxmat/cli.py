@@ -1,4 +1,4 @@
-"""Command line: ``jaxmat md``, ``relax``, ``predict``, ``train``, ``evaluate``, ``ensemble``, ``convert``, ``list``."""
+"""Command line: ``jaxmat md``, ``relax``, ``predict``, ``train``, ``evaluate``, ``ensemble``, ``llpr``, ``convert``, ``list``."""
 
 from __future__ import annotations
 
@@ -40,7 +40,7 @@ def _first_step_printer():
 
 
 def _md(args) -> int:
-    from jaxmat._checks import ConfigError
+    from jaxmat.errors import ConfigError
     from jaxmat.md import MDSettings, load_structure
 
     options = dict(temperature=args.temperature, timestep=args.timestep, steps=args.steps, ensemble=args.ensemble,
@@ -200,7 +200,7 @@ def _train_command(args, workdir, resume: bool) -> str:
 
 
 def _evaluate(args) -> int:
-    from jaxmat._checks import ConfigError
+    from jaxmat.errors import ConfigError
     from jaxmat.data import read_frames
     from jaxmat.models import Ensemble, load_model
     from jaxmat.train import error_metrics, format_metrics, format_metrics_by_group, metrics_by_group, predict
@@ -257,7 +257,7 @@ def _predict(args) -> int:
 
 
 def _ensemble(args) -> int:
-    from jaxmat._checks import ConfigError
+    from jaxmat.errors import ConfigError
     from jaxmat.data import read_frames
     from jaxmat.models import load_model, stack_members
     from jaxmat.train._uq import fit_calibration, format_scales, member_predict
@@ -286,6 +286,36 @@ def _ensemble(args) -> int:
             warn=lambda msg: print(f"jaxmat ensemble: warning: {msg}", file=sys.stderr, flush=True)))
     ens.save(args.output)
     print(f"wrote {args.output}: deep ensemble of {ens.size} {ens.family} members; {format_scales(ens.calibration)}")
+    return 0
+
+
+def _llpr(args) -> int:
+    import dataclasses
+
+    from jaxmat.errors import ConfigError
+    from jaxmat.data import read_frames
+    from jaxmat.models import load_model
+    from jaxmat.train._llpr import fit_llpr
+
+    out = Path(args.out)
+    if out.exists() and not args.force:
+        raise ConfigError(f"the output {args.out} exists; refusing to write over it: name a new folder, or add --force")
+    model = load_model(args.model)
+    train = read_frames(args.train_file)
+    valid = read_frames(args.calibrate_on)
+    llpr = fit_llpr(model, train, valid, force_directions=args.force_directions, dtype=args.dtype,
+                    graphs_per_batch=args.graphs_per_batch)
+    llpr = dataclasses.replace(llpr, _cache={}, metadata={**llpr.metadata, "name": out.name, "llpr_of": str(args.model),
+                                                           "trained_on": str(args.train_file),
+                                                           "calibrated_on": str(args.calibrate_on)})
+    llpr.save(out)
+    cal, info = llpr.calibration, llpr.info
+    print(f"wrote {args.out}: LLPR of {model.name} ({info['n_features']} last-layer features, {len(train)} training "
+          f"frames, regularizer {info['regularizer']:.3g}); spreads x {cal['energy']} (energy), x {cal['forces']} (forces), "
+          f"x {cal['stress']} (stress) fit on {len(valid)} frames of {args.calibrate_on}; force/stress spreads from "
+          f"{llpr.force_directions} feature-gradient directions"
+          + (f" ({100 * info['captured_force_variance']:.1f} % of the force variance there)"
+             if info.get("captured_force_variance") is not None else ""))
     return 0
 
 
@@ -397,6 +427,20 @@ def build_parser() -> argparse.ArgumentParser:
                     help="with --calibrate-on: nll (default) or musil (the Musil/Imbalzano alpha, >= 4 members)")
     en.add_argument("--force", action="store_true", help="write over the output if it exists")
     en.set_defaults(func=_ensemble)
+
+    ll = sub.add_parser("llpr", help="last-layer (LLPR) uncertainty for a trained single potential: a bundle whose "
+                        "calculator reports energy_std, forces_std, stress_std like an ensemble's")
+    ll.add_argument("model", help="bundle folder or pretrained name of a single potential")
+    ll.add_argument("train_file", help="labelled or unlabelled frames the model was trained on (the feature covariance)")
+    ll.add_argument("--calibrate-on", required=True, help="labelled frames the model did not train on: fit the "
+                    "regularizer and the energy/force/stress scales there")
+    ll.add_argument("--out", required=True, help="folder of the LLPR bundle")
+    ll.add_argument("--force-directions", type=int, default=8, help="feature-gradient directions behind the force and "
+                    "stress spreads (cost: one backward cotangent each; all features = exact; default 8)")
+    ll.add_argument("--dtype", choices=("float32", "float64"), default="float32")
+    ll.add_argument("--graphs-per-batch", type=int, default=4)
+    ll.add_argument("--force", action="store_true", help="write over the output if it exists")
+    ll.set_defaults(func=_llpr)
 
     ls = sub.add_parser("list", help="list the pretrained models shipped with jaxmat")
     ls.set_defaults(func=_list)
