@@ -5,7 +5,8 @@ only defined for cells periodic in all three directions. For an ensemble (``jaxm
 these are the members' means, and the results also hold the calibrated spreads ``energy_std`` (eV),
 ``forces_std`` (N, 3) and ``stress_std`` (6,) (the raw members' std for a quantity the bundle has
 not calibrated: ``model.is_calibrated(q)``), and the members' own ``energies_members`` (K,),
-``forces_members`` (K, N, 3) and ``stress_members`` (K, 6).
+``forces_members`` (K, N, 3) and ``stress_members`` (K, 6). An LLPR bundle (``jaxmat llpr``,
+``jaxmat.models._llpr``) gives the single model's values and the same three spreads (no members).
 """
 
 from __future__ import annotations
@@ -110,6 +111,8 @@ class JaxmatCalculator(Calculator):
                                   f"ensemble's {self.model.size} members, at most the {jax.device_count()} devices")
         if isinstance(self.model, Ensemble):
             self.implemented_properties = self.implemented_properties + self.ensemble_properties
+        elif self.is_llpr:  # a single model with its last-layer uncertainty (jaxmat.models._llpr)
+            self.implemented_properties = self.implemented_properties + self.ensemble_properties[:3]
         self.headroom, self.growth, self.checks, self.sizing_margin = headroom, growth, checks, sizing_margin
         self.sizes: PadSizes | None = None
         self.n_compilations = 0
@@ -121,6 +124,8 @@ class JaxmatCalculator(Calculator):
         self.n_compilations += 1  # runs only while tracing
         if mode is not None:  # an ensemble: every member's energy, forces and stress (K, ...)
             return self.model.member_results(params, graph, compute_stress, mode)
+        if self.is_llpr:  # row 0: the model; rows 1..r: the gradients of its feature projections
+            return self.model.outputs(params, graph, compute_stress)
         return energy_forces_stress(self.model.apply, params, graph, compute_stress)
 
     def _choose_sizes(self, real: PadSizes) -> PadSizes:
@@ -165,6 +170,9 @@ class JaxmatCalculator(Calculator):
         if self.is_ensemble:
             self.results = self._ensemble_results(out, n, periodic)
             return
+        if self.is_llpr:
+            self.results = self.model.results(out, n, periodic)
+            return
         energies = np.asarray(out["energies"][:n], np.float64)
         energy = float(np.sum(energies))  # float64 total: a float32 sum of 2,048 atoms is off by ~0.1 eV
         self.results = {
@@ -179,6 +187,12 @@ class JaxmatCalculator(Calculator):
     @property
     def is_ensemble(self) -> bool:
         return isinstance(self.model, Ensemble)
+
+    @property
+    def is_llpr(self) -> bool:
+        from jaxmat.models._llpr import LLPRModel
+
+        return isinstance(self.model, LLPRModel)
 
     def _ensemble_results(self, out, n: int, periodic: bool) -> dict:
         """Means, calibrated spreads (ddof=1 x the bundle's scales) and the members' own values."""

@@ -296,6 +296,7 @@ def _llpr(args) -> int:
     from jaxmat.data import read_frames
     from jaxmat.models import load_model
     from jaxmat.train._llpr import fit_llpr
+    from jaxmat.train._uq import format_scales
 
     out = Path(args.out)
     if out.exists() and not args.force:
@@ -309,10 +310,10 @@ def _llpr(args) -> int:
                                                            "trained_on": str(args.train_file),
                                                            "calibrated_on": str(args.calibrate_on)})
     llpr.save(out)
-    cal, info = llpr.calibration, llpr.info
+    info = llpr.info
     print(f"wrote {args.out}: LLPR of {model.name} ({info['n_features']} last-layer features, {len(train)} training "
-          f"frames, regularizer {info['regularizer']:.3g}); spreads x {cal['energy']} (energy), x {cal['forces']} (forces), "
-          f"x {cal['stress']} (stress) fit on {len(valid)} frames of {args.calibrate_on}; force/stress spreads from "
+          f"frames, regularizer {info['regularizer']:.3g}); {format_scales(llpr.calibration)} fit on {len(valid)} frames "
+          f"of {args.calibrate_on}; force/stress spreads from "
           f"{llpr.force_directions} feature-gradient directions"
           + (f" ({100 * info['captured_force_variance']:.1f} % of the force variance there)"
              if info.get("captured_force_variance") is not None else ""))

@@ -6,7 +6,8 @@ free-form ``metadata`` (origin, licence, training data), the sha256 of the weigh
 A truncated or altered weights file and a hand-edited hyperparameter (cutoff, element order) are
 both detected before use; ``metadata`` may be edited freely. Ensembles (format 3) add an
 ``ensemble`` section (kind, size K, the stacked parameter groups, the calibration scales), also
-covered by ``config_sha256``; single models are still written as format 2. Weights must be finite floating-point
+covered by ``config_sha256``; single models are still written as format 2. LLPR bundles (format 4,
+``jaxmat.models._llpr``) add an ``llpr`` section, also covered, and the weights group ``llpr``. Weights must be finite floating-point
 arrays. Every failure to read, decode or verify a bundle is a ``BundleError`` naming the file.
 Format-1 bundles (no ``config_sha256``) still load, with a warning to re-save them.
 """
@@ -29,7 +30,8 @@ from jaxmat.errors import BundleError
 FORMAT = "jaxmat-bundle"
 FORMAT_VERSION = 2
 ENSEMBLE_FORMAT_VERSION = 3
-SUPPORTED_VERSIONS = (1, 2, 3)
+LLPR_FORMAT_VERSION = 4
+SUPPORTED_VERSIONS = (1, 2, 3, 4)
 CONFIG_FILE = "config.json"
 PARAMS_FILE = "params.msgpack"
 
@@ -55,6 +57,8 @@ def config_digest(config: dict) -> str:
     core = {k: config.get(k) for k in ("model", "hyperparameters", "params_sha256")}
     if "ensemble" in config:  # format 3
         core["ensemble"] = config["ensemble"]
+    if "llpr" in config:  # format 4 (jaxmat.models._llpr)
+        core["llpr"] = config["llpr"]
     return hashlib.sha256(json.dumps(core, sort_keys=True, separators=(",", ":")).encode()).hexdigest()
 
 
@@ -76,7 +80,7 @@ def check_weights(params, where: str) -> None:
 
 
 def save_bundle(path, family: str, hyperparameters: dict, params, metadata: dict | None = None,
-                ensemble: dict | None = None) -> Path:
+                ensemble: dict | None = None, llpr: dict | None = None) -> Path:
     """Write a bundle folder (weights first, then the config that certifies them). Non-finite
     weights are refused (BundleError): a bundle never holds NaN. ``ensemble``: the section of an
     ensemble bundle (``Ensemble.ensemble_config()``; format 3)."""
@@ -93,7 +97,8 @@ def save_bundle(path, family: str, hyperparameters: dict, params, metadata: dict
     atomic_write(path / PARAMS_FILE, blob)
     config = {
         "format": FORMAT,
-        "format_version": FORMAT_VERSION if ensemble is None else ENSEMBLE_FORMAT_VERSION,
+        "format_version": LLPR_FORMAT_VERSION if llpr is not None else (
+            FORMAT_VERSION if ensemble is None else ENSEMBLE_FORMAT_VERSION),
         "model": family,
         "hyperparameters": hyperparameters,
         "metadata": metadata or {},
@@ -101,6 +106,8 @@ def save_bundle(path, family: str, hyperparameters: dict, params, metadata: dict
     }
     if ensemble is not None:
         config["ensemble"] = ensemble
+    if llpr is not None:
+        config["llpr"] = llpr
     config["config_sha256"] = config_digest(json.loads(json.dumps(config)))
     atomic_write(path / CONFIG_FILE, (json.dumps(config, indent=2) + "\n").encode())
     return path

@@ -197,6 +197,10 @@ def load_model(name_or_path=DEFAULT_MODEL) -> Model:
     metadata.setdefault("name", path.name)
     if "ensemble" in config or config.get("format_version") == 3:
         return _load_ensemble(path, config, family, hyper, params, expected, metadata)
+    if "llpr" in config or config.get("format_version") == 4:
+        from jaxmat.models._llpr import load_llpr
+
+        return load_llpr(path, config, family, hyper, params, expected, metadata)
     check_params(params, expected, str(path))
     return Model(family, hyper, params, metadata)
 
