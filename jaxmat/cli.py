@@ -217,6 +217,8 @@ def _evaluate(args) -> int:
         print(format_metrics(metrics))
         if isinstance(model, Ensemble):
             _uncertainty_table(model, frames, path, args)
+        elif type(model).__name__ == "LLPRModel":
+            _llpr_table(model, frames, args)
         if args.group_key:
             table = metrics_by_group(model, model.params, frames, args.group_key, args.graphs_per_batch, args.dtype)
             print(f"by info[{args.group_key!r}]:")
@@ -232,9 +234,31 @@ def _uncertainty_table(model, frames, path, args) -> None:
     print(f"uncertainty ({model.kind} ensemble of {model.size}, calibration {model.calibration['method']}; entries "
           "with zero reference excluded; MAE, RMS sigma and NLL in each row's unit):")
     print(format_report(uncertainty_report(model, members)))
+    if members["forces_ref"].size:  # per atom: |force error| against |sigma vector| (what the MD watch uses)
+        from jaxmat.train._per_atom import atom_report, format_atom_report
+        from jaxmat.uncertainty import member_stats
+
+        mean, std = member_stats(members["forces"])
+        scale = model.spread_scale("forces") if model.is_calibrated("forces") else None
+        print(format_atom_report(atom_report(members["forces_ref"], mean - members["forces_ref"], std, scale)))
     Path(args.plots).mkdir(parents=True, exist_ok=True)
     written = uncertainty_plots(model, members, Path(args.plots) / Path(path).stem)
     print("plots: " + ", ".join(str(p) for p in written))
+
+
+def _llpr_table(model, frames, args) -> None:
+    """The calibration metrics of an LLPR bundle on ``frames``, components and per atom."""
+    from jaxmat.train._llpr import llpr_predict, llpr_report
+    from jaxmat.train._per_atom import format_atom_report
+    from jaxmat.train._uq import format_report
+
+    report = llpr_report(model, llpr_predict(model, frames, args.graphs_per_batch, args.dtype))
+    atoms = report.pop("atoms", None)
+    print(f"uncertainty (LLPR, {model.force_directions} force directions, calibration {model.calibration['method']}; "
+          "entries with zero reference excluded; MAE, RMS sigma and NLL in each row's unit):")
+    print(format_report(report))
+    if atoms is not None:
+        print(format_atom_report(atoms))
 
 
 def _predict(args) -> int:
@@ -302,8 +326,8 @@ def _llpr(args) -> int:
     if out.exists() and not args.force:
         raise ConfigError(f"the output {args.out} exists; refusing to write over it: name a new folder, or add --force")
     model = load_model(args.model)
-    train = read_frames(args.train_file)
-    valid = read_frames(args.calibrate_on)
+    train = read_frames(args.train_file, require=())  # structures only: the feature covariance needs no labels
+    valid = read_frames(args.calibrate_on, require=("energy",))
     llpr = fit_llpr(model, train, valid, force_directions=args.force_directions, dtype=args.dtype,
                     graphs_per_batch=args.graphs_per_batch)
     llpr = dataclasses.replace(llpr, _cache={}, metadata={**llpr.metadata, "name": out.name, "llpr_of": str(args.model),
@@ -358,8 +382,8 @@ def build_parser() -> argparse.ArgumentParser:
     md.add_argument("--max-energy-drift", type=float, default=None,
                     help="eV/atom: NVE stops if the total energy moves more than this (default 0.02)")
     md.add_argument("--max-force-std", type=float, default=None,
-                    help="eV/A: with an ensemble model, write a step whose largest force std exceeds this for "
-                    "relabelling (see --on-uncertain); the std is always logged")
+                    help="eV/A: with an ensemble or LLPR model, write a step whose largest per-atom force std (the "
+                    "norm of an atom's std vector) exceeds this for relabelling (see --on-uncertain); it is always logged")
     md.add_argument("--on-uncertain", choices=("stop", "collect"), default=None,
                     help="stop at the first such step (default) or collect every one and go on")
     md.add_argument("--uncertain-file", default=None,

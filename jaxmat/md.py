@@ -106,7 +106,7 @@ class MDSettings:
     seed: int = 0  #: seed of the initial velocities and the Langevin noise
     max_temperature: float | None = GuardLimits.max_temperature  #: K: runaway limit (None: max(5000 K, 10 x temperature))
     max_energy_drift: float = GuardLimits.max_energy_drift  #: eV/atom: NVE total-energy drift limit
-    max_force_std: float | None = None  #: eV/A: with an ensemble, the largest calibrated force std allowed (None: only logged)
+    max_force_std: float | None = None  #: eV/A: with an ensemble or LLPR model, the largest per-atom calibrated force std (norm of the atom's std vector) allowed (None: only logged)
     on_uncertain: str = "stop"  #: when max_force_std is exceeded: "stop" (write the frame, end the run) or "collect" (write every such frame, go on)
     thermostat_time: float = 100.0  #: fs: Nose-Hoover thermostat time (jax engine)
     pressure: float = 0.0  #: GPa: NPT target pressure (jax engine)
@@ -142,7 +142,8 @@ def run_md(atoms, calc, settings: MDSettings = MDSettings(), trajectory: str | N
     """Run MD; returns a dict of arrays (step, time_ps, epot, ekin, temperature, etotal) per log line.
 
     With an ensemble calculator (``calc.results`` holds ``forces_std``) the log also has
-    ``max_force_std`` (eV/A, the largest calibrated per-component force std of the logged step) and
+    ``max_force_std`` (eV/A, the largest per-atom norm of the calibrated force-std vectors of the
+    logged step, sqrt(s_x^2 + s_y^2 + s_z^2); ``jaxmat.train._per_atom``) and
     every step is compared with ``settings.max_force_std``: a step above it is appended to
     ``uncertain_file`` (extxyz; default ``<trajectory stem>_uncertain.extxyz``, or
     ``uncertain.extxyz``) for relabelling, and the run ends there ("stop") or goes on ("collect").
@@ -191,7 +192,8 @@ def run_md(atoms, calc, settings: MDSettings = MDSettings(), trajectory: str | N
         step = dyn.nsteps
         epot, ekin = atoms.get_potential_energy(), atoms.get_kinetic_energy()
         guard.check(step, atoms.positions, epot, ekin)
-        sigma = float(np.max(calc.results["forces_std"])) if watch else None
+        # per atom: the norm of each atom's calibrated force-std vector, the largest over atoms
+        sigma = float(np.max(np.linalg.norm(calc.results["forces_std"], axis=1))) if watch else None
         if sigma is not None and s.max_force_std is not None and sigma > s.max_force_std:
             frame = atoms.copy()
             frame.info.update(step=step, max_force_std=sigma)

@@ -167,3 +167,35 @@ def test_bad_llpr_input_is_refused(tiny, frames):
     ens = stack_members([tiny, tiny.with_params(jax.tree_util.tree_map(lambda x: x * 1.1, tiny.params))])
     with pytest.raises(ConfigError, match="single potential"):
         fit_llpr(ens, *frames)
+
+
+def test_per_atom_metrics_of_calibrated_gaussian_errors():
+    from jaxmat.train._per_atom import atom_metrics, atom_norms
+
+    rng = np.random.default_rng(0)
+    sigma = np.exp(rng.normal(size=(4000, 1))) * np.ones((1, 3))  # isotropic per atom, varying across atoms
+    err = sigma * rng.normal(size=sigma.shape)
+    ref = np.ones_like(err)
+    ref[:10] = 0  # atoms of a perfect crystal are dropped
+    e, s = atom_norms(ref, err, sigma)
+    assert e.size == 3990
+    m = atom_metrics(e, s)
+    assert m["scale"] == pytest.approx(1.0, abs=0.03)
+    assert m["coverage_68"] == pytest.approx(0.6827, abs=0.03) and m["coverage_95"] == pytest.approx(0.9545, abs=0.02)
+    assert m["spearman"] > 0.5 and m["auroc_worst10"] > 0.8
+    assert atom_metrics(e, 2 * s)["coverage_68"] > 0.9  # too wide: over-covers
+
+
+def test_md_watch_and_evaluate_use_the_per_atom_norm(exact, probe, labelled_file, tmp_path, capsys):
+    from jaxmat.cli import main
+    from jaxmat.md import MDSettings, run_md
+
+    calc = JaxmatCalculator(exact, dtype="float64")
+    log = run_md(probe.copy(), calc, MDSettings(steps=2, log_every=2, max_force_std=1e9), trajectory=None)
+    per_atom = np.linalg.norm(calc.results["forces_std"], axis=1)
+    assert log["max_force_std"][-1] == pytest.approx(per_atom.max(), rel=1e-12)
+    assert per_atom.max() > calc.results["forces_std"].max()  # the norm, not the largest component
+    exact.save(tmp_path / "exact")
+    assert main(["evaluate", str(tmp_path / "exact"), str(labelled_file), "--dtype", "float64"]) == 0
+    out = capsys.readouterr().out
+    assert "uncertainty (LLPR" in out and "|F| atom" in out and "forces" in out

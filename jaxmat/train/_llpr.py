@@ -213,3 +213,27 @@ def llpr_predict(model: LLPRModel, frames, graphs_per_batch: int = 4, dtype: str
         sig = np.sqrt(np.sum(val["s_grad"] ** 2, axis=-1))
         out["stress"] = (val["s_ref"].ravel(), (val["s"] - val["s_ref"]).ravel(), sig.ravel())
     return out
+
+
+def llpr_report(model: LLPRModel, pred: dict) -> dict:
+    """``jaxmat.train._uq.uncertainty_report`` of an LLPR model's ``llpr_predict`` (same keys and
+    units, for ``format_report``), plus "atoms": the per-atom force report (``_per_atom``)."""
+    from jaxmat.train._per_atom import atom_report
+    from jaxmat.train._uq import REPORT_UNITS
+
+    report = {}
+    for q in ("energy", "forces", "stress"):
+        if q not in pred:
+            continue
+        e, s = uq.usable(*pred[q])
+        if e.size < 2:
+            continue
+        unit, factor = REPORT_UNITS[q]
+        e, s = factor * e, factor * s
+        scale = model.spread_scale(q) if model.is_calibrated(q) else None
+        report[q] = {"unit": unit, "raw": uq.calibration_metrics(e, s),
+                     "calibrated": None if scale is None else uq.calibration_metrics(e, scale * s), "scale": scale}
+    if "forces" in pred:
+        ref, err, sigma = pred["forces"]
+        report["atoms"] = atom_report(ref, err, sigma, model.spread_scale("forces") if model.is_calibrated("forces") else None)
+    return report
