@@ -135,9 +135,12 @@ def _relax(args) -> int:
 
 
 def _convert(args) -> int:
-    from jaxmat.convert import convert_matgl
+    from jaxmat.convert import convert_matgl, convert_sevenn
 
-    model = convert_matgl(args.source, args.destination, name=args.name)
+    if Path(args.source).is_file():  # a sevenn checkpoint (.pth); a matgl model is a folder
+        model = convert_sevenn(args.source, args.destination, name=args.name)
+    else:
+        model = convert_matgl(args.source, args.destination, name=args.name)
     print(f"wrote {args.destination} ({model.family}, {len(model.element_types)} elements)")
     return 0
 
@@ -412,8 +415,9 @@ def build_parser() -> argparse.ArgumentParser:
     pr.add_argument("--batch-size", type=int, default=32)
     pr.set_defaults(func=_predict)
 
-    cv = sub.add_parser("convert", help="convert a matgl model folder to a jaxmat bundle (needs torch)")
-    cv.add_argument("source")
+    cv = sub.add_parser("convert", help="convert a matgl model folder or a sevenn checkpoint (.pth) to a jaxmat "
+                        "bundle (needs torch)")
+    cv.add_argument("source", help="matgl model folder (model.json + state.pt) or sevenn checkpoint file")
     cv.add_argument("destination")
     cv.add_argument("--name", default=None)
     cv.set_defaults(func=_convert)
