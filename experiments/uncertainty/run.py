@@ -1,7 +1,7 @@
 """Uncertainty of deep and shallow M3GNet ensembles on mlearn Si: in distribution, under a
 distribution shift, and during MD at rising temperature.
 
-    python experiments/uncertainty/run.py [--part train|md|report|all] [--only RUN ...]
+    python experiments/uncertainty/run.py [--part train|md|llpr|report|all] [--only RUN ...]
 
 Protocol (fixed before any test number was seen; written into results.md):
 
@@ -61,14 +61,15 @@ def prepare_shift_data() -> None:
             ase.io.write(path, frames)
 
 
-def train(name: str) -> None:
+def train(name: str, config: str | None = None) -> None:
+    """Train run ``name`` (config ``configs/<config or name>.json``) unless its results exist."""
     from jaxmat.train import load_config, train_and_evaluate
 
     workdir = HERE / "runs" / name
     if (workdir / "results.json").is_file():
         print(f"{name}: done")
         return
-    cfg = load_config(HERE / "configs" / f"{name}.json")
+    cfg = load_config(HERE / "configs" / f"{config or name}.json")
     t0 = time.perf_counter()
     train_and_evaluate(cfg, workdir, resume=(workdir / "checkpoint.msgpack").is_file())
     (workdir / "wall.json").write_text(json.dumps({"train_and_evaluate_s": time.perf_counter() - t0}) + "\n")
@@ -213,12 +214,20 @@ def report(md: dict) -> str:
         if n in res:
             lines.append(f"| {n} | {epoch_seconds(n):.0f} | {epoch_seconds(n) / base:.2f} |")
     lines.append("")
+    from llpr_rows import LLPR_RUNS, report_lines
+
+    llpr = {n: json.loads((HERE / "runs" / n / "llpr.json").read_text()) for n in LLPR_RUNS
+            if (HERE / "runs" / n / "llpr.json").is_file()}
+    atoms = {n: json.loads((HERE / "runs" / n / "atoms.json").read_text()) for n in RUNS
+             if (HERE / "runs" / n / "atoms.json").is_file()}
+    if llpr or atoms:
+        lines.extend(report_lines(llpr, atoms))
     return "\n".join(lines)
 
 
 def main(argv=None) -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
-    parser.add_argument("--part", choices=("train", "md", "report", "all"), default="all")
+    parser.add_argument("--part", choices=("train", "md", "llpr", "report", "all"), default="all")
     parser.add_argument("--only", nargs="*", default=None, help="runs to train (default: all)")
     args = parser.parse_args(argv)
     prepare_shift_data()
@@ -230,6 +239,13 @@ def main(argv=None) -> None:
         for name in ("si_deep", "si_shallow"):
             md[name] = md_ramp(name)
         md_plot(md)
+    if args.part in ("llpr", "all"):  # LLPR rows, per-atom metrics, energy under shift (llpr_rows.py)
+        from llpr_rows import LLPR_RUNS, ensemble_atoms, llpr_run
+
+        for name in LLPR_RUNS:
+            llpr_run(name, train)
+        for name in RUNS[1:]:
+            ensemble_atoms(name)
     if args.part in ("report", "all"):
         for name in ("si_deep", "si_shallow"):
             path = HERE / "runs" / name / "md_ramp.json"
