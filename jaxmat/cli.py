@@ -50,6 +50,8 @@ def _md(args) -> int:
     settings = MDSettings(**{k: v for k, v in options.items() if v is not None})  # checked before any work
     if args.replicas < 1:
         raise ConfigError(f"md.replicas = {args.replicas}: expected at least 1")
+    if args.devices < 1:
+        raise ConfigError(f"md.devices = {args.devices}: expected at least 1")
     if args.engine == "ase" and args.replicas != 1:
         raise ConfigError(f"md.replicas = {args.replicas}: replicas run on the jax engine (--engine jax)")
     if args.engine == "ase" and args.devices != 1:
@@ -77,6 +79,7 @@ def _md(args) -> int:
 
 def _md_jax(args, settings, atoms) -> int:
     from jaxmat.simulate import Engine
+    from jaxmat.simulate._engine import trajectory_paths
 
     engine = Engine(model=args.model, dtype=args.dtype, skin=args.skin)
     cache = enable_compilation_cache()
@@ -86,8 +89,14 @@ def _md_jax(args, settings, atoms) -> int:
     printer = _first_step_printer()
     engine.md([atoms] * args.replicas, settings, trajectory=args.trajectory, printer=printer,
               progress=sys.stderr.isatty(), devices=args.devices)
+    paths = trajectory_paths(args.trajectory, args.replicas)  # one file per replica when there are several
+    if len(paths) <= 1:
+        where = f"trajectory {paths[0]}" if paths else "no trajectory"
+    else:
+        where = "trajectories " + (", ".join(paths) if len(paths) <= 3 else
+                                   f"{paths[0]} ... {paths[-1]} ({len(paths)} files)")
     print(f"done in {time.perf_counter() - _T0:.1f} s; {engine.n_compilations} compilation(s), {engine.n_rebuilds} "
-          f"neighbour-list rebuild(s); trajectory {args.trajectory}", flush=True)
+          f"neighbour-list rebuild(s); {where}", flush=True)
     return 0
 
 
@@ -98,10 +107,12 @@ def _relax(args) -> int:
 
     settings = RelaxSettings(optimizer=args.optimizer, fmax=args.fmax, steps=args.steps, fix_cell=args.fix_cell,
                              pressure=args.pressure)
-    if args.engine == "jax" and args.optimizer != "fire":
-        from jaxmat._checks import ConfigError
+    from jaxmat.errors import ConfigError
 
+    if args.engine == "jax" and args.optimizer != "fire":
         raise ConfigError(f"relax.optimizer = {args.optimizer!r}: the jax engine runs FIRE only")
+    if args.batch_size < 1:
+        raise ConfigError(f"relax.batch_size = {args.batch_size} (--batch-size): expected at least 1 structure at once")
     structures, names = [], []
     for spec in args.structures:
         if Path(spec).exists():
@@ -373,7 +384,8 @@ def build_parser() -> argparse.ArgumentParser:
     md.add_argument("--skin", type=float, default=0.3, help="jax engine: Verlet skin of the neighbour lists, A")
     md.add_argument("--devices", type=int, default=1,
                     help="jax engine: split the replicas over this many devices (at least one replica each)")
-    md.add_argument("--pressure", type=float, default=None, help="npt: target pressure, GPa (default 0)")
+    md.add_argument("--pressure", type=float, default=None,
+                    help="npt only (refused with other ensembles): target pressure, GPa (default 0)")
     md.add_argument("--friction", type=float, default=0.01, help="Langevin friction, 1/fs (default 0.01)")
     md.add_argument("--supercell", type=int, nargs=3, default=None, help="repeat the cell (default: >= 64 atoms for named crystals)")
     md.add_argument("--dtype", choices=("float32", "float64"), default="float32")
@@ -402,7 +414,8 @@ def build_parser() -> argparse.ArgumentParser:
     rx.add_argument("--fmax", type=float, default=0.05, help="eV/A: converged when every force row is below (default 0.05)")
     rx.add_argument("--steps", type=int, default=500, help="optimizer steps at most (default 500)")
     rx.add_argument("--fix-cell", action="store_true", help="relax the positions only")
-    rx.add_argument("--pressure", type=float, default=0.0, help="GPa: target hydrostatic pressure (default 0)")
+    rx.add_argument("--pressure", type=float, default=None,
+                    help="GPa: target hydrostatic pressure of the cell relaxation (default 0; not with --fix-cell)")
     rx.add_argument("--dtype", choices=("float32", "float64"), default="float32")
     rx.add_argument("--batch-size", type=int, default=32, help="jax engine: structures relaxed at once")
     rx.add_argument("--output", default="relaxed.extxyz", help="extxyz of the relaxed structures (default relaxed.extxyz)")

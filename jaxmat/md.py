@@ -109,7 +109,7 @@ class MDSettings:
     max_force_std: float | None = None  #: eV/A: with an ensemble or LLPR model, the largest per-atom calibrated force std (norm of the atom's std vector) allowed (None: only logged)
     on_uncertain: str = "stop"  #: when max_force_std is exceeded: "stop" (write the frame, end the run) or "collect" (write every such frame, go on)
     thermostat_time: float = 100.0  #: fs: Nose-Hoover thermostat time (jax engine)
-    pressure: float = 0.0  #: GPa: NPT target pressure (jax engine)
+    pressure: float | None = None  #: GPa: NPT target pressure (jax engine; None: 0 GPa); refused outside NPT
     barostat_time: float = 1000.0  #: fs: NPT cell-rescaling relaxation time (jax engine)
     compressibility: float = 0.01  #: 1/GPa: NPT isothermal compressibility (jax engine; ~1/bulk modulus)
 
@@ -127,10 +127,42 @@ class MDSettings:
         if self.max_temperature is not None and self.max_temperature <= self.temperature:
             raise ConfigError(f"md.max_temperature = {self.max_temperature}: the runaway limit must be above the "
                               f"temperature ({self.temperature} K)")
+        if self.pressure is not None and self.ensemble != "npt":
+            raise ConfigError(f"md.pressure = {self.pressure} GPa: a target pressure needs ensemble 'npt' (the cell "
+                              f"of '{self.ensemble}' MD is fixed, so the pressure would be ignored); use --ensemble "
+                              "npt --engine jax, or leave the pressure out")
+
+    @property
+    def pressure_ev_a3(self) -> float:
+        """The NPT target pressure in eV/A^3 (0 when not given)."""
+        return (self.pressure or 0.0) * units.GPa
 
     @property
     def guard_limits(self) -> GuardLimits:
         return GuardLimits(self.max_temperature, self.max_energy_drift)
+
+
+def format_log(step: int, time_ps: float, epot, ekin, temperature, n_atoms, volume=None, pressure=None,
+               max_force_std=None, seconds_per_step=None) -> str:
+    """One MD log line, the same for every engine.
+
+    ``epot``, ``ekin`` (eV, per structure), ``temperature`` (K), ``n_atoms``, ``volume`` (A^3) and
+    ``pressure`` (GPa) are scalars or one value per replica; energies are printed per atom (eV/atom,
+    as ASE's ``MDLogger``) and, with replicas, as their mean (with the temperature's range). Volume and
+    pressure appear where the cell moves (NPT); ``max_force_std`` (eV/A) with an ensemble;
+    ``seconds_per_step`` (wall time) once steps were run.
+    """
+    epot, ekin, temp, n = (np.atleast_1d(np.asarray(x, np.float64)) for x in (epot, ekin, temperature, n_atoms))
+    line = (f"step {step:6d}  t {time_ps:7.3f} ps  Epot {np.mean(epot / n):10.5f} eV/atom  "
+            f"Ekin {np.mean(ekin / n):8.5f} eV/atom  Etot {np.mean((epot + ekin) / n):10.5f} eV/atom  "
+            f"T {np.mean(temp):7.1f} K" + (f" ({np.min(temp):.0f}-{np.max(temp):.0f})" if len(temp) > 1 else ""))
+    if volume is not None:
+        line += f"  V {np.mean(volume):9.2f} A^3  P {np.mean(pressure):8.3f} GPa"
+    if max_force_std is not None:
+        line += f"  max F std {max_force_std:6.3f} eV/A"
+    if seconds_per_step:
+        line += f"  {seconds_per_step * 1000:7.2f} ms/step  {np.sum(n) / seconds_per_step:9.0f} atom-steps/s"
+    return line
 
 
 class _Uncertain(Exception):
@@ -139,7 +171,8 @@ class _Uncertain(Exception):
 
 def run_md(atoms, calc, settings: MDSettings = MDSettings(), trajectory: str | None = "md.traj", printer=print,
            uncertain_file: str | None = None):
-    """Run MD; returns a dict of arrays (step, time_ps, epot, ekin, temperature, etotal) per log line.
+    """Run MD; returns a dict of arrays (step, time_ps, epot, ekin, temperature, etotal) per log line
+    (energies in eV for the whole structure; the printed line, ``format_log``, gives them per atom).
 
     With an ensemble calculator (``calc.results`` holds ``forces_std``) the log also has
     ``max_force_std`` (eV/A, the largest per-atom norm of the calibrated force-std vectors of the
@@ -209,16 +242,13 @@ def run_md(atoms, calc, settings: MDSettings = MDSettings(), trajectory: str | N
         if traj is not None:
             traj.write(atoms)
         now = time.perf_counter()
-        rate = (now - t0[0]) / s.log_every if step else float("nan")
+        rate = (now - t0[0]) / s.log_every if step else None
         t0[0] = now
         temp = atoms.get_temperature()
         for k, v in zip(log, (step, step * s.timestep / 1000, epot, ekin, temp, epot + ekin, sigma)):
             log[k].append(v)
-        printer(
-            f"step {step:6d}  t {step * s.timestep / 1000:7.3f} ps  Epot {epot:12.4f} eV  "
-            f"Ekin {ekin:9.4f} eV  T {temp:7.1f} K  Etot {epot + ekin:12.4f} eV  "
-            + (f"max F std {sigma:6.3f} eV/A  " if watch else "") + f"{rate * 1000:7.1f} ms/step"
-        )
+        printer(format_log(step, step * s.timestep / 1000, epot, ekin, temp, len(atoms), max_force_std=sigma,
+                           seconds_per_step=rate))
 
     dyn.attach(observe, interval=1)
     try:

@@ -22,7 +22,7 @@ from ase.filters import FrechetCellFilter
 from ase.optimize import BFGS, FIRE
 
 from jaxmat._checks import between, check_instance, non_negative, one_of, positive
-from jaxmat.errors import StructureError
+from jaxmat.errors import ConfigError, StructureError
 
 #: a relaxation whose volume leaves [1/MAX_VOLUME_RATIO, MAX_VOLUME_RATIO] x its start has diverged
 MAX_VOLUME_RATIO = 8.0
@@ -36,25 +36,30 @@ class RelaxSettings:
     fmax: float = 0.05  #: eV/A: converged when every force row (atoms and cell) is below this
     steps: int = 500  #: optimizer steps at most
     fix_cell: bool = False  #: relax the positions only
-    pressure: float = 0.0  #: GPa: target hydrostatic pressure of the cell relaxation
+    pressure: float | None = None  #: GPa: target hydrostatic pressure of the cell relaxation (None: 0); refused with fix_cell
 
     RULES: ClassVar[dict] = {"optimizer": one_of("fire", "bfgs"), "fmax": positive(), "steps": non_negative(),
                              "pressure": between(-1000.0, 1000.0)}
 
     def __post_init__(self):
         check_instance(self, "relax")
+        if self.fix_cell and self.pressure is not None:
+            raise ConfigError(f"relax.pressure = {self.pressure} GPa with fix_cell: a fixed cell cannot follow a target "
+                              "pressure, so it would be ignored; drop --fix-cell to relax the cell at that pressure, "
+                              "or leave the pressure out")
 
     @property
     def pressure_ev_a3(self) -> float:
-        """The target pressure in eV/A^3 (jaxmat's stress unit)."""
-        return self.pressure * units.GPa
+        """The target pressure in eV/A^3 (jaxmat's stress unit; 0 when not given)."""
+        return (self.pressure or 0.0) * units.GPa
 
 
 class Relaxed(NamedTuple):
     """One relaxation's outcome.
 
     ``atoms`` is the relaxed structure (None if it diverged) with energy, forces and stress attached
-    (``atoms.info`` has ``relax_steps``, ``relax_converged``, ``relax_fmax``); ``error`` says why a
+    (the true forces -dE/dr, also on atoms a constraint fixes: read them with
+    ``get_forces(apply_constraint=False)``, as ASE's own ``get_forces`` zeroes them; ``atoms.info`` has ``relax_steps``, ``relax_converged``, ``relax_fmax``); ``error`` says why a
     diverged structure was dropped.
     """
 
@@ -128,8 +133,9 @@ def relax_ase(atoms, calc, settings: RelaxSettings = RelaxSettings(), name: str 
                       f"diverged at step {opt.nsteps}: {err}")
     fmax_now = float(np.sqrt((target.get_forces() ** 2).sum(axis=1).max()))
     stress = work.get_stress() if all(work.pbc) else None
-    return finish(name, work, work.get_potential_energy(), work.get_forces(), stress, opt.nsteps, converged,
-                  fmax_now, volume0)
+    # the true forces (those a fresh calculator gives), not the constraint-projected ones (zero on fixed atoms)
+    return finish(name, work, work.get_potential_energy(), work.get_forces(apply_constraint=False), stress,
+                  opt.nsteps, converged, fmax_now, volume0)
 
 
 def format_table(records) -> str:

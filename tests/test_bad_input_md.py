@@ -7,9 +7,11 @@ import pytest
 from ase import units
 from ase.build import molecule
 
+from jaxmat.cli import main
 from jaxmat.errors import ConfigError, SimulationError, StructureError
 from jaxmat.guard import GuardLimits, MDGuard
 from jaxmat.md import MDSettings, run_md
+from jaxmat.relax import RelaxSettings
 
 # (settings, message regex): every one a ConfigError naming the field, its value and the rule
 SETTINGS = [
@@ -88,3 +90,44 @@ def test_guard_checks_every_replica():
     with pytest.raises(SimulationError, match=r"temperature reached 1500 K, above the runaway limit 1000 K"):
         hot.check(3, np.zeros((n, 3)), 0.0, 1.5 * n * units.kB * 1500.0)
     assert MDGuard(n, 3000.0, 1.0, False).max_temperature == 30000.0
+
+
+def test_a_pressure_that_would_be_ignored_is_refused(capsys):
+    """--pressure outside NPT (either MD engine) or with relax --fix-cell would run at constant volume
+    without a word (issue 45 item 7); not giving it keeps 0 GPa where the cell moves."""
+    with pytest.raises(ConfigError, match=r"md.pressure = 50.0 GPa: a target pressure needs ensemble 'npt'"):
+        MDSettings(pressure=50.0)
+    with pytest.raises(ConfigError, match=r"md.pressure = 0.0 GPa"):
+        MDSettings(ensemble="nve", pressure=0.0)
+    assert MDSettings(ensemble="npt").pressure_ev_a3 == 0.0 and MDSettings(ensemble="npt", pressure=1.0).pressure_ev_a3 > 0
+    for engine in ("ase", "jax"):
+        assert main(["md", "Si", "--engine", engine, "--pressure", "50"]) == 2
+        assert "needs ensemble 'npt'" in capsys.readouterr().err
+    with pytest.raises(ConfigError, match=r"relax.pressure = 1.0 GPa with fix_cell"):
+        RelaxSettings(fix_cell=True, pressure=1.0)
+    assert RelaxSettings().pressure_ev_a3 == 0.0 == RelaxSettings(fix_cell=True).pressure_ev_a3
+    assert main(["relax", "Si", "--fix-cell", "--pressure", "1.0"]) == 2
+    assert "with fix_cell" in capsys.readouterr().err
+
+
+def test_counts_below_one_are_clear_errors(capsys):
+    """A batch of 0 structures once failed deep in numpy ("need at least one array to concatenate"),
+    issue 45 item 10; every count of md / relax is checked up front."""
+    from ase.build import bulk
+
+    from jaxmat.simulate import Engine
+
+    assert main(["relax", "Si", "--engine", "jax", "--batch-size", "0"]) == 2
+    assert "relax.batch_size = 0 (--batch-size): expected at least 1" in capsys.readouterr().err
+    engine = Engine()
+    si = bulk("Si", "diamond", 5.43, cubic=True)
+    with pytest.raises(ConfigError, match=r"Engine.relax.batch_size = 0 \(int\): expected >= 1"):
+        engine.relax([si], RelaxSettings(), batch_size=0)
+    with pytest.raises(ConfigError, match=r"Engine.relax.chunk_steps = -1"):
+        engine.relax([si], RelaxSettings(), chunk_steps=-1)
+    with pytest.raises(ConfigError, match=r"Engine.md.chunk_steps = 0"):
+        engine.md([si], MDSettings(steps=1), chunk_steps=0, trajectory=None)
+    for args, match in ((["--replicas", "0"], "md.replicas = 0"), (["--devices", "0"], "md.devices = 0"),
+                        (["--log-every", "0"], "md.log_every = 0"), (["--steps", "-1"], "md.steps = -1")):
+        assert main(["md", "Si", "--engine", "jax", *args]) == 2
+        assert match in capsys.readouterr().err

@@ -89,5 +89,7 @@ def test_md_cli_jax_engine_writes_one_trajectory_per_replica(tmp_path, monkeypat
     assert "1 compilation(s)" in out and "step     10" in out
     for r in range(2):
         assert len(ase.io.read(tmp_path / f"md_r{r}.traj", ":")) == 3
+    # it names the files it wrote, not the --trajectory it split (issue 45 item 18)
+    assert f"trajectories {tmp_path / 'md_r0.traj'}, {tmp_path / 'md_r1.traj'}" in out and not traj.exists()
     assert main(["md", "Si", "--replicas", "2"]) == 2  # replicas need the jax engine
     assert main(["md", "Si", "--ensemble", "npt"]) == 2  # and so does NPT

@@ -30,16 +30,18 @@ from ase import units
 from ase.calculators.singlepoint import SinglePointCalculator
 from tqdm.auto import tqdm
 
-from jaxmat._checks import check_value, non_negative, one_of
+from jaxmat._checks import at_least, check_value, non_negative, one_of
 from jaxmat.errors import ConfigError, RefusedStructure
 from jaxmat.graph import DEFAULT_CHECKS
 from jaxmat.guard import MDGuard, runaway_temperature
-from jaxmat.md import MDSettings, thermalize
+from jaxmat.md import MDSettings, format_log, thermalize
 from jaxmat.models import DEFAULT_MODEL, load_model
 from jaxmat.potential import energy_forces_stress
 from jaxmat.relax import RelaxSettings, finish
 from jaxmat.simulate import _fire as fire
-from jaxmat.simulate._integrators import MDState, kinetic_energy, langevin, nose_hoover, npt_crescale, nve
+from jaxmat.simulate._constraints import degrees_of_freedom as dof_of, masks_of
+from jaxmat.simulate._integrators import (MDState, degrees_of_freedom, kinetic_energy, langevin, nose_hoover,
+                                          npt_crescale, nve)
 from jaxmat.simulate._layout import join, make_batch, split
 from jaxmat.simulate._neighbors import build_lists, effective_graph, still_valid
 
@@ -126,12 +128,13 @@ class Engine:
         etot = lambda s: s.energy + kinetic_energy(s.momenta, batch)  # noqa: E731
         e0 = jnp.where(fresh, etot(state), e0)
         real, n = batch.graph_mask, jnp.maximum(batch.n_atoms, 1.0)
+        dof = 3.0 * n if batch.free is None else jnp.maximum(degrees_of_freedom(batch), 1.0)
 
         def body(carry):
             i, st, _ = carry
             new = integ.step(st, potential)
             kin = kinetic_energy(new.momenta, batch)
-            temp = 2.0 * kin / (3.0 * n * units.kB)
+            temp = 2.0 * kin / (dof * units.kB)
             finite = jnp.all(jnp.isfinite(new.energy) | ~real) & jnp.all(jnp.isfinite(new.positions))
             hot = jnp.any((temp > max_t) & real)
             drift = (dyn.kind == "nve") & jnp.any((jnp.abs(new.energy + kin - e0) / n > max_drift) & real)
@@ -202,8 +205,13 @@ class Engine:
             replica each); the results are those of one device (``jaxmat.simulate._sharded``).
 
         Returns a dict of arrays per log line: step, time_ps, and per replica (lines, R) epot,
-        ekin, temperature, etotal (eV, K); ``n_rebuilds`` (this run's) and ``final`` (the last state of
-        each replica as ``ase.Atoms`` with energy and forces).
+        ekin, temperature, etotal (eV for the whole structure, K), with NPT also volume (A^3) and
+        pressure (GPa, instantaneous, kinetic term included); ``n_rebuilds`` (this run's) and ``final``
+        (the last state of each replica as ``ase.Atoms`` with energy and forces).
+
+        Structures may carry ASE's ``FixAtoms`` or ``FixScaled`` (selective dynamics): the fixed
+        coordinates get no force, noise or momentum and never move (``jaxmat.simulate._constraints``);
+        any other constraint is refused (``ConfigError`` naming its class) before any work.
         """
         if not isinstance(settings, MDSettings):
             raise TypeError(f"Engine.md: settings must be a jaxmat.md.MDSettings, got {type(settings).__name__}")
@@ -220,10 +228,16 @@ class Engine:
             self.model.check_species(a.numbers)
         if s.ensemble == "npt" and not all(all(a.pbc) for a in structures):
             raise ConfigError("md.ensemble = 'npt' needs structures periodic in all three directions")
+        masks = masks_of(structures, [f"replica {r}" for r in range(R)])  # refuses what it cannot honour
+        if chunk_steps is not None:
+            check_value("Engine.md", "chunk_steps", chunk_steps, "int", at_least(1))
         systems = [a.copy() for a in structures]
         if thermalize_momenta:
             for a, t, seed in zip(systems, temps, seeds):
                 thermalize(a, t, np.random.default_rng(seed))
+        for a, m in zip(systems, masks or []):
+            if m is not None:  # a fixed coordinate has no momentum (whatever the structure came with)
+                a.set_momenta(a.get_momenta() * m, apply_constraint=False)
         guards = [MDGuard(len(a), t, s.timestep, s.ensemble == "nve", s.guard_limits) for a, t in zip(systems, temps)]
         for g, a in zip(guards, systems):
             g.masses = a.get_masses()
@@ -234,10 +248,10 @@ class Engine:
                 from jaxmat.simulate._sharded import run_md_sharded
 
                 return run_md_sharded(self, systems, temps, seeds, guards, dyn, s, chunk, trajectory, printer,
-                                      progress, int(devices))
-            return self._run_md(systems, temps, seeds, guards, dyn, s, chunk, trajectory, printer, progress)
+                                      progress, int(devices), masks)
+            return self._run_md(systems, temps, seeds, guards, dyn, s, chunk, trajectory, printer, progress, masks)
 
-    def _run_md(self, systems, temps, seeds, guards, dyn, s, chunk, trajectory, printer, progress):
+    def _run_md(self, systems, temps, seeds, guards, dyn, s, chunk, trajectory, printer, progress, masks=None):
         R, sizes = len(systems), [len(a) for a in systems]
         rebuilds_before = self.n_rebuilds
         params = self._device_params()
@@ -246,16 +260,16 @@ class Engine:
         except RefusedStructure as err:
             raise type(err.cause)(f"replica {err.index} ({systems[err.index].get_chemical_formula()}): "
                                   f"{err.cause}") from err
-        batch = make_batch(systems, self.capacity, self.dtype, seeds, temps)
+        batch = make_batch(systems, self.capacity, self.dtype, seeds, temps, masks)
         pieces = [{"positions": a.positions, "momenta": a.get_momenta(), "forces": np.zeros((len(a), 3)),
                    "cell": a.cell.array, "energy": np.array(0.0), "stress": np.zeros((3, 3)),
                    "thermostat": np.array(0.0), "step": np.array(0, np.int32)} for a in systems]
         padding = {"cell": EYE, "energy": 0.0, "stress": np.zeros((3, 3)), "thermostat": 0.0}
         state = join(MDState, [_cast(p, self.dtype) for p in pieces], MD_NODE, self.capacity, padding)
         limits = (jnp.asarray(max(runaway_temperature(t, s.guard_limits) for t in temps), self.dtype),
-                  jnp.asarray(s.max_energy_drift, self.dtype), jnp.asarray(s.pressure * units.GPa, self.dtype))
+                  jnp.asarray(s.max_energy_drift, self.dtype), jnp.asarray(s.pressure_ev_a3, self.dtype))
         writers = _writers(trajectory, R, systems)
-        log = {k: [] for k in ("step", "time_ps", "epot", "ekin", "temperature", "etotal")}
+        log = new_log(s)
         bar = tqdm(total=s.steps, unit="step", disable=not progress, leave=False)
         try:
             state, _, _, e0 = self._md(params, lists, state, batch, dyn, jnp.int32(0), jnp.asarray(True),
@@ -274,7 +288,7 @@ class Engine:
                     if done == 0 and just_rebuilt:
                         raise ConfigError(thin_skin(self.skin, s.timestep, step))
                     self.n_rebuilds += 1
-                    state, lists, batch = self._rebuild_md(state, systems, sizes, batch, padding, printer)
+                    state, lists, batch = self._rebuild_md(state, systems, sizes, batch, padding, printer, masks)
                     just_rebuilt = True
                     continue
                 just_rebuilt = False
@@ -295,7 +309,7 @@ class Engine:
         out["final"] = [self._atoms_of(p, a) for p, a in zip(pieces, systems)]
         return out
 
-    def _rebuild_md(self, state, systems, sizes, batch, padding, printer):
+    def _rebuild_md(self, state, systems, sizes, batch, padding, printer, masks=None):
         pieces = split(state, sizes, MD_NODE)
         for p, a in zip(pieces, systems):
             a.positions, a.cell = p["positions"], p["cell"]
@@ -304,7 +318,7 @@ class Engine:
         if batch.graph_index.shape[0] != self.capacity.n_node or batch.kT.shape[0] != self.capacity.n_graph:
             host = jax.device_get(batch)
             seeds, temps = host.seeds[: len(systems)], host.kT[: len(systems)] / units.kB
-            batch = make_batch(systems, self.capacity, self.dtype, seeds, temps)
+            batch = make_batch(systems, self.capacity, self.dtype, seeds, temps, masks)
         return state, lists, batch
 
     @staticmethod
@@ -318,17 +332,20 @@ class Engine:
         masses = [a.get_masses() for a in systems]
         epot = np.array([float(p["energy"]) for p in pieces])
         ekin = np.array([float(np.sum(p["momenta"] ** 2 / (2 * m[:, None]))) for p, m in zip(pieces, masses)])
-        temp = np.array([2 * k / (3 * n * units.kB) for k, n in zip(ekin, sizes)])
-        for k, v in zip(log, (step, step * s.timestep / 1000, epot, ekin, temp, epot + ekin)):
-            log[k].append(v)
+        temp = np.array([2 * k / (max(dof_of(a), 1) * units.kB) for k, a in zip(ekin, systems)])
+        values = dict(step=step, time_ps=step * s.timestep / 1000, epot=epot, ekin=ekin, temperature=temp,
+                      etotal=epot + ekin)
+        if "volume" in log:  # the cell moves (NPT): volume (A^3) and instantaneous pressure (GPa)
+            values["volume"] = np.array([abs(np.linalg.det(p["cell"])) for p in pieces])
+            values["pressure"] = np.array([(2 * k / (3 * v) - np.trace(p["stress"]) / 3) / units.GPa
+                                           for k, v, p in zip(ekin, values["volume"], pieces)])
+        for k in log:
+            log[k].append(values[k])
         for w, p, a in zip(writers, pieces, systems):
             w.write(self._atoms_of(p, a))
         rate = (time.perf_counter() - t_last) / max(n_done, 1)
-        n_atoms = sum(sizes)
-        printer(f"step {step:6d}  t {step * s.timestep / 1000:7.3f} ps  Epot {np.mean(epot / sizes):10.5f} eV/atom  "
-                f"T {np.mean(temp):7.1f} K" + (f" ({np.min(temp):.0f}-{np.max(temp):.0f})" if len(sizes) > 1 else "")
-                + f"  Etot {np.mean((epot + ekin) / sizes):10.5f} eV/atom  "
-                + (f"{rate * 1000:7.2f} ms/step  {n_atoms / rate:9.0f} atom-steps/s" if n_done else ""))
+        printer(format_log(step, values["time_ps"], epot, ekin, temp, sizes, values.get("volume"),
+                           values.get("pressure"), seconds_per_step=rate if n_done else None))
 
     @staticmethod
     def _atoms_of(piece, template):
@@ -347,17 +364,26 @@ class Engine:
         ``batch_size`` structures run at once; one that converges, fails or uses up ``settings.steps``
         leaves the batch and the next waiting one takes its place. Returns one
         ``jaxmat.relax.Relaxed`` per structure, in order; a structure that diverged or that the
-        checks refuse has ``error`` set and no ``atoms``.
+        checks refuse has ``error`` set and no ``atoms``. The relaxed structures carry the true
+        (unconstrained) forces.
+
+        ``FixAtoms`` and ``FixScaled`` (selective dynamics) are honoured: a fixed atom does not move
+        (with a relaxing cell it keeps its fractional coordinates, as under ASE's
+        ``FrechetCellFilter``); any other constraint is refused (``ConfigError``) before any work.
         """
         if not isinstance(settings, RelaxSettings):
             raise TypeError(f"Engine.relax: settings must be a jaxmat.relax.RelaxSettings, got {type(settings).__name__}")
+        check_value("Engine.relax", "batch_size", batch_size, "int", at_least(1))
+        check_value("Engine.relax", "chunk_steps", chunk_steps, "int", at_least(1))
         names = names or [f"#{k}" for k in range(len(structures))]
         for a in structures:
             self.model.check_species(a.numbers)
+        masks = masks_of(structures, names)
         with jax.enable_x64(self.dtype == "float64"):
-            return self._run_relax(list(structures), settings, names, int(batch_size), int(chunk_steps), printer)
+            return self._run_relax(list(structures), settings, names, int(batch_size), int(chunk_steps), printer,
+                                   masks)
 
-    def _run_relax(self, structures, s, names, batch_size, chunk, printer):
+    def _run_relax(self, structures, s, names, batch_size, chunk, printer, masks=None):
         params = self._device_params()
         pressure = jnp.asarray(s.pressure_ev_a3, self.dtype)
         fmax, max_steps = jnp.asarray(s.fmax, self.dtype), jnp.int32(s.steps)
@@ -383,7 +409,8 @@ class Engine:
                                     f"refused: {err.cause}")
                 slots.pop(err.index)
                 continue
-            batch = make_batch(systems, self.capacity, self.dtype)
+            batch = make_batch(systems, self.capacity, self.dtype,
+                               masks=None if masks is None else [masks[k] for k, _ in slots])
             pieces = [_cast(p if p is not None else _fresh_fire(a), self.dtype) for (k, p), a in zip(slots, systems)]
             state = join(fire.FireState, pieces, FIRE_NODE, self.capacity, padding)
             relax_cell = not s.fix_cell
@@ -454,12 +481,22 @@ def _voigt(stress):
     return np.asarray(to_voigt(np.asarray(stress, np.float64)))
 
 
-def _writers(trajectory, R, systems):
+def new_log(settings: MDSettings) -> dict:
+    """The empty log of an MD run: one list per column (volume and pressure when the cell moves)."""
+    keys = ("step", "time_ps", "epot", "ekin", "temperature", "etotal")
+    return {k: [] for k in keys + (("volume", "pressure") if settings.ensemble == "npt" else ())}
+
+
+def trajectory_paths(trajectory: str | None, replicas: int) -> list[str]:
+    """The files ``Engine.md`` writes: ``trajectory`` for one replica, ``<stem>_r<r><suffix>`` for each
+    of several; none without a trajectory."""
     if not trajectory:
         return []
-    if R == 1:
-        paths = [trajectory]
-    else:
-        p = Path(trajectory)
-        paths = [str(p.with_name(f"{p.stem}_r{r}{p.suffix}")) for r in range(R)]
-    return [ase.io.Trajectory(path, "w") for path in paths]
+    if replicas == 1:
+        return [str(trajectory)]
+    p = Path(trajectory)
+    return [str(p.with_name(f"{p.stem}_r{r}{p.suffix}")) for r in range(replicas)]
+
+
+def _writers(trajectory, R, systems):
+    return [ase.io.Trajectory(path, "w") for path in trajectory_paths(trajectory, R)]

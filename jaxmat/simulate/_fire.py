@@ -8,7 +8,10 @@ cell = cell_0 D. The cell's generalised force is the exact -dH/dL of the enthalp
 H = E + P V, obtained from the stress through the derivative of the matrix exponential
 (``jax.vjp`` of ``expm``): dE/dD = D^-T V sigma. A structure is done when its largest force row
 (atoms, and the three cell rows) is below ``fmax``; done and failed structures stay frozen while the
-others go on. A structure whose energy turns non-finite or whose volume leaves
+others go on. Coordinates a constraint fixes (``Batch.free``) get no generalised force, so they
+never move: with a fixed cell the atom stays where it is, bit for bit; with a relaxing cell it keeps
+its coordinates s, i.e. its fractional coordinates, as under ASE's filter. ``cartesian_forces`` stay
+the true -dE/dr. A structure whose energy turns non-finite or whose volume leaves
 [1/8, 8] x its start fails (``jaxmat.relax.MAX_VOLUME_RATIO``).
 """
 
@@ -21,6 +24,7 @@ import jax.numpy as jnp
 from jax.scipy.linalg import expm
 
 from jaxmat.relax import MAX_VOLUME_RATIO
+from jaxmat.simulate._integrators import constrain
 
 #: ASE FIRE defaults
 FIRE_DEFAULTS = dict(dt=0.1, maxstep=0.2, dtmax=1.0, n_min=5, finc=1.1, fdec=0.5, astart=0.1, fa=0.99)
@@ -72,7 +76,8 @@ def evaluate(state: FireState, potential, batch, relax_cell: bool, pressure: flo
     """Energy, generalised forces and fmax at the state's coordinates."""
     r, cell, D = _geometry(state.dof, state.log_deform, state.ref_cell, batch, relax_cell)
     out = potential(r, cell)
-    forces = jnp.einsum("nj,nij->ni", out["forces"], D[batch.graph_index])  # F_s = F_r D^T
+    # F_s = F_r D^T; a fixed coordinate of s (FixAtoms, FixScaled on a diagonal cell: a fractional one)
+    forces = constrain(jnp.einsum("nj,nij->ni", out["forces"], D[batch.graph_index]), batch)
     row = jnp.sqrt(jnp.sum(forces**2, axis=1)) * batch.node_mask
     fmax = jnp.maximum(_segment(row, batch, jax.ops.segment_max), 0.0)
     cell_forces = jnp.zeros_like(state.cell_forces)

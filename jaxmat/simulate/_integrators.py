@@ -14,8 +14,11 @@ through ``jaxmat.potential.energy_forces_stress`` (the one place forces and stre
 Integrators: ``nve`` (velocity Verlet, step for step ASE's ``VelocityVerlet``), ``langevin`` (BAOAB,
 Leimkuhler & Matthews 2013), ``nose_hoover`` (one Nose-Hoover thermostat per structure, symmetric
 Trotter splitting) and ``npt_crescale`` (isotropic stochastic cell rescaling, Bernetti & Bussi 2020,
-with the Langevin thermostat). Random numbers depend only on (structure seed, step, atom index
-within the structure), so a structure's trajectory is the same alone or in any batch.
+with the Langevin thermostat). Constrained coordinates (``Batch.free``: ASE's ``FixAtoms`` /
+``FixScaled``) get no force, no noise and no momentum, so they never move (in NPT a fixed atom keeps
+its fractional coordinates while the cell scales). Random numbers depend only on (structure seed,
+step, atom index within the structure), so a structure's trajectory is the same alone or in any
+batch.
 """
 
 from __future__ import annotations
@@ -33,7 +36,8 @@ class Batch(NamedTuple):
     graph_index (N,) int32; node_mask (N,) bool; local (N,) int32 atom index within its structure;
     masses (N,) amu (1 on padding); n_atoms (G,) float; graph_mask (G,) bool; seeds (G,) uint32;
     kT (G,) eV, the target (or initial) temperature times k_B; periodic (G,) bool, periodic in all
-    three directions (and real).
+    three directions (and real); free (N, 3), 1 where a coordinate may move and 0 where a constraint
+    fixes it (``jaxmat.simulate._constraints``), or None when no structure has constraints.
     """
 
     graph_index: object
@@ -45,6 +49,7 @@ class Batch(NamedTuple):
     seeds: object
     kT: object
     periodic: object
+    free: object = None
 
 
 class MDState(NamedTuple):
@@ -76,9 +81,23 @@ def kinetic_energy(momenta, batch: Batch):
     return per_structure(jnp.sum(momenta**2, axis=1) / (2.0 * batch.masses) * batch.node_mask, batch)
 
 
+def constrain(vectors, batch: Batch):
+    """Per-atom vectors (N, 3) (forces, momenta) with the fixed coordinates zeroed (unchanged, and no
+    operation at all, without constraints)."""
+    return vectors if batch.free is None else vectors * batch.free
+
+
+def degrees_of_freedom(batch: Batch):
+    """(G,) 3 N per structure, less the coordinates its constraints fix."""
+    if batch.free is None:
+        return 3.0 * batch.n_atoms
+    return per_structure(jnp.sum(batch.free, axis=1), batch)
+
+
 def temperature(momenta, batch: Batch):
-    """(G,) K, with 3 N degrees of freedom per structure (as ASE's ``get_temperature``)."""
-    return 2.0 * kinetic_energy(momenta, batch) / (3.0 * jnp.maximum(batch.n_atoms, 1.0) * units.kB)
+    """(G,) K, with 3 N degrees of freedom per structure less the fixed ones (as ASE's
+    ``get_temperature``)."""
+    return 2.0 * kinetic_energy(momenta, batch) / (jnp.maximum(degrees_of_freedom(batch), 1.0) * units.kB)
 
 
 def _evaluate(state: MDState, potential, positions, cell=None) -> MDState:
@@ -107,9 +126,9 @@ def nve(dt_fs: float, batch: Batch) -> Integrator:
     dt = dt_fs * units.fs
 
     def step(state: MDState, potential) -> MDState:
-        p = state.momenta + 0.5 * dt * state.forces
+        p = state.momenta + 0.5 * dt * constrain(state.forces, batch)
         new = _evaluate(state, potential, state.positions + dt * p / batch.masses[:, None])
-        return new._replace(momenta=p + 0.5 * dt * new.forces, step=state.step + 1)
+        return new._replace(momenta=p + 0.5 * dt * constrain(new.forces, batch), step=state.step + 1)
 
     return Integrator(_init, step)
 
@@ -117,7 +136,7 @@ def nve(dt_fs: float, batch: Batch) -> Integrator:
 def _ou(p, batch: Batch, c1, step):
     """The O step of BAOAB: exact Ornstein-Uhlenbeck update of the momenta at temperature kT."""
     sigma = jnp.sqrt((1.0 - c1**2) * batch.masses * batch.kT[batch.graph_index])[:, None]
-    return c1 * p + sigma * gaussian(batch, step, p.dtype)
+    return constrain(c1 * p + sigma * gaussian(batch, step, p.dtype), batch)
 
 
 def langevin(dt_fs: float, friction_per_fs: float, batch: Batch) -> Integrator:
@@ -127,20 +146,21 @@ def langevin(dt_fs: float, friction_per_fs: float, batch: Batch) -> Integrator:
 
     def step(state: MDState, potential) -> MDState:
         inv_m = 1.0 / batch.masses[:, None]
-        p = state.momenta + 0.5 * dt * state.forces
+        p = state.momenta + 0.5 * dt * constrain(state.forces, batch)
         r = state.positions + 0.5 * dt * p * inv_m
         p = _ou(p, batch, c1, state.step)
         new = _evaluate(state, potential, r + 0.5 * dt * p * inv_m)
-        return new._replace(momenta=p + 0.5 * dt * new.forces, step=state.step + 1)
+        return new._replace(momenta=p + 0.5 * dt * constrain(new.forces, batch), step=state.step + 1)
 
     return Integrator(_init, step)
 
 
 def nose_hoover(dt_fs: float, tau_fs: float, batch: Batch) -> Integrator:
-    """Nose-Hoover NVT, one thermostat per structure with mass Q = 3N kT tau^2 (tau in fs):
+    """Nose-Hoover NVT, one thermostat per structure with mass Q = g kT tau^2 (tau in fs; g = 3N less
+    the fixed coordinates):
     thermostat half step, velocity Verlet, thermostat half step."""
     dt = dt_fs * units.fs
-    g = 3.0 * batch.n_atoms
+    g = degrees_of_freedom(batch)
     Q = g * batch.kT * (tau_fs * units.fs) ** 2
     Q = jnp.where(Q > 0, Q, 1.0)
 
@@ -153,9 +173,9 @@ def nose_hoover(dt_fs: float, tau_fs: float, batch: Batch) -> Integrator:
 
     def step(state: MDState, potential) -> MDState:
         p, xi = half(state.momenta, state.thermostat)
-        p = p + 0.5 * dt * state.forces
+        p = p + 0.5 * dt * constrain(state.forces, batch)
         new = _evaluate(state, potential, state.positions + dt * p / batch.masses[:, None])
-        p, xi = half(p + 0.5 * dt * new.forces, xi)
+        p, xi = half(p + 0.5 * dt * constrain(new.forces, batch), xi)
         return new._replace(momenta=p, thermostat=xi, step=state.step + 1)
 
     return Integrator(_init, step)

@@ -18,8 +18,10 @@ from jaxmat.graph import PadSizes
 from jaxmat.simulate._integrators import Batch
 
 
-def make_batch(systems, capacity: PadSizes, dtype, seeds=None, temperatures=None) -> Batch:
-    """The ``Batch`` of ``systems`` (``ase.Atoms``) padded to ``capacity``."""
+def make_batch(systems, capacity: PadSizes, dtype, seeds=None, temperatures=None, masks=None) -> Batch:
+    """The ``Batch`` of ``systems`` (``ase.Atoms``) padded to ``capacity``. ``masks``: None (no
+    constraints: ``Batch.free`` is None) or one (n, 3) free mask per system (None: all free; see
+    ``jaxmat.simulate._constraints.free_mask``); padding atoms are fixed."""
     n = [len(a) for a in systems]
     N, G = capacity.n_node, capacity.n_graph
     R = len(systems)
@@ -32,10 +34,14 @@ def make_batch(systems, capacity: PadSizes, dtype, seeds=None, temperatures=None
     sd[:R] = np.asarray(seeds if seeds is not None else np.zeros(R), np.uint32)
     n_atoms = np.zeros(G)
     n_atoms[:R] = n
+    free = None
+    if masks is not None:
+        rows = [np.ones((k, 3)) if m is None else np.asarray(m, np.float64) for k, m in zip(n, masks)]
+        free = jnp.asarray(np.concatenate(rows + [np.zeros((N - sum(n), 3))]), dtype)
     return Batch(graph_index=jnp.asarray(gi), node_mask=jnp.asarray(np.arange(N) < sum(n)), local=jnp.asarray(local),
                  masses=jnp.asarray(masses, dtype), n_atoms=jnp.asarray(n_atoms, dtype),
                  graph_mask=jnp.asarray(np.arange(G) < R), seeds=jnp.asarray(sd), kT=jnp.asarray(kt, dtype),
-                 periodic=jnp.asarray(np.array([all(a.pbc) for a in systems] + [False] * (G - R))))
+                 periodic=jnp.asarray(np.array([all(a.pbc) for a in systems] + [False] * (G - R))), free=free)
 
 
 def split(state, sizes: list[int], node_fields: tuple) -> list[dict]:

@@ -17,7 +17,6 @@ import time
 import jax
 import jax.numpy as jnp
 import numpy as np
-from ase import units
 from jax.sharding import Mesh, NamedSharding, PartitionSpec
 from tqdm.auto import tqdm
 
@@ -42,8 +41,9 @@ def _stack(trees, sharding):
     return jax.tree_util.tree_map(lambda *xs: jax.device_put(np.stack([np.asarray(x) for x in xs]), sharding), *trees)
 
 
-def run_md_sharded(engine, systems, temps, seeds, guards, dyn, s, chunk, trajectory, printer, progress, devices):
-    from jaxmat.simulate._engine import EYE, _cast, _writers, thin_skin
+def run_md_sharded(engine, systems, temps, seeds, guards, dyn, s, chunk, trajectory, printer, progress, devices,
+                   masks=None):
+    from jaxmat.simulate._engine import EYE, _cast, _writers, new_log, thin_skin
 
     R = len(systems)
     groups = groups_of(R, devices)
@@ -70,7 +70,7 @@ def run_md_sharded(engine, systems, temps, seeds, guards, dyn, s, chunk, traject
 
     def batches():
         return [make_batch([systems[r] for r in g], engine.capacity, engine.dtype, [seeds[r] for r in g],
-                           [temps[r] for r in g]) for g in groups]
+                           [temps[r] for r in g], None if masks is None else [masks[r] for r in g]) for g in groups]
 
     lists = all_lists()
     pieces = [{"positions": a.positions, "momenta": a.get_momenta(), "forces": np.zeros((len(a), 3)),
@@ -81,7 +81,7 @@ def run_md_sharded(engine, systems, temps, seeds, guards, dyn, s, chunk, traject
     batch = _stack(batches(), shard)
     state, stacked_lists = _stack(states, shard), _stack(lists, shard)
     limits = (jnp.asarray(max(runaway_temperature(t, s.guard_limits) for t in temps), engine.dtype),
-              jnp.asarray(s.max_energy_drift, engine.dtype), jnp.asarray(s.pressure * units.GPa, engine.dtype))
+              jnp.asarray(s.max_energy_drift, engine.dtype), jnp.asarray(s.pressure_ev_a3, engine.dtype))
     fn = _chunk_fn(engine, mesh, dyn)
 
     def pieces_of(st):
@@ -109,7 +109,7 @@ def run_md_sharded(engine, systems, temps, seeds, guards, dyn, s, chunk, traject
 
     flat_sizes = [len(a) for a in systems]
     writers = _writers(trajectory, R, systems)
-    log = {k: [] for k in ("step", "time_ps", "epot", "ekin", "temperature", "etotal")}
+    log = new_log(s)
     bar = tqdm(total=s.steps, unit="step", disable=not progress, leave=False)
     zeros = np.zeros(devices, np.int32)
     try:
