@@ -47,7 +47,12 @@ def load_structure(spec: str, supercell=None, min_atoms: int = 64):
         if not all(atoms.pbc):
             raise ConfigError(f"md.supercell = {list(supercell)}: {spec} is not periodic in all three directions "
                               f"(pbc={atoms.pbc.tolist()}), so it cannot be repeated")
-        atoms = atoms.repeat(tuple(supercell))
+        try:
+            atoms = atoms.repeat(tuple(supercell))
+        except NotImplementedError:  # ASE repeats FixAtoms / FixScaled, not e.g. FixBondLengths
+            names = sorted({type(c).__name__ for c in atoms.constraints})
+            raise ConfigError(f"md.supercell = {list(supercell)}: {spec} carries constraint(s) {', '.join(names)} that "
+                              "ASE cannot repeat into a supercell; pass --supercell 1 1 1 or remove them") from None
     return atoms
 
 

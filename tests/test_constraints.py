@@ -12,10 +12,10 @@ import numpy as np
 import pytest
 from ase import units
 from ase.build import bulk
-from ase.constraints import FixAtoms, FixBondLength, FixCartesian, FixScaled
+from ase.constraints import FixAtoms, FixBondLength, FixBondLengths, FixCartesian, FixScaled
 
 from jaxmat.errors import ConfigError
-from jaxmat.md import MDSettings, run_md
+from jaxmat.md import MDSettings, load_structure, run_md
 from jaxmat.relax import RelaxSettings, relax_ase, write_relaxed
 from jaxmat.simulate import Engine
 from jaxmat.simulate._constraints import free_mask
@@ -169,6 +169,14 @@ def test_constraints_the_engine_cannot_honour_are_refused_by_name(constraint, ma
         engine.relax([tilted], RelaxSettings(), names=["tilted"])
     tilted.set_constraint(FixScaled(0))  # all three directions fixed: FixAtoms in effect, fine on any cell
     assert free_mask(tilted).tolist() == [[0.0, 0.0, 0.0], [1.0, 1.0, 1.0]]
+
+
+def test_a_constraint_ase_cannot_repeat_into_the_md_supercell_is_a_clear_error(tmp_path):
+    si = bulk("Si", "diamond", 5.43, cubic=True)
+    si.set_constraint(FixBondLengths([[3, 4]]))
+    ase.io.write(tmp_path / "si.traj", si)  # jaxmat md repeats a small cell to >= 64 atoms
+    with pytest.raises(ConfigError, match=r"carries constraint\(s\) FixBondLengths that ASE cannot repeat.*1 1 1"):
+        load_structure(str(tmp_path / "si.traj"))
 
 
 def test_both_md_engines_log_one_format(sd_atoms, langevin_run, calc64):
