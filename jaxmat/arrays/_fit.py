@@ -1,56 +1,20 @@
 """Training of array regressors with Optax and composable epoch callbacks (iBRNet-style:
-reduce-on-plateau, early stopping and best-weight restore at once), plus a ridge baseline.
-
-A callback is an optax-style NamedTuple of pure functions: ``init() -> state`` and
-``update(state, logs) -> (state, actions)`` where ``logs = {"epoch", "val_loss"}`` and actions may
-hold ``lr_scale`` (multiplies the learning rate from now on) and ``stop`` (end training).
+reduce-on-plateau, early stopping and best-weight restore at once; the callbacks are
+``jaxmat.arrays._callbacks``, shared with the potential trainer), plus a ridge baseline.
 """
 
 from __future__ import annotations
 
 import dataclasses
 import time
-from typing import Callable, NamedTuple
+from typing import NamedTuple
 
 import jax
 import jax.numpy as jnp
 import numpy as np
 import optax
 
-
-class Callback(NamedTuple):
-    init: Callable[[], dict]
-    update: Callable[[dict, dict], tuple[dict, dict]]
-
-
-def reduce_on_plateau(patience: int = 10, factor: float = 0.5, min_scale: float = 1e-3) -> Callback:
-    def update(s, logs):
-        if logs["val_loss"] < s["best"]:
-            return {**s, "best": logs["val_loss"], "bad": 0}, {}
-        bad = s["bad"] + 1
-        if bad >= patience and s["scale"] * factor >= min_scale:
-            return {**s, "bad": 0, "scale": s["scale"] * factor}, {"lr_scale": factor}
-        return {**s, "bad": bad}, {}
-
-    return Callback(lambda: {"best": np.inf, "bad": 0, "scale": 1.0}, update)
-
-
-def early_stopping(patience: int = 30) -> Callback:
-    def update(s, logs):
-        if logs["val_loss"] < s["best"]:
-            return {"best": logs["val_loss"], "bad": 0}, {}
-        return {"best": s["best"], "bad": s["bad"] + 1}, {"stop": s["bad"] + 1 >= patience}
-
-    return Callback(lambda: {"best": np.inf, "bad": 0}, update)
-
-
-def warmup(epochs: int = 5) -> Callback:
-    """Linear warm-up of the learning rate over the first ``epochs`` epochs (starts at 1/epochs)."""
-    def update(s, logs):
-        e = logs["epoch"]
-        return s, ({"lr_scale": (e + 1) / e} if e < epochs else {})
-
-    return Callback(lambda: {}, update)
+from jaxmat.arrays._callbacks import early_stopping, reduce_on_plateau, warmup
 
 
 @dataclasses.dataclass
@@ -122,22 +86,9 @@ def fit(model, x_train, y_train, x_val, y_val, cfg: FitConfig = FitConfig(), cal
     """
     if len(x_train) < cfg.batch_size:
         raise ValueError(f"{len(x_train)} training rows < batch_size {cfg.batch_size}")
-    if cfg.target_transform not in _TRANSFORMS:
-        raise ValueError(f"target_transform {cfg.target_transform!r}: expected one of {sorted(_TRANSFORMS)}")
-    forward, inverse = _TRANSFORMS[cfg.target_transform]
-    if cfg.target_transform == "log" and not np.all(np.asarray(y_train) > 0):
-        raise ValueError(f"target_transform 'log' needs positive training targets; minimum is {np.min(y_train)}")
-    y_fit = forward(np.asarray(y_train, np.float64))
-    y_mean, y_std = float(np.mean(y_fit)), float(np.std(y_fit) or 1.0)
-    yt = ((y_fit - y_mean) / y_std).astype(np.float32)
-    x_mean, x_std = np.mean(x_train, axis=0), np.std(x_train, axis=0)
-    x_std = np.where(x_std > 1e-12, x_std, 1.0)
-    x_low, x_high = (np.min(x_train, axis=0), np.max(x_train, axis=0)) if cfg.clip_inputs else (None, None)
-    if cfg.raw_columns:
-        n = cfg.raw_columns
-        x_mean, x_std = np.r_[np.zeros(n), x_mean[n:]], np.r_[np.ones(n), x_std[n:]]
-        if x_low is not None:
-            x_low, x_high = np.r_[np.full(n, -np.inf), x_low[n:]], np.r_[np.full(n, np.inf), x_high[n:]]
+    yt, y_mean, y_std = _scaled_targets(y_train, cfg)
+    inverse = _TRANSFORMS[cfg.target_transform][1]
+    x_mean, x_std, x_low, x_high = _feature_scaling(x_train, cfg)
     x_train, x_val = standardize(x_train, x_mean, x_std), standardize(x_val, x_mean, x_std, x_low, x_high)
     callbacks = callbacks if callbacks is not None else (
         ([warmup(cfg.warmup_epochs)] if cfg.warmup_epochs else [])
@@ -201,6 +152,33 @@ def fit(model, x_train, y_train, x_val, y_val, cfg: FitConfig = FitConfig(), cal
             break
     return FitResult(best_vars, history, best_epoch, time.perf_counter() - t0, y_mean, y_std, x_mean, x_std,
                      x_low, x_high, cfg.target_transform)
+
+
+def _scaled_targets(y_train, cfg: FitConfig) -> tuple[np.ndarray, float, float]:
+    """(standardised float32 targets after ``cfg.target_transform``, their mean, their std (1 if 0))."""
+    if cfg.target_transform not in _TRANSFORMS:
+        raise ValueError(f"target_transform {cfg.target_transform!r}: expected one of {sorted(_TRANSFORMS)}")
+    forward = _TRANSFORMS[cfg.target_transform][0]
+    if cfg.target_transform == "log" and not np.all(np.asarray(y_train) > 0):
+        raise ValueError(f"target_transform 'log' needs positive training targets; minimum is {np.min(y_train)}")
+    y_fit = forward(np.asarray(y_train, np.float64))
+    y_mean, y_std = float(np.mean(y_fit)), float(np.std(y_fit) or 1.0)
+    return ((y_fit - y_mean) / y_std).astype(np.float32), y_mean, y_std
+
+
+def _feature_scaling(x_train, cfg: FitConfig):
+    """(mean, std, low, high), each (F,), of the training features: constant features get std 1; low
+    and high (None without ``cfg.clip_inputs``) clip later inputs; the first ``cfg.raw_columns``
+    columns pass unchanged (mean 0, std 1, no clipping)."""
+    x_mean, x_std = np.mean(x_train, axis=0), np.std(x_train, axis=0)
+    x_std = np.where(x_std > 1e-12, x_std, 1.0)
+    x_low, x_high = (np.min(x_train, axis=0), np.max(x_train, axis=0)) if cfg.clip_inputs else (None, None)
+    if cfg.raw_columns:
+        n = cfg.raw_columns
+        x_mean, x_std = np.r_[np.zeros(n), x_mean[n:]], np.r_[np.ones(n), x_std[n:]]
+        if x_low is not None:
+            x_low, x_high = np.r_[np.full(n, -np.inf), x_low[n:]], np.r_[np.full(n, np.inf), x_high[n:]]
+    return x_mean, x_std, x_low, x_high
 
 
 def ridge_fit(x_train, y_train, x_val, y_val, alphas=(1e-3, 1e-2, 1e-1, 1.0, 10.0, 100.0), clip_inputs=True):
