@@ -241,25 +241,25 @@ def test_vmapped_and_sequential_deep_steps_agree(labelled_file, monkeypatch):
     from jaxmat.data import batch_budget, build_graphs, epoch_groups, make_batch, read_frames
     from jaxmat.train import config_from_dict
     from jaxmat.train._optim import make_optimizer
-    from jaxmat.train._trainer import _make_model
+    from jaxmat.train._setup import make_model
 
     cfg = config_from_dict(tiny_train_config(labelled_file, _BASE, ensemble={"kind": "deep", "size": 2}))
     frames = read_frames(labelled_file)
-    model = _make_model(cfg, frames, "atoms")
+    model = make_model(cfg.model, cfg.run, frames, "atoms")
     out = {}
     with jax.enable_x64(True):
         graphs = build_graphs(frames, model)
         budget = batch_budget(graphs, 2)
         idx = epoch_groups(graphs, budget, 0, 0)[0]
-        batch = steps.member_batch(cfg, make_batch(idx, frames, graphs, budget, "float64"), idx,
+        batch = steps.member_batch(cfg.ensemble, make_batch(idx, frames, graphs, budget, "float64"), idx,
                                    np.array([[1.0] * 12, [0.0, 1.0] * 6]), [len(f.atoms) for f in frames])
         members = [jax.tree_util.tree_map(lambda x: np.asarray(x, np.float64), model.init_params(batch.graph, k))
                    for k in range(2)]
-        params = steps.stack(cfg, members)
+        params = steps.stack(cfg.ensemble, members)
         tx = make_optimizer(cfg.optim, 5)
         for mode in ("vmap", "sequential"):
             monkeypatch.setattr(steps, "member_mode", lambda m=mode: m)
-            train_step, _ = steps.build_steps(cfg, steps.ensemble_template(cfg, model, members[0]), tx, "atoms")
+            train_step, _ = steps.build_steps(cfg, steps.ensemble_template(cfg.ensemble, model, members[0]), tx, "atoms")
             out[mode] = jax.device_get(train_step(params, jax.vmap(tx.init)(params), params, batch, 1.0))
     for a, b in zip(jax.tree_util.tree_leaves(out["vmap"]), jax.tree_util.tree_leaves(out["sequential"])):
         np.testing.assert_allclose(np.asarray(a), np.asarray(b), rtol=1e-10, atol=1e-12)

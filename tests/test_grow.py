@@ -85,14 +85,14 @@ def test_only_growth_is_allowed(model):
 def test_finetune_config_grows_the_pretrained_model(tmp_path):
     """``model.init_from`` + ``hyperparameters`` grows the bundle; any other change is an error."""
     from jaxmat.train import config_from_dict
-    from jaxmat.train._trainer import _make_model
+    from jaxmat.train._setup import make_model
 
     for hyper, expect in (({"max_l": 7}, (7, 3)), ({"nblocks": 4}, (3, 4)), ({}, (3, 3))):
         cfg = config_from_dict({"data": {"train": "x.extxyz"},
                                 "model": {"init_from": "M3GNet-MP-2021.2.8-PES", "hyperparameters": hyper}})
-        h = _make_model(cfg, [], "atoms").hyperparameters
+        h = make_model(cfg.model, cfg.run, [], "atoms").hyperparameters
         assert (h["max_l"], h["nblocks"]) == expect
     cfg = config_from_dict({"data": {"train": "x.extxyz"},
                             "model": {"init_from": "M3GNet-MP-2021.2.8-PES", "hyperparameters": {"units": 128}}})
     with pytest.raises(ValueError, match="cannot change"):
-        _make_model(cfg, [], "atoms")
+        make_model(cfg.model, cfg.run, [], "atoms")

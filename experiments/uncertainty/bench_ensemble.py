@@ -93,7 +93,7 @@ def training_table(K, repeats):
     from jaxmat.train._config import config_from_dict
     from jaxmat.train._optim import make_optimizer
     from jaxmat.train._steps import build_steps, ensemble_template, member_batch, stack
-    from jaxmat.train._trainer import _make_model
+    from jaxmat.train._setup import make_model
 
     source = SI_TRAIN if SI_TRAIN.is_file() else REFERENCE
     frames = [f for f in read_frames(source) if len(f.atoms) == 64][:4] if source == SI_TRAIN else None
@@ -111,18 +111,18 @@ def training_table(K, repeats):
         cfg = config_from_dict({"data": {"train": str(source), "graphs_per_batch": 4},
                                 "model": {"hyperparameters": hyper}, "run": {"progress": False},
                                 "ensemble": {"kind": kind, **({"size": K} if kind != "none" else {})}})
-        model = _make_model(cfg, frames, "atoms")
+        model = make_model(cfg.model, cfg.run, frames, "atoms")
         graphs = build_graphs(frames, model)
         budget = batch_budget(graphs, 4)
         idx = epoch_groups(graphs, budget, 0, 0)[0]
         batch = make_batch(idx, frames, graphs, budget, "float32")
         member = model.init_params(batch.graph, 0)
-        params = stack(cfg, [member] * (1 if kind == "none" else K))
+        params = stack(cfg.ensemble, [member] * (1 if kind == "none" else K))
         tx = make_optimizer(cfg.optim, 10)
         opt = jax.vmap(tx.init)(params) if kind == "deep" else tx.init(params)
         if kind == "deep":
-            batch = member_batch(cfg, batch, idx, None, [len(f.atoms) for f in frames])
-        step, _ = build_steps(cfg, ensemble_template(cfg, model, member), tx, "atoms")
+            batch = member_batch(cfg.ensemble, batch, idx, None, [len(f.atoms) for f in frames])
+        step, _ = build_steps(cfg, ensemble_template(cfg.ensemble, model, member), tx, "atoms")
         ms = median_ms(lambda: step(params, opt, params, batch, 1.0), max(3, repeats // 3))
         base_ms = base_ms or ms
         label = {"none": "one model", "deep": f"deep K={K} ({'vmapped' if vmapped else 'lax.map'} step)",

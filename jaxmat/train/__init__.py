@@ -6,7 +6,8 @@ from jaxmat.train._config import TrainConfig, config_from_dict, describe, load_c
 from jaxmat.train._evaluate import error_metrics, format_metrics, format_metrics_by_group, metrics_by_group, predict
 from jaxmat.train._loss import loss_and_metrics, summarize
 from jaxmat.train._refs import fit_element_refs
-from jaxmat.train._trainer import config_frames, default_hyperparameters, train_and_evaluate
+from jaxmat.train._setup import config_frames, default_hyperparameters
+from jaxmat.train._trainer import train_and_evaluate
 
 __all__ = [
     "CheckpointError",

@@ -79,16 +79,19 @@ def healthy(health) -> bool:
     return bool(np.isfinite(health["loss"]) and health["gradient"] and health["parameters"])
 
 
-def divergence(health, state, epoch, k, n_batches, group, frames, cfg, workdir) -> TrainingError:
-    """The error for a step whose loss, gradient or updated weights were not finite."""
+def divergence(health, step, where, group, frames, learning_rate, workdir) -> TrainingError:
+    """The error for a step whose loss, gradient or updated weights were not finite. ``step``: steps
+    taken before it; ``where``: (epoch, batch, batches in the epoch), counted from 0; ``group``: the
+    batch's frame indices into ``frames``; ``learning_rate``: optim.learning_rate."""
+    epoch, k, n_batches = where
     bad = ([f"the loss is {float(health['loss'])}"] if not np.isfinite(health["loss"]) else []) + [
         f"the {name} after the update hold NaN or inf" if name == "parameters" else f"the {name} holds NaN or inf"
         for name in ("gradient", "parameters") if not bool(health[name])]
     sources = ", ".join(frames[i].source for i in group[:8])
     return TrainingError(
-        f"training diverged at step {int(state['step']) + 1} (epoch {epoch + 1}, batch {k + 1} of {n_batches}): "
+        f"training diverged at step {int(step) + 1} (epoch {epoch + 1}, batch {k + 1} of {n_batches}): "
         f"{'; '.join(bad)}. The step was not applied and nothing non-finite was saved: {saved_state(workdir)}. "
-        f"Likely causes: a learning rate ({cfg.optim.learning_rate:g}) too high for this model (try 10x lower, "
+        f"Likely causes: a learning rate ({learning_rate:g}) too high for this model (try 10x lower, "
         f"a longer warm-up or gradient clipping), labels in the wrong unit, or a structure the model cannot "
         f"evaluate. This batch holds {sources}")
 

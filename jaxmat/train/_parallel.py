@@ -34,15 +34,15 @@ from jaxmat.train._loss import label_counts, loss_and_metrics, potential_terms
 AXIS = "data"
 
 
-def resolve_devices(cfg, log=print) -> tuple[int, str]:
-    """(number of devices, layout "single" | "data" | "members") for this run's config."""
+def resolve_devices(rcfg, ens, log=print) -> tuple[int, str]:
+    """(number of devices, layout "single" | "data" | "members") for the run and ensemble sections
+    ``rcfg`` (run.devices) and ``ens`` of this run's config."""
     available = jax.device_count()
-    asked = cfg.run.devices
+    asked = rcfg.devices
     n = available if asked is None else int(asked)
     if n > available:
         raise ConfigError(f"config: run.devices = {n}, but only {available} {jax.default_backend()} device(s) are "
                           "available (all processes)")
-    ens = cfg.ensemble
     if jax.process_count() > 1:  # every process takes part in one data-parallel model
         if ens.kind != "none":
             raise ConfigError(f"config: ensemble.kind = {ens.kind!r}: a multi-process run ({jax.process_count()} "

@@ -14,7 +14,6 @@ from jaxmat.train._checkpoint import replace_dir
 from jaxmat.train._evaluate import error_metrics, predict
 from jaxmat.train._plots import learning_curves, parity_plots
 from jaxmat.train._report import finite_json, summary, write_json
-from jaxmat.train._steps import subsample_masks
 from jaxmat.train._uq import fit_calibration, format_scales, member_predict, uncertainty_plots, uncertainty_report
 
 
@@ -30,17 +29,19 @@ def save_best(workdir, model, params, metrics):
     replace_dir(tmp, workdir / "best_model")
 
 
-def _calibrate(cfg, workdir, model, train_frames, valid_frames, dtype, checks, log):
-    """Fit the spreads' scales (on the validation frames, or out of sample on the training frames)
-    and store them in best_model/."""
-    method, oos = cfg.ensemble.calibration, cfg.ensemble.calibrate_on == "out_of_sample"
+def _calibrate(ens, graphs_per_batch, workdir, model, frame_sets, masks, dtype, checks, log):
+    """Fit the spreads' scales (on the validation frames, or out of sample on the training frames,
+    each by the members whose ``masks`` row leaves it out) and store them in best_model/.
+    ``frame_sets``: the (train, valid, test) frames; ``ens``: the ensemble section."""
+    method, oos = ens.calibration, ens.calibrate_on == "out_of_sample"
+    train_frames, valid_frames = frame_sets[:2]
     frames = train_frames if oos else valid_frames
     if method == "none" or not frames:
         if method != "none":
             log("no validation frames: the ensemble's spreads are left uncalibrated (scale 1)")
         return model
-    pred = member_predict(model, frames, cfg.data.graphs_per_batch, dtype, checks)
-    seen = subsample_masks(cfg, len(train_frames)) > 0 if oos else None
+    pred = member_predict(model, frames, graphs_per_batch, dtype, checks)
+    seen = masks > 0 if oos else None
     model = model.with_calibration(fit_calibration(model, pred, method, seen, warn=lambda msg: log(f"warning: {msg}")))
     model.save(workdir / "best_model.tmp")
     replace_dir(workdir / "best_model.tmp", workdir / "best_model")
@@ -50,19 +51,23 @@ def _calibrate(cfg, workdir, model, train_frames, valid_frames, dtype, checks, l
     return model
 
 
-def finish(cfg, workdir, dtype, train_frames, valid_frames, test_frames, log, ended) -> dict:
+def finish(dcfg, ens, workdir, dtype, frame_sets, masks, log, ended) -> dict:
     """After training: calibrate an ensemble's spreads, evaluate the best model on the validation and
     test frames (metrics, parity and uncertainty plots), draw the learning curves and write
-    results.json (with ``ended``: why training stopped). Returns the results ({} without a best model)."""
+    results.json (with ``ended``: why training stopped). Returns the results ({} without a best model).
+
+    ``dcfg``, ``ens``: the data and ensemble sections; ``frame_sets``: the (train, valid, test)
+    frames; ``masks``: the frames each deep-ensemble member trained on (``subsample_masks``), or None."""
+    valid_frames, test_frames = frame_sets[1:]
     best = workdir / "best_model"
     if not best.is_dir():
         log(f"no best model was written: the run stopped (step budget or wall time) before its first epoch ended; "
             f"continue it with --resume (jaxmat train CONFIG --workdir {workdir} --resume)")
         return {}
     model = load_model(best)
-    checks = StructureChecks(**cfg.data.structure_checks)
+    checks = StructureChecks(**dcfg.structure_checks)
     if isinstance(model, Ensemble):
-        model = _calibrate(cfg, workdir, model, train_frames, valid_frames, dtype, checks, log)
+        model = _calibrate(ens, dcfg.graphs_per_batch, workdir, model, frame_sets, masks, dtype, checks, log)
     results = {"ended": ended}
     if "epoch" in model.metadata.get("validation", {}):
         results["best_epoch"] = model.metadata["validation"]["epoch"]
@@ -70,11 +75,11 @@ def finish(cfg, workdir, dtype, train_frames, valid_frames, test_frames, log, en
     if test_frames:
         sets.append(("test", test_frames))
     for name, frames in sets:
-        pred = predict(model, model.params, frames, cfg.data.graphs_per_batch, dtype, checks=checks)
+        pred = predict(model, model.params, frames, dcfg.graphs_per_batch, dtype, checks=checks)
         results[name] = error_metrics(pred)
         parity_plots(pred, workdir / f"parity_{name}.png", title=name)
         if isinstance(model, Ensemble):  # the spreads on this set, raw and calibrated
-            members = member_predict(model, frames, cfg.data.graphs_per_batch, dtype, checks)
+            members = member_predict(model, frames, dcfg.graphs_per_batch, dtype, checks)
             results[name]["uncertainty"] = uncertainty_report(model, members)
             uncertainty_plots(model, members, workdir / f"uncertainty_{name}")
     learning_curves(workdir / "metrics.csv", workdir / "learning_curves.png")

@@ -32,24 +32,25 @@ SIGMA_FLOOR = 1e-4
 SHALLOW_MODE = "sequential"
 
 
-def init_seed(cfg, member: int = 0) -> int:
-    base = cfg.run.seed if cfg.run.init_seed is None else cfg.run.init_seed
+def init_seed(rcfg, member: int = 0) -> int:
+    """Member ``member``'s initialisation seed: run.init_seed (else run.seed) + member; ``rcfg``: the run section."""
+    base = rcfg.seed if rcfg.init_seed is None else rcfg.init_seed
     return int(base) + member
 
 
-def initial_members(cfg, model: Model, graph, prepare) -> list:
+def initial_members(ens, rcfg, model: Model, graph, prepare) -> list:
     """The prepared initial parameters of each member (K single-model trees; one for ``kind="none"``).
 
     From scratch member k is drawn with seed ``init_seed + k``; a fine-tuned member starts from the
     pretrained weights with the groups ``ensemble.reinit`` (and, for a shallow ensemble, its heads)
-    drawn with that seed. ``prepare`` refits element references etc. (``_prepare_params``).
+    drawn with that seed. ``prepare`` refits element references etc. (``prepare_params``).
+    ``ens``, ``rcfg``: the ensemble and run sections.
     """
-    ens = cfg.ensemble
     K = 1 if ens.kind == "none" else ens.size
     fresh_groups = set(ens.reinit) | (set(ens.heads) if ens.kind == "shallow" else set())
     members = []
     for k in range(K):
-        seed = init_seed(cfg, k)
+        seed = init_seed(rcfg, k)
         if model.params is None:
             params = model.init_params(graph, seed)
         else:
@@ -68,9 +69,9 @@ def initial_members(cfg, model: Model, graph, prepare) -> list:
     return members
 
 
-def stack(cfg, members):
-    """One parameter tree: the single model, every group stacked (deep) or the heads stacked (shallow)."""
-    ens = cfg.ensemble
+def stack(ens, members):
+    """One parameter tree: the single model, every group stacked (deep) or the heads stacked (shallow).
+    ``ens``: the ensemble section."""
     if ens.kind == "none":
         return members[0]
     groups = members[0].keys() if ens.kind == "deep" else ens.heads
@@ -78,32 +79,32 @@ def stack(cfg, members):
             for g, v in members[0].items()}
 
 
-def ensemble_template(cfg, model: Model, member_params):
+def ensemble_template(ens, model: Model, member_params):
     """The model the run trains: ``model`` itself, or an ``Ensemble`` of its architecture (no params
-    yet); ``member_params``: one member's parameter tree (its groups)."""
-    ens = cfg.ensemble
+    yet); ``member_params``: one member's parameter tree (its groups); ``ens``: the ensemble section."""
     if ens.kind == "none":
         return model
     stacked = tuple(ens.heads) if ens.kind == "shallow" else tuple(member_params)
     return Ensemble(model.family, model.hyperparameters, None, dict(model.metadata), kind=ens.kind, stacked=stacked)
 
 
-def subsample_masks(cfg, n_frames: int) -> np.ndarray | None:
-    """(K, n_frames) 0/1 masks of the frames each deep-ensemble member trains on, or None (all)."""
-    ens = cfg.ensemble
+def subsample_masks(ens, rcfg, n_frames: int) -> np.ndarray | None:
+    """(K, n_frames) 0/1 masks of the frames each deep-ensemble member trains on, or None (all).
+    ``ens``, ``rcfg``: the ensemble and run sections."""
     if ens.kind != "deep" or ens.bootstrap >= 1:
         return None
     keep = max(1, int(round(ens.bootstrap * n_frames)))
     masks = np.zeros((ens.size, n_frames))
     for k in range(ens.size):
-        masks[k, np.random.default_rng([init_seed(cfg, k), 7919]).permutation(n_frames)[:keep]] = 1.0
+        masks[k, np.random.default_rng([init_seed(rcfg, k), 7919]).permutation(n_frames)[:keep]] = 1.0
     return masks
 
 
-def member_batch(cfg, batch: Batch, indices, masks, n_atoms) -> Batch:
-    """A deep ensemble's batch: the labels' ``weight`` (K, G) and ``atom_weight`` (K, N) per member."""
+def member_batch(ens, batch: Batch, indices, masks, n_atoms) -> Batch:
+    """A deep ensemble's batch: the labels' ``weight`` (K, G) and ``atom_weight`` (K, N) per member
+    (``ens``: the ensemble section)."""
     lab = batch.labels
-    K = cfg.ensemble.size
+    K = ens.size
     w = np.repeat(np.asarray(lab.weight)[None], K, 0)
     aw = np.repeat(np.asarray(lab.atom_weight)[None], K, 0)
     if masks is not None:
