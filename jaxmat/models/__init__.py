@@ -1,17 +1,26 @@
-"""Model families, model bundles and the pretrained registry."""
+"""Model families, model bundles and the pretrained registry.
 
+The public face of the package: sibling packages import from here, never from its private modules.
+"""
+
+from jaxmat._pretrained import DEFAULT_MODEL, list_pretrained
 from jaxmat.errors import BundleError, UnknownElementError
-from jaxmat.models._bundle import read_bundle, save_bundle
-from jaxmat.models._ensemble import Ensemble, stack_members
+from jaxmat.models._bundle import check_params, check_weights, config_digest, read_bundle, save_bundle
+from jaxmat.models._ensemble import Ensemble, stack_members, warn_if_uncalibrated
 from jaxmat.models._grow import GROWABLE, grow_model
+from jaxmat.models._llpr import LLPRModel, default_layer, feature_rows, layer_size, llpr_outputs
+from jaxmat.models._load import load_model
 from jaxmat.models._m3gnet import M3GNet
-from jaxmat.models._model import (
-    DEFAULT_MODEL,
+from jaxmat.models._megnet import MEGNet
+from jaxmat.models._model import Model, expected_param_shapes, fresh_params
+from jaxmat.models._predict import host_graph_totals, warn_outside_domain
+from jaxmat.models._registry import (
     FAMILIES,
-    Model,
-    list_pretrained,
-    load_model,
+    check_hyperparameters,
+    default_hyperparameters,
+    resolved_hyperparameters,
 )
+from jaxmat.models._sevennet import SevenNet
 
 __all__ = [
     "BundleError",
@@ -19,13 +28,31 @@ __all__ = [
     "Ensemble",
     "FAMILIES",
     "GROWABLE",
+    "LLPRModel",
     "M3GNet",
+    "MEGNet",
     "Model",
+    "SevenNet",
     "UnknownElementError",
+    "check_hyperparameters",
+    "check_params",
+    "check_weights",
+    "config_digest",
+    "default_hyperparameters",
+    "default_layer",
+    "expected_param_shapes",
+    "feature_rows",
+    "fresh_params",
     "grow_model",
+    "host_graph_totals",
+    "layer_size",
     "list_pretrained",
+    "llpr_outputs",
     "load_model",
     "read_bundle",
+    "resolved_hyperparameters",
     "save_bundle",
     "stack_members",
+    "warn_if_uncalibrated",
+    "warn_outside_domain",
 ]

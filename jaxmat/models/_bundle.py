@@ -16,8 +16,6 @@ from __future__ import annotations
 
 import hashlib
 import json
-import os
-import tempfile
 import warnings
 from pathlib import Path
 
@@ -25,6 +23,7 @@ import flax.serialization
 import jax
 import numpy as np
 
+from jaxmat._io import atomic_write
 from jaxmat.errors import BundleError
 
 FORMAT = "jaxmat-bundle"
@@ -34,22 +33,6 @@ LLPR_FORMAT_VERSION = 4
 SUPPORTED_VERSIONS = (1, 2, 3, 4)
 CONFIG_FILE = "config.json"
 PARAMS_FILE = "params.msgpack"
-
-
-def atomic_write(path: Path, data: bytes) -> None:
-    """Write ``data`` to ``path`` via a temporary file in the same folder and an atomic rename."""
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
-    try:
-        with os.fdopen(fd, "wb") as f:
-            f.write(data)
-            f.flush()
-            os.fsync(f.fileno())
-        os.chmod(tmp, 0o644)
-        os.replace(tmp, path)
-    except BaseException:
-        if os.path.exists(tmp):
-            os.unlink(tmp)
-        raise
 
 
 def config_digest(config: dict) -> str:

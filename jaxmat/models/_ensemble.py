@@ -29,7 +29,11 @@ import jax.numpy as jnp
 import numpy as np
 
 from jaxmat.errors import ConfigError
-from jaxmat.models._model import Model, resolved_hyperparameters
+from jaxmat.models._bundle import save_bundle
+from jaxmat.models._model import Model
+from jaxmat.models._registry import resolved_hyperparameters
+from jaxmat.models._shallow import head_results
+from jaxmat.potential import energy_forces_stress
 
 KINDS = ("deep", "shallow")
 #: evaluation modes: all members in one vmapped call, or one member after another (lax.map)
@@ -137,18 +141,12 @@ class Ensemble(Model):
         member axis (K, ...). Forces and stress are derived once per member, in the one place.
         A shallow ensemble runs its shared body once forward and pulls the K heads' cotangents back
         in one batched pass (``jaxmat.models._shallow``; same numbers)."""
-        from jaxmat.potential import energy_forces_stress
-
         if self.kind == "shallow":
-            from jaxmat.models._shallow import head_results
-
             return head_results(self, params, graph, compute_stress, mode)
         return self.map_members(lambda p: energy_forces_stress(
             lambda pp, g: Model.apply(self, pp, g), p, graph, compute_stress), params, mode)
 
     def save(self, path):
-        from jaxmat.models._bundle import save_bundle
-
         hyper = resolved_hyperparameters(self.family, self.hyperparameters)
         return save_bundle(path, self.family, hyper, self.params, self.metadata, ensemble=self.ensemble_config())
 

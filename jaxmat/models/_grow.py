@@ -24,7 +24,8 @@ import re
 import jax
 import numpy as np
 
-from jaxmat.models._model import FAMILIES, Model, expected_param_shapes, fresh_params
+from jaxmat.models._model import Model, expected_param_shapes, fresh_params
+from jaxmat.models._registry import FAMILIES
 
 #: hyperparameters that ``grow_model`` may raise, per model family
 GROWABLE: dict[str, tuple[str, ...]] = {"M3GNet": ("max_l", "nblocks")}

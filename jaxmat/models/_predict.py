@@ -10,13 +10,12 @@ import numpy as np
 from ase import Atoms
 
 from jaxmat._checks import at_least, check_value, one_of
+from jaxmat.data import batch_budget
 from jaxmat.graph import DEFAULT_CHECKS, PadSizes, StructureChecks, atoms_to_graph, batch_graphs, cast_floats, pad_graph
 
 
 def _budget(graphs, batch_size: int) -> PadSizes:
     """``jaxmat.data.batch_budget`` rounded up to powers of two (fewer distinct compilations)."""
-    from jaxmat.data import batch_budget
-
     b = batch_budget(graphs, batch_size)
     up = lambda x: int(2 ** np.ceil(np.log2(max(int(x), 8))))  # noqa: E731
     return PadSizes(up(b.n_node), up(b.n_edge), up(b.n_triplet), b.n_graph)
@@ -41,7 +40,7 @@ def warn_outside_domain(model, structures) -> None:
             stacklevel=3)
 
 
-def predict(model, structures, batch_size: int = 32, dtype: str = "float32", cache: dict | None = None,
+def predict_structures(model, structures, batch_size: int = 32, dtype: str = "float32", cache: dict | None = None,
             checks: StructureChecks = DEFAULT_CHECKS) -> np.ndarray:
     """Predictions for ``structures`` (list of ``ase.Atoms``) -> (len(structures),) numpy array.
 
