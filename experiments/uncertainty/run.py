@@ -221,6 +221,9 @@ def report(md: dict) -> str:
     atoms = {n: json.loads((HERE / "runs" / n / "atoms.json").read_text()) for n in RUNS
              if (HERE / "runs" / n / "atoms.json").is_file()}
     if llpr or atoms:
+        from llpr_rows import goals_lines
+
+        lines.extend(goals_lines(llpr, res))
         lines.extend(report_lines(llpr, atoms))
     return "\n".join(lines)
 
