@@ -115,6 +115,7 @@ def test_llpr_variances_equal_a_direct_computation(tiny, exact, direct, probe):
     assert want_f.min() > 0 and exact.info["captured_force_variance"] == pytest.approx(1.0)
 
 
+@pytest.mark.slow  # a second fit (~15 s of CPU)
 def test_fewer_directions_keep_the_leading_part_of_the_force_variance(tiny, frames, exact, probe):
     few = fit_llpr(tiny, *frames, force_directions=3, dtype="float64", regularizer=exact.info["regularizer"])
     assert 0 < few.info["captured_force_variance"] < 1

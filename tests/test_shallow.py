@@ -64,6 +64,7 @@ def test_one_pass_heads_equal_separate_members_in_float64(tiny_heads, batch64, m
     assert spread.max() > 1e-4  # the heads disagree: the test compares K different force fields
 
 
+@pytest.mark.slow  # two more compilations (~10 s of CPU)
 def test_one_pass_without_stress_and_with_a_stacked_body_group(tiny_heads, batch64):
     """Heads that also own a body group (the body is then batched) and no stress: still exact."""
     models = []
