@@ -7,8 +7,11 @@ from jaxmat.data._batch import (
     build_graphs,
     epoch_batches,
     epoch_groups,
+    fitting_budget,
     make_batch,
     pack,
+    pad_budget_count,
+    pad_budgets,
     split,
 )
 from jaxmat.data._read import Frame, read_frames, read_structures
@@ -23,8 +26,11 @@ __all__ = [
     "build_graphs",
     "epoch_batches",
     "epoch_groups",
+    "fitting_budget",
     "make_batch",
     "pack",
+    "pad_budget_count",
+    "pad_budgets",
     "read_frames",
     "read_structures",
     "split",

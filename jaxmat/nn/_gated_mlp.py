@@ -10,7 +10,8 @@ from __future__ import annotations
 from typing import Sequence
 
 import flax.linen as nn
-import jax
+
+from jaxmat.nn._activations import sigmoid, silu
 
 default_kernel_init = nn.initializers.lecun_normal()
 
@@ -57,8 +58,8 @@ class GatedMLP(nn.Module):
         n_layers = len(self.features)
         for k in range(1, n_layers + 1):
             last = k == n_layers
-            hl = jax.nn.silu(hl) if (not last or self.activate_last) else hl
-            hg = jax.nn.sigmoid(hg) if last else jax.nn.silu(hg)
+            hl = silu(hl) if (not last or self.activate_last) else hl  # closed-form derivatives (_activations)
+            hg = sigmoid(hg) if last else silu(hg)
             if last:
                 break
             wl, bl = self._dense(f"layers_{k}", self.features[k - 1], self.features[k])
