@@ -1,6 +1,6 @@
-"""The README cannot drift: every shell command and Python snippet in it runs as written, from a copy of
-the repository (a fresh clone's files, ``../shared`` beside it), and every jaxmat name it gives exists
-where it says.
+"""The README and the docs/ pages cannot drift: every shell command and Python snippet in them runs as
+written, from a copy of the repository (a fresh clone's files, ``../shared`` beside it), every jaxmat name
+they give exists where they say, and every docs page is linked from the README.
 
 Markers, HTML comments on the lines just above a fenced block (invisible on GitHub):
 
@@ -11,10 +11,12 @@ Markers, HTML comments on the lines just above a fenced block (invisible on GitH
 
 A shell line's ``cmd1 && cmd2`` parts are separate commands (so ``python -m pip install -e . && jaxmat md
 ...`` runs the MD, not the install), ``# ...`` comments are dropped, and a trailing ``&`` is kept. Every
-marker needs a reason and must match a command. Unmarked commands run in the default suite, in README
-order, in one copy of the repository (a later command may read an earlier one's output), and must
-leave ``git status`` clean there (their outputs are in .gitignore). Python snippets run one by one, each
-in a fresh namespace (no snippet may lean on another's variables).
+marker needs a reason and must match a command. Unmarked commands run in the default suite, so they must
+be cheap (mark anything longer than about a minute ``slow`` or ``skip``): the commands of each file (README.md,
+then each docs/*.md) in the file's order, in one copy of the repository per file (a later command may read an
+earlier one's output of the same file, never another file's), and must leave ``git status`` clean there
+(their outputs are in .gitignore). Python snippets run one by one, each in a fresh namespace (no snippet
+may lean on another's variables). A fenced block without a language (a log excerpt) is not run.
 """
 
 from __future__ import annotations
@@ -32,6 +34,9 @@ import pytest
 
 ROOT = Path(__file__).resolve().parents[1]
 README = ROOT / "README.md"
+DOCS = ROOT / "docs"
+#: the files whose commands and snippets run: the README, then the docs pages
+FILES = [README, *sorted(DOCS.glob("*.md"))]
 SHARED = ROOT.parent / "shared"
 MARKER = re.compile(r'<!--\s*readme-test:\s*(skip|slow)\s*(?:"([^"]+)")?\s*--\s*(.*?)\s*-->')
 #: exceptions the README may name that are not jaxmat's (Python's, ASE's, Flax's)
@@ -52,9 +57,13 @@ class Block(NamedTuple):
     markers: tuple[Marker, ...]
 
 
-def readme_blocks(text: str | None = None) -> list[Block]:
-    """The fenced code blocks of the README with the markers on the lines just above each."""
-    lines = (README.read_text() if text is None else text).splitlines()
+def _name(path: Path) -> str:
+    return path.relative_to(ROOT).as_posix()
+
+
+def readme_blocks(text: str | None = None, path: Path = README) -> list[Block]:
+    """The fenced code blocks of ``path`` (or of ``text``) with the markers on the lines just above each."""
+    lines = (path.read_text() if text is None else text).splitlines()
     blocks, k = [], 0
     while k < len(lines):
         m = re.match(r"^```(\w*)\s*$", lines[k])
@@ -64,7 +73,7 @@ def readme_blocks(text: str | None = None) -> list[Block]:
         markers, j = [], k - 1
         while j >= 0 and lines[j].startswith("<!-- readme-test"):
             mk = MARKER.fullmatch(lines[j].strip())
-            assert mk, f"README line {j + 1}: malformed marker {lines[j]!r}"
+            assert mk, f"{_name(path)} line {j + 1}: malformed marker {lines[j]!r}"
             markers.insert(0, Marker(mk.group(1), mk.group(2), mk.group(3)))
             j -= 1
         end = next(e for e in range(k + 1, len(lines)) if lines[e].startswith("```"))
@@ -87,21 +96,37 @@ def shell_commands(block: Block) -> list[tuple[str, str]]:
     return out
 
 
-def _commands(policies) -> list[str]:
-    return [c for b in readme_blocks() if b.lang == "bash" for c, p in shell_commands(b) if p in policies]
+def _commands(policies, path: Path = README) -> list[str]:
+    return [c for b in readme_blocks(path=path) if b.lang == "bash" for c, p in shell_commands(b) if p in policies]
 
 
 def test_markers_have_reasons_and_match_commands():
-    blocks = readme_blocks()
-    assert {b.lang for b in blocks} <= {"bash", "python"}, "a README block in a language this test does not run"
-    for b in blocks:
-        for mk in b.markers:
-            assert len(mk.reason) > 10, f"README line {b.line}: marker without a reason: {mk}"
-            if mk.prefix is not None:
-                assert b.lang == "bash", f"README line {b.line}: a command prefix on a {b.lang} block"
-                assert any(c.startswith(mk.prefix) for c, _ in shell_commands(b)), (
-                    f"README line {b.line}: marker {mk.prefix!r} matches no command of its block (stale?)")
+    assert len(FILES) > 1, "no docs/*.md pages"
+    for path in FILES:
+        blocks, where = readme_blocks(path=path), _name(path)
+        assert {b.lang for b in blocks} <= {"bash", "python"}, f"a {where} block in a language this test does not run"
+        for b in blocks:
+            for mk in b.markers:
+                assert len(mk.reason) > 10, f"{where} line {b.line}: marker without a reason: {mk}"
+                if mk.prefix is not None:
+                    assert b.lang == "bash", f"{where} line {b.line}: a command prefix on a {b.lang} block"
+                    assert any(c.startswith(mk.prefix) for c, _ in shell_commands(b)), (
+                        f"{where} line {b.line}: marker {mk.prefix!r} matches no command of its block (stale?)")
     assert _commands({"run"}), "no README command runs in the default suite"
+
+
+def test_every_docs_page_is_linked_and_every_link_resolves():
+    """The README links each docs page; each relative link of the README and the pages names a file
+    that exists (anchors are not checked: the pages link files, not headings)."""
+    readme = README.read_text()
+    unlinked = [_name(p) for p in FILES[1:] if f"({_name(p)})" not in readme]
+    assert not unlinked, f"docs pages the README does not link: {unlinked}"
+    broken = []
+    for path in FILES:
+        for target in re.findall(r"\]\(([^)\s]+)\)", path.read_text()):
+            if not re.match(r"[a-z]+:", target) and not (path.parent / target.split("#")[0]).exists():
+                broken.append(f"{_name(path)}: {target}")
+    assert not broken, "links to files that do not exist:\n" + "\n".join(broken)
 
 
 def test_marker_parsing():
@@ -144,41 +169,50 @@ def _run_commands(tmp_path: Path, commands: list[str]) -> None:
             not_run.append(cmd)
             continue
         out = subprocess.run(["bash", "-c", cmd], cwd=copy, env=env, capture_output=True, text=True, timeout=600)
-        assert out.returncode == 0, f"README command failed ({out.returncode}): {cmd}\n{out.stdout[-3000:]}\n{out.stderr[-3000:]}"
+        assert out.returncode == 0, f"command failed ({out.returncode}): {cmd}\n{out.stdout[-3000:]}\n{out.stderr[-3000:]}"
         assert "Traceback" not in out.stderr, f"{cmd}\n{out.stderr[-3000:]}"
     status = subprocess.run(["git", "status", "--porcelain", "--untracked-files=all"], cwd=copy, capture_output=True,
                             text=True, check=True).stdout
-    assert status == "", f"README commands left files that git status shows (add them to .gitignore):\n{status}"
+    assert status == "", f"commands left files that git status shows (add them to .gitignore):\n{status}"
     if not_run:
-        pytest.skip(f"ran {len(commands) - len(not_run)} README commands; not {not_run}: ../shared is absent")
+        pytest.skip(f"ran {len(commands) - len(not_run)} commands; not {not_run}: ../shared is absent")
 
 
-def test_readme_commands_run_as_written(tmp_path):
-    """Every unmarked README command (in order, ~1-2 min on this 2-core CPU), then a clean git status."""
-    _run_commands(tmp_path, _commands({"run"}))
+def _files_with(policies) -> list:
+    """One param per file that has commands of these policies (id: its path)."""
+    return [pytest.param(p, id=_name(p)) for p in FILES if _commands(policies, p)]
+
+
+@pytest.mark.parametrize("path", _files_with({"run"}))
+def test_readme_commands_run_as_written(tmp_path, path):
+    """Every unmarked command of one file (in order; ~1-2 min in all on this 2-core CPU), then a clean
+    git status."""
+    _run_commands(tmp_path, _commands({"run"}, path))
 
 
 @pytest.mark.slow
-def test_slow_readme_commands_run_as_written(tmp_path):
-    _run_commands(tmp_path, _commands({"slow"}))
+@pytest.mark.parametrize("path", _files_with({"slow"}))
+def test_slow_readme_commands_run_as_written(tmp_path, path):
+    _run_commands(tmp_path, _commands({"slow"}, path))
 
 
 def _snippet_params():
     params = []
-    for b in readme_blocks():
-        if b.lang != "python":
-            continue
-        actions = {mk.action for mk in b.markers}
-        marks = ([pytest.mark.skip(reason=b.markers[0].reason)] if "skip" in actions
-                 else [pytest.mark.slow] if "slow" in actions else [])
-        params.append(pytest.param(b, marks=marks, id=f"line{b.line}"))
+    for path in FILES:
+        for b in readme_blocks(path=path):
+            if b.lang != "python":
+                continue
+            actions = {mk.action for mk in b.markers}
+            marks = ([pytest.mark.skip(reason=b.markers[0].reason)] if "skip" in actions
+                     else [pytest.mark.slow] if "slow" in actions else [])
+            params.append(pytest.param(path, b, marks=marks, id=f"{_name(path)}:line{b.line}"))
     return params
 
 
-@pytest.mark.parametrize("block", _snippet_params())
-def test_readme_python_snippet_runs_on_its_own(block):
+@pytest.mark.parametrize("path, block", _snippet_params())
+def test_readme_python_snippet_runs_on_its_own(path, block):
     """In a fresh namespace: a snippet that uses a name from another one fails here."""
-    exec(compile(block.code, f"README.md:{block.line}", "exec"), {"__name__": "__readme__"})
+    exec(compile(block.code, f"{_name(path)}:{block.line}", "exec"), {"__name__": "__readme__"})
 
 
 def _resolve(dotted: str):
@@ -196,12 +230,14 @@ def _resolve(dotted: str):
 
 
 def test_names_the_readme_gives_are_where_it_says():
-    """Each `jaxmat.x.Name` in the README resolves, each `SomethingError` is in jaxmat.errors (or is
-    Python's, ASE's or Flax's), and the Python names of the README's import lines exist."""
+    """Each `jaxmat.x.Name` in the README and the docs pages resolves, each `SomethingError` is in
+    jaxmat.errors (or is Python's, ASE's or Flax's), and the Python names of their import lines exist."""
     import jaxmat.errors
 
-    prose = re.sub(r"^```\w*\n.*?^```$", "", README.read_text(), flags=re.S | re.M)  # blocks run above
-    spans = re.findall(r"`([^`]+)`", prose)  # inline code, which may wrap over a line end
+    spans = []
+    for path in FILES:
+        prose = re.sub(r"^```\w*\n.*?^```$", "", path.read_text(), flags=re.S | re.M)  # blocks run above
+        spans += re.findall(r"`([^`]+)`", prose)  # inline code, which may wrap over a line end
     dotted = {m for s in spans for m in re.findall(r"\bjaxmat(?:\.\w+)+", s)}
     assert {"jaxmat.errors.NeighborOverflowError", "jaxmat.simulate.MDSettings",
             "jaxmat.composition.match_budget"} <= dotted
@@ -211,6 +247,6 @@ def test_names_the_readme_gives_are_where_it_says():
             _resolve(name)
         except (ImportError, AttributeError) as err:
             missing.append(f"{name}: {err}")
-    assert not missing, "README names that do not exist where it says:\n" + "\n".join(missing)
+    assert not missing, "README/docs names that do not exist where they say:\n" + "\n".join(missing)
     errors = {m for s in spans for m in re.findall(r"\b[A-Z]\w*Error\b", s)}
-    assert not errors - FOREIGN_ERRORS - set(jaxmat.errors.__all__), "README exceptions not in jaxmat.errors"
+    assert not errors - FOREIGN_ERRORS - set(jaxmat.errors.__all__), "README/docs exceptions not in jaxmat.errors"
