@@ -29,13 +29,14 @@ from jaxmat.graph import AtomicGraph, edge_vectors, masked_norm
 from jaxmat.models._common import type_table
 from jaxmat.nn._irreps import (
     IrrepsLinear,
+    PathLinear,
     RadialMLP,
     bessel_basis,
     gate,
     parse_irreps,
     poly_cutoff,
     spherical_harmonics,
-    uvu_messages,
+    uvu_aggregate,
     uvu_paths,
     xplor_cutoff,
 )
@@ -184,19 +185,17 @@ class InteractionBlock(nn.Module):
     denominator: float
 
     @nn.compact
-    def __call__(self, h: dict, emb, sh: dict, senders, receivers, n_node: int) -> dict:
+    def __call__(self, h: dict, emb, sh, senders, receivers, n_node: int) -> dict:
         muls_in, muls_out = parse_irreps(self.irreps_in), parse_irreps(self.irreps_out)
         n_gates = sum(m for l, m in muls_out.items() if l > 0)
         gate_in = tuple((l, m + (n_gates if l == 0 else 0)) for l, m in muls_out.items())
         sc = IrrepsLinear(gate_in, name="self_connection")(h)
         x = IrrepsLinear(tuple(muls_in.items()), name="linear_1")(h)
         paths = uvu_paths(tuple(muls_in), self.lmax_sh, tuple(range(max(muls_out) + 1)))
-        n_weights = sum(muls_in[p.l_in] for p in paths)
-        w = RadialMLP(self.radial_hidden + (n_weights,), name="radial")(emb)
-        msg = uvu_messages({l: v[senders] for l, v in x.items()}, sh, w, paths, muls_in)
+        split = tuple(muls_in[p.l_in] for p in paths)
+        w = RadialMLP(self.radial_hidden + (sum(split),), split=split, name="radial")(emb)
+        agg = uvu_aggregate(x, sh, w, paths, senders, receivers, n_node)
         inv = 1.0 / self.denominator
-        agg = {l: jax.ops.segment_sum(m, receivers, num_segments=n_node, indices_are_sorted=True) * inv
-               for l, m in msg.items()}
-        y = IrrepsLinear(gate_in, name="linear_2")(agg)
+        y = PathLinear(gate_in, name="linear_2")({p: a * inv for p, a in agg.items()}, paths)
         y = {l: y.get(l, 0) + sc.get(l, 0) for l in set(y) | set(sc)}
         return gate(y, muls_out)

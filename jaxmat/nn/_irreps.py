@@ -71,45 +71,73 @@ def uvu_paths(ls_in: tuple, lmax_sh: int, ls_out: tuple) -> tuple[Path, ...]:
     return tuple(sorted(natural, key=lambda p: p.l_out))  # stable: natural order within an l_out
 
 
+def spherical_harmonics(vectors, lmax: int, normalize: bool = True):
+    """(E, (lmax+1)^2) e3nn spherical harmonics ("component" normalisation) of ``vectors`` (E, 3),
+    l = 0 .. lmax concatenated (l occupies columns l^2 .. (l+1)^2 - 1). With ``normalize`` the
+    vectors are made unit first (callers keep zero vectors out)."""
+    irreps = "+".join(f"{l}{'e' if l % 2 == 0 else 'o'}" for l in range(lmax + 1))
+    return e3nn.spherical_harmonics(irreps, vectors, normalize=normalize, normalization="component").array
+
+
 @functools.lru_cache(maxsize=None)
 def _path_matrix(path: Path) -> np.ndarray:
-    """sqrt(2 l_out + 1) * C[l_in, l_sh, l_out] reshaped (2l_sh+1, (2l_in+1)(2l_out+1)), float64."""
+    """sqrt(2 l_out + 1) * C[l_in, l_sh, l_out] as (2l_sh+1, (2l_in+1)(2l_out+1)), float64."""
     c = np.asarray(e3nn.clebsch_gordan(*path), np.float64) * np.sqrt(2 * path.l_out + 1)
     return np.transpose(c, (1, 0, 2)).reshape(2 * path.l_sh + 1, -1)
 
 
-def spherical_harmonics(vectors, lmax: int, normalize: bool = True) -> dict[int, jnp.ndarray]:
-    """{l: (E, 2l+1)} e3nn spherical harmonics ("component" normalisation) of ``vectors`` (E, 3).
-    With ``normalize`` the vectors are made unit first (callers keep zero vectors out)."""
-    irreps = "+".join(f"{l}{'e' if l % 2 == 0 else 'o'}" for l in range(lmax + 1))
-    sh = e3nn.spherical_harmonics(irreps, vectors, normalize=normalize, normalization="component").array
-    return {l: sh[:, l * l:(l + 1) * (l + 1)] for l in range(lmax + 1)}
+def uvu_aggregate(x: dict, sh, weights: Sequence, paths: Sequence[Path], senders, receivers, n_node: int) -> dict:
+    """'uvu' tensor-product messages of every edge, weighted per path and channel, summed per atom.
 
-
-def uvu_messages(x: dict, sh: dict, weights, paths: Sequence[Path], muls: dict) -> dict:
-    """Per-edge 'uvu' tensor products, weighted per path and channel.
+    Message of edge e for path (l_in, l_sh, l_out), channel u, component k:
+    ``w_path[e, u] * sqrt(2l_out+1) * sum_ij C[i, j, k] x[senders[e], i, u] Y[e, j]``, summed onto
+    ``receivers[e]``. Each path is its own computation (a batched (2l_out+1, 2l_in+1) x
+    (2l_in+1, mul) product per edge, then one sorted segment sum): no per-edge array is ever
+    sliced or concatenated, whose transposes (pads and sums of pads) dominate the backward pass.
 
     Args:
-      x: {l_in: (E, 2l_in+1, mul_l_in)} node features gathered on the edges.
-      sh: {l_sh: (E, 2l_sh+1)} spherical harmonics of the edge vectors.
-      weights: (E, sum of mul_l_in over paths), laid out in ``paths`` order.
-      paths: from ``uvu_paths`` (grouped by l_out).
-      muls: {l_in: mul}.
-    Returns {l_out: (E, 2l_out+1, sum of the muls of its paths)}, the paths of an l_out
-    concatenated along the channels in ``paths`` order (e3nn's sorted output irreps).
+      x: {l_in: (N, 2l_in+1, mul)} node features.
+      sh: (E, (lmax_sh+1)^2) spherical harmonics (all l concatenated).
+      weights: per path (E, mul_l_in), in ``paths`` order (``RadialMLP`` with ``split``).
+      paths: from ``uvu_paths``.
+    Returns {path: (N, 2l_out+1, mul_l_in)}.
     """
-    out: dict[int, list] = {}
-    start = 0
-    for p in paths:
-        mul = muls[p.l_in]
-        xe = x[p.l_in]
+    gathered = {l: v[senders] for l, v in x.items() if any(p.l_in == l for p in paths)}
+    out = {}
+    for p, w in zip(paths, weights):
+        xe = gathered[p.l_in]  # (E, 2l_in+1, mul)
         dt = xe.dtype
-        m = jnp.asarray(_path_matrix(p), dt)
-        a = (sh[p.l_sh] @ m).reshape(-1, 2 * p.l_in + 1, 2 * p.l_out + 1)  # (E, i, k)
-        msg = jnp.sum(a[:, :, :, None] * xe[:, :, None, :], axis=1)  # (E, k, u)
-        out.setdefault(p.l_out, []).append(msg * weights[:, None, start:start + mul])
-        start += mul
-    return {l: (v[0] if len(v) == 1 else jnp.concatenate(v, axis=-1)) for l, v in out.items()}
+        y = sh[:, p.l_sh ** 2:(p.l_sh + 1) ** 2]
+        a = (y @ jnp.asarray(_path_matrix(p), dt)).reshape(y.shape[0], 2 * p.l_in + 1, 2 * p.l_out + 1)
+        msg = jnp.einsum("eik,eiu->eku", a, xe * w[:, None, :])
+        out[p] = jax.ops.segment_sum(msg, receivers, num_segments=n_node, indices_are_sorted=True)
+    return out
+
+
+class PathLinear(nn.Module):
+    """``o3.Linear`` from the tensor-product output (per l_out, the paths' channels concatenated in
+    ``paths`` order) to ``muls_out``, applied path by path: the same parameters ``w{l}``
+    (sum of the paths' muls, mul_out) and result as ``IrrepsLinear`` on the concatenation."""
+
+    muls_out: tuple
+
+    @nn.compact
+    def __call__(self, agg: dict, paths: Sequence[Path]) -> dict:
+        out = {}
+        for l, mul_out in self.muls_out:
+            group = [p for p in paths if p.l_out == l]
+            if not group:
+                continue
+            fan_in = sum(agg[p].shape[-1] for p in group)
+            w = self.param(f"w{l}", nn.initializers.normal(1.0), (fan_in, mul_out))
+            dt = agg[group[0]].dtype
+            start, acc = 0, 0
+            for p in group:
+                h = agg[p]
+                acc = acc + h @ w[start:start + h.shape[-1]].astype(dt)
+                start += h.shape[-1]
+            out[l] = acc * jnp.asarray(fan_in ** -0.5, dt)
+        return out
 
 
 class IrrepsLinear(nn.Module):
@@ -131,18 +159,44 @@ class IrrepsLinear(nn.Module):
         return out
 
 
+@functools.partial(jax.custom_vjp, nondiff_argnums=(1,))
+def split_columns(x, sizes: tuple) -> list:
+    """``x`` (M, sum(sizes)) -> its column blocks. The backward pass concatenates the blocks'
+    cotangents once; JAX's own transpose of the slices pads each to the full width and sums them."""
+    bounds = np.cumsum((0,) + sizes)
+    return [x[:, a:b] for a, b in zip(bounds[:-1], bounds[1:])]
+
+
+def _split_fwd(x, sizes):
+    return split_columns(x, sizes), None
+
+
+def _split_bwd(sizes, _, cotangents):
+    return (jnp.concatenate(cotangents, axis=1),)
+
+
+split_columns.defvjp(_split_fwd, _split_bwd)
+
+
 class RadialMLP(nn.Module):
     """e3nn ``nn.FullyConnectedNet`` without biases: layers ``layer_k`` (fan_in, fan_out) divided
-    by sqrt(fan_in), normalised SiLU between layers (not after the last). (E, K) -> (E, widths[-1])."""
+    by sqrt(fan_in), normalised SiLU between layers (not after the last). (E, K) -> (E, widths[-1]),
+    or with ``split`` (widths summing to widths[-1]) the list of the output's column blocks
+    (``split_columns``)."""
 
     widths: Sequence[int]
+    split: tuple | None = None
 
     @nn.compact
     def __call__(self, x):
+        n = len(self.widths)
         for k, width in enumerate(self.widths):
-            w = self.param(f"layer_{k}", nn.initializers.normal(1.0), (x.shape[-1], width))
-            x = (x @ w.astype(x.dtype)) * jnp.asarray(x.shape[-1] ** -0.5, x.dtype)
-            if k < len(self.widths) - 1:
+            w = self.param(f"layer_{k}", nn.initializers.normal(1.0), (x.shape[-1], width)).astype(x.dtype)
+            scale = jnp.asarray(x.shape[-1] ** -0.5, x.dtype)
+            if k == n - 1 and self.split is not None:
+                return split_columns((x @ w) * scale, tuple(self.split))
+            x = (x @ w) * scale
+            if k < n - 1:
                 x = normalized_silu(x)
         return x
 
