@@ -359,10 +359,32 @@ def _llpr(args) -> int:
 
 
 def _list(args) -> int:
-    from jaxmat._pretrained import list_pretrained  # not jaxmat.models: no jax/flax import for a folder listing
+    import json
 
-    print("\n".join(list_pretrained()))
+    from jaxmat._pretrained import PRETRAINED_DIR, list_pretrained  # not jaxmat.models: no jax/flax import
+
+    rows = [("name", "family", "cutoff", "trained on")]
+    for name in list_pretrained():
+        config = json.loads((PRETRAINED_DIR / name / "config.json").read_text())
+        hyper, meta = config.get("hyperparameters", {}), config.get("metadata", {})
+        cutoff = f"{hyper['cutoff']:g} A" if "cutoff" in hyper else "-"
+        rows.append((name, str(config.get("model", "?")), cutoff, meta.get("training_data") or _readme_data(name)))
+    widths = [max(len(r[k]) for r in rows) for k in range(3)]
+    for r in rows:
+        print("  ".join(c.ljust(w) for c, w in zip(r, widths)) + "  " + r[3])
     return 0
+
+
+def _readme_data(name: str) -> str:
+    """The first line under '# Training dataset' of a shipped model's README-*.md (matgl's), or '-'."""
+    from jaxmat._pretrained import PRETRAINED_DIR
+
+    for readme in sorted((PRETRAINED_DIR / name).glob("README*.md")):
+        lines = readme.read_text().splitlines()
+        for k, line in enumerate(lines):
+            if line.strip().lower() == "# training dataset":
+                return next((x.strip() for x in lines[k + 1:] if x.strip()), "-")
+    return "-"
 
 
 def build_parser() -> argparse.ArgumentParser:
