@@ -10,8 +10,7 @@ from ase.data import atomic_numbers
 
 from jaxmat.data import read_frames, split
 from jaxmat.errors import ConfigError, DatasetError
-from jaxmat.models import FAMILIES, Ensemble, Model, grow_model, load_model
-from jaxmat.models._model import default_hyperparameters
+from jaxmat.models import FAMILIES, Ensemble, Model, default_hyperparameters, grow_model, load_model
 from jaxmat.train._evaluate import predict
 from jaxmat.train._refs import fit_element_refs
 from jaxmat.train._steps import init_seed

@@ -15,11 +15,11 @@ import jax.numpy as jnp
 import numpy as np
 from jax.experimental import multihost_utils
 
+from jaxmat._io import atomic_write
 from jaxmat.data import batch_budget, build_graphs, epoch_batches, epoch_groups, make_batch
 from jaxmat.errors import ConfigError
 from jaxmat.graph import StructureChecks
 from jaxmat.models import Model
-from jaxmat.models._bundle import atomic_write
 from jaxmat.train import _parallel
 from jaxmat.train._checkpoint import load_checkpoint
 from jaxmat.train._guards import check_ensemble_groups, check_freeze, record_config
