@@ -159,7 +159,17 @@ def goals_lines(llpr: dict, res: dict) -> list[str]:
 
 def report_lines(llpr: dict, atoms: dict) -> list[str]:
     """The markdown sections of the LLPR rows, the per-atom table and the energy-by-group table."""
+    notes = []
+    for base in LLPR_RUNS.values():
+        old, new = HERE / "runs" / base / "results.json", HERE / "runs" / f"{base}_model" / "results.json"
+        if old.is_file() and new.is_file():
+            o, n = (json.loads(x.read_text())["test"] for x in (old, new))
+            notes.append(f"{base} was retrained into runs/{base}_model (its weights are not kept in git; same config and "
+                         f"seed, not bit-identical): test E MAE {n['e_mae']:.2f} vs {o['e_mae']:.2f} meV/atom, F MAE "
+                         f"{n['f_mae']:.4f} vs {o['f_mae']:.4f} eV/A.")
     lines = ["## 5. LLPR on the single model (r = feature-gradient directions of the force spread)", "",
+             "Covariance over the run's training frames, regularizer and scales fit on its validation frames (force NLL), "
+             "scored on its test frames. " + " ".join(notes), "",
              "| run | r | captured F var (valid) | F Spearman | F AUROC10 | F cov 68 / 95 % (cal) | F mis. area (cal) | "
              "atom Spearman | atom AUROC10 | atom cov 68 / 95 % (cal) | E Spearman | E cov 68 / 95 % (cal) | "
              "scale E / F |", "|---|---|---|---|---|---|---|---|---|---|---|---|---|"]
