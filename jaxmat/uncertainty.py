@@ -39,10 +39,19 @@ def member_stats(values, axis: int = 0):
     return values.mean(axis=axis), values.std(axis=axis, ddof=1)
 
 
+#: a sigma below this fraction of the median positive sigma is round-off, not a spread (see ``usable``)
+SIGMA_FLOOR = 1e-4
+
+
 def usable(ref, err, sigma):
-    """Flat (err, sigma) of the entries with a non-zero reference and a positive finite sigma."""
+    """Flat (err, sigma) of the entries with a non-zero reference and a positive finite sigma that is
+    not round-off: components every member predicts alike by symmetry (the xz, xy stress of a slab,
+    spread ~1e-18 eV/A^3 in float64) would otherwise dominate an NLL scale (err / sigma ~ 1e15), so
+    a sigma below ``SIGMA_FLOOR`` times the median positive sigma of the same array is dropped."""
     ref, err, sigma = (np.asarray(a, np.float64).ravel() for a in (ref, err, sigma))
     keep = (ref != 0) & (sigma > 0) & np.isfinite(sigma) & np.isfinite(err)
+    if keep.any():
+        keep &= sigma > SIGMA_FLOOR * np.median(sigma[keep])
     return err[keep], sigma[keep]
 
 

@@ -77,6 +77,21 @@ def test_usable_drops_zero_references_and_zero_spreads():
     np.testing.assert_array_equal(sigma, [1.0, 2.0])
 
 
+def test_round_off_spreads_do_not_set_the_calibration_scale():
+    """Red team (issue 45 follow-up): stress components that every member predicts as zero by
+    symmetry (a slab's xz, xy) carry a spread of ~1e-18 eV/A^3 in float64 while their labels are
+    DFT noise (~0.02); kept, they made the NLL stress scale ~1e13 and stress_std ~1e4 eV/A^3."""
+    rng = np.random.default_rng(0)
+    sigma = rng.uniform(2e-3, 6e-3, 24)
+    err = sigma * rng.normal(size=24) * 3.0
+    ref = rng.normal(size=24)
+    sigma[[4, 5]], err[[4, 5]] = 3e-18, 0.02            # the symmetric components
+    e, s = uq.usable(ref, err, sigma)
+    assert e.size == 22
+    clean = uq.nll_scale(np.delete(err, [4, 5]), np.delete(sigma, [4, 5]))
+    assert uq.nll_scale(e, s) == clean and 1.0 < clean < 10.0
+
+
 @pytest.mark.parametrize("call, match", [
     (lambda: uq.gaussian_nll([0.1], [0.0]), "positive and finite"),
     (lambda: uq.nll_scale([], []), "no entries"),
