@@ -157,7 +157,7 @@ def _convert(args) -> int:
 
 
 def _train(args) -> int:
-    from jaxmat.train import describe, load_config, train_and_evaluate
+    from jaxmat.train import describe, interrupted_report, load_config, train_and_evaluate  # deferred: CLI start-up
 
     if args.describe:
         print(describe())
@@ -178,8 +178,6 @@ def _train(args) -> int:
     try:
         train_and_evaluate(cfg, workdir, resume=args.resume, log=log)  # ends with a summary of the run
     except KeyboardInterrupt:  # Ctrl-C: the checkpoint on disk is whole (written atomically); say how to go on
-        from jaxmat.train._report import interrupted_report
-
         if jax.process_index() == 0:
             again, resume = (_train_command(args, workdir, r) for r in (False, True))
             print(f"\njaxmat train: {interrupted_report(workdir, resume, again)}", file=sys.stderr, flush=True)
@@ -217,7 +215,7 @@ def _evaluate(args) -> int:
     from jaxmat.errors import ConfigError
     from jaxmat.data import read_frames
     from jaxmat.models import Ensemble, load_model
-    from jaxmat.train import error_metrics, format_metrics, format_metrics_by_group, metrics_by_group, predict
+    from jaxmat.train import error_metrics, format_metrics, format_metrics_by_group, metrics_by_group, predict_frames
 
     model = load_model(args.model)
     if model.output_kind == "graph" and args.energy_key is None:
@@ -226,7 +224,7 @@ def _evaluate(args) -> int:
     for path in args.data:
         require = ("energy",) if model.output_kind == "graph" else ("energy", "forces")
         frames = read_frames(path, energy_key=args.energy_key, require=require)
-        metrics = error_metrics(predict(model, model.params, frames, args.graphs_per_batch, args.dtype))
+        metrics = error_metrics(predict_frames(model, model.params, frames, args.graphs_per_batch, args.dtype))
         print(f"{path}  ({len(frames)} structures, model {model.name})")
         print(format_metrics(metrics))
         if isinstance(model, Ensemble):
@@ -242,16 +240,15 @@ def _evaluate(args) -> int:
 
 def _uncertainty_table(model, frames, path, args) -> None:
     """The calibration metrics of an ensemble on ``frames`` and its two plots."""
-    from jaxmat.train._uq import format_report, member_predict, uncertainty_plots, uncertainty_report
+    from jaxmat.train import atom_report, format_atom_report, format_report, predict_members  # deferred: CLI start-up
+    from jaxmat.train import uncertainty_plots, uncertainty_report
+    from jaxmat.uncertainty import member_stats
 
-    members = member_predict(model, frames, args.graphs_per_batch, args.dtype)
+    members = predict_members(model, frames, args.graphs_per_batch, args.dtype)
     print(f"uncertainty ({model.kind} ensemble of {model.size}, calibration {model.calibration['method']}; entries "
           "with zero reference excluded; MAE, RMS sigma and NLL in each row's unit):")
     print(format_report(uncertainty_report(model, members)))
     if members["forces_ref"].size:  # per atom: |force error| against |sigma vector| (what the MD watch uses)
-        from jaxmat.train._per_atom import atom_report, format_atom_report
-        from jaxmat.uncertainty import member_stats
-
         mean, std = member_stats(members["forces"])
         scale = model.spread_scale("forces") if model.is_calibrated("forces") else None
         print(format_atom_report(atom_report(members["forces_ref"], mean - members["forces_ref"], std, scale)))
@@ -262,9 +259,7 @@ def _uncertainty_table(model, frames, path, args) -> None:
 
 def _llpr_table(model, frames, args) -> None:
     """The calibration metrics of an LLPR bundle on ``frames``, components and per atom."""
-    from jaxmat.train._llpr import llpr_predict, llpr_report
-    from jaxmat.train._per_atom import format_atom_report
-    from jaxmat.train._uq import format_report
+    from jaxmat.train import format_atom_report, format_report, llpr_predict, llpr_report  # deferred: CLI start-up
 
     report = llpr_report(model, llpr_predict(model, frames, args.graphs_per_batch, args.dtype))
     atoms = report.pop("atoms", None)
@@ -285,7 +280,7 @@ def _predict(args) -> int:
         frames = read_structures(path, ":")
         structures += frames
         names += [path if len(frames) == 1 else f"{path}@{k}" for k in range(len(frames))]
-    values = model.predict(structures, batch_size=args.batch_size, dtype=args.dtype)
+    values = model.predict(structures, graphs_per_batch=args.batch_size, dtype=args.dtype)
     unit = "eV" if model.output_kind == "atoms" else model.metadata.get("units", {}).get("target", "")
     what = "energy" if model.output_kind == "atoms" else "prediction"
     print(f"# model {model.name}: {what} [{unit}]")
@@ -298,7 +293,7 @@ def _ensemble(args) -> int:
     from jaxmat.errors import ConfigError
     from jaxmat.data import read_frames
     from jaxmat.models import load_model, stack_members
-    from jaxmat.train._uq import fit_calibration, format_scales, member_predict
+    from jaxmat.train import fit_calibration, format_scales, predict_members
     from jaxmat.uncertainty import check_musil_size
 
     out = Path(args.output)
@@ -320,7 +315,7 @@ def _ensemble(args) -> int:
     if args.calibrate_on:
         frames = read_frames(args.calibrate_on, require=("energy",))
         ens = ens.with_calibration(fit_calibration(
-            ens, member_predict(ens, frames), method,
+            ens, predict_members(ens, frames), method,
             warn=lambda msg: print(f"jaxmat ensemble: warning: {msg}", file=sys.stderr, flush=True)))
     ens.save(args.output)
     print(f"wrote {args.output}: deep ensemble of {ens.size} {ens.family} members; {format_scales(ens.calibration)}")
@@ -333,8 +328,7 @@ def _llpr(args) -> int:
     from jaxmat.errors import ConfigError
     from jaxmat.data import read_frames
     from jaxmat.models import load_model
-    from jaxmat.train._llpr import fit_llpr
-    from jaxmat.train._uq import format_scales
+    from jaxmat.train import fit_llpr, format_scales
 
     out = Path(args.out)
     if out.exists() and not args.force:

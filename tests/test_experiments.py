@@ -111,10 +111,10 @@ def test_mlearn_protocol_driver(tmp_path):
         assert set(r["test"]["by_group"]) == {"AIMD-NVT", "Surface"} and r["test"]["f_mae"] > 0
         # the test metrics are those of the kept model on the test file (the frames it was evaluated on)
         from jaxmat.models import load_model
-        from jaxmat.train import error_metrics, predict
+        from jaxmat.train import error_metrics, predict_frames
 
         model = load_model(tmp_path / "runs" / f"finetune_X_{seed}" / "best_model")
-        again = error_metrics(predict(model, model.params, read_frames(tmp_path / "X_test.extxyz")))
+        again = error_metrics(predict_frames(model, model.params, read_frames(tmp_path / "X_test.extxyz")))
         assert again["f_mae"] == pytest.approx(r["test"]["f_mae"], rel=1e-5)
         trained = json.loads((tmp_path / "runs" / f"finetune_X_{seed}" / "protocol.json").read_text())["config"]
         assert "test" not in trained["data"] and trained["run"]["seed"] == seed

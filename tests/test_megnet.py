@@ -29,7 +29,7 @@ def megnet_frames():
 def test_reference_parity(megnet, megnet_frames, dtype, tol):
     assert len(megnet_frames) == 11
     ref = np.array([f.info["eform_per_atom"] for f in megnet_frames])
-    pred = megnet.predict(megnet_frames, dtype=dtype, batch_size=4)
+    pred = megnet.predict(megnet_frames, dtype=dtype, graphs_per_batch=4)
     worst = np.abs(pred - ref)
     names = [f.info["name"] for f in megnet_frames]
     assert worst.max() <= tol, dict(zip(names, worst.round(9)))
@@ -64,8 +64,8 @@ def test_invariances_batch_and_intensive(megnet, megnet_frames, name):
 
 def test_padding_changes_nothing(megnet, megnet_frames):
     small = megnet_frames[3:5]
-    a = megnet.predict(small, dtype="float64", batch_size=2)
-    b = megnet.predict(small + megnet_frames[:2], dtype="float64", batch_size=4)[:2]  # larger buckets
+    a = megnet.predict(small, dtype="float64", graphs_per_batch=2)
+    b = megnet.predict(small + megnet_frames[:2], dtype="float64", graphs_per_batch=4)[:2]  # larger buckets
     np.testing.assert_allclose(a, b, atol=1e-10)
 
 

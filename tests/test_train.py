@@ -405,7 +405,7 @@ def test_mlearn_stress_sign_and_units_match_ase_convention(calc32, element):
 
 @pytest.mark.slow  # minutes on 2 cores: outside the default suite (-m slow)
 def test_metrics_by_group_routes_each_frame_to_its_group(model, labelled_file):
-    from jaxmat.train import error_metrics, format_metrics_by_group, metrics_by_group, predict
+    from jaxmat.train import error_metrics, format_metrics_by_group, metrics_by_group, predict_frames
 
     frames = read_frames(labelled_file)
     for k, f in enumerate(frames[:8]):
@@ -417,6 +417,6 @@ def test_metrics_by_group_routes_each_frame_to_its_group(model, labelled_file):
     assert {g: m["n"] for g, m in table.items()} == {"(none)": 4, "exact": 4, "shifted": 4}
     assert abs(table["shifted"]["e_mae"] - 100.0) < 0.1  # meV/atom
     assert table["exact"]["e_mae"] < 0.1 and table["(none)"]["e_mae"] < 0.1
-    overall = error_metrics(predict(model, model.params, frames))  # equal-size frames: plain mean of groups
+    overall = error_metrics(predict_frames(model, model.params, frames))  # equal-size frames: plain mean of groups
     assert np.isclose(overall["f_mae"], np.mean([m["f_mae"] for m in table.values()]), rtol=1e-5)
     assert "shifted" in format_metrics_by_group(table)

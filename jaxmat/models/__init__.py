@@ -13,7 +13,7 @@ from jaxmat.models._load import load_model
 from jaxmat.models._m3gnet import M3GNet
 from jaxmat.models._megnet import MEGNet
 from jaxmat.models._model import Model, expected_param_shapes, fresh_params
-from jaxmat.models._predict import host_graph_totals, warn_outside_domain
+from jaxmat.models._predict import check_batching, host_graph_totals, run_batches, warn_outside_domain
 from jaxmat.models._registry import (
     FAMILIES,
     check_hyperparameters,
@@ -34,6 +34,7 @@ __all__ = [
     "Model",
     "SevenNet",
     "UnknownElementError",
+    "check_batching",
     "check_hyperparameters",
     "check_params",
     "check_weights",
@@ -51,6 +52,7 @@ __all__ = [
     "load_model",
     "read_bundle",
     "resolved_hyperparameters",
+    "run_batches",
     "save_bundle",
     "stack_members",
     "warn_if_uncalibrated",

@@ -7,6 +7,7 @@ the subclasses (``Ensemble``, ``LLPRModel``); nothing here imports them.
 from __future__ import annotations
 
 import dataclasses
+import warnings
 from pathlib import Path
 from typing import Any
 
@@ -71,10 +72,17 @@ class Model:
     def with_params(self, params) -> "Model":
         return Model(self.family, self.hyperparameters, params, self.metadata)
 
-    def predict(self, structures, batch_size: int = 32, dtype: str = "float32", checks=None):
-        """(len(structures),) numpy predictions; see ``jaxmat.models._predict.predict_structures``. ``checks``:
-        a ``jaxmat.graph.StructureChecks`` (default thresholds if None)."""
-        return predict_structures(self, structures, batch_size, dtype, cache=self._cache,
+    def predict(self, structures, graphs_per_batch: int = 32, dtype: str = "float32", checks=None, *,
+                batch_size: int | None = None):
+        """(len(structures),) float64 numpy predictions, ``graphs_per_batch`` structures per jitted
+        call; see ``jaxmat.models._predict.predict_structures``. ``checks``: a
+        ``jaxmat.graph.StructureChecks`` (default thresholds if None). ``batch_size``: the old name
+        of ``graphs_per_batch`` (deprecated)."""
+        if batch_size is not None:
+            warnings.warn("Model.predict(batch_size=...) is deprecated: the argument is now graphs_per_batch "
+                          "(the name training configs and jaxmat evaluate use)", DeprecationWarning, stacklevel=2)
+            graphs_per_batch = batch_size
+        return predict_structures(self, structures, graphs_per_batch, dtype, cache=self._cache,
                                   checks=checks or DEFAULT_CHECKS)
 
     def hyperparameter(self, name: str):

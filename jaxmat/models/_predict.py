@@ -1,8 +1,11 @@
-"""Batched, jit-compiled predictions of a model on a list of structures (``Model.predict``)."""
+"""Batched, jit-compiled predictions over many structures: one core (``run_batches``) and the
+front end of ``Model.predict`` (``predict_structures``). The labelled-frame front ends
+(``jaxmat.train.predict_frames``, ``jaxmat.train.predict_members``) run the same core."""
 
 from __future__ import annotations
 
 import warnings
+from typing import Callable, Iterable
 
 import jax
 import jax.numpy as jnp
@@ -14,16 +17,47 @@ from jaxmat.data import batch_budget
 from jaxmat.graph import DEFAULT_CHECKS, PadSizes, StructureChecks, atoms_to_graph, batch_graphs, cast_floats, pad_graph
 
 
-def _budget(graphs, batch_size: int) -> PadSizes:
+def _budget(graphs, graphs_per_batch: int) -> PadSizes:
     """``jaxmat.data.batch_budget`` rounded up to powers of two (fewer distinct compilations)."""
-    b = batch_budget(graphs, batch_size)
+    b = batch_budget(graphs, graphs_per_batch)
     up = lambda x: int(2 ** np.ceil(np.log2(max(int(x), 8))))  # noqa: E731
     return PadSizes(up(b.n_node), up(b.n_edge), up(b.n_triplet), b.n_graph)
 
 
 def host_graph_totals(values, graph_index, n_graph: int) -> np.ndarray:
-    """(G,) float64 sums of per-node values (N,) on the host (exact for any number of atoms)."""
-    return np.bincount(np.asarray(graph_index), weights=np.asarray(values, np.float64), minlength=n_graph)[:n_graph]
+    """(..., G) float64 sums of per-node values (..., N) on the host (exact for any number of
+    atoms); leading axes (e.g. ensemble members) are summed one row at a time."""
+    values, index = np.asarray(values, np.float64), np.asarray(graph_index)
+    if values.ndim == 1:
+        return np.bincount(index, weights=values, minlength=n_graph)[:n_graph]
+    rows = [np.bincount(index, weights=v, minlength=n_graph)[:n_graph] for v in values.reshape(-1, values.shape[-1])]
+    return np.stack(rows).reshape(*values.shape[:-1], n_graph)
+
+
+def check_batching(where: str, graphs_per_batch, dtype) -> None:
+    """ConfigError (``jaxmat._checks``) unless ``graphs_per_batch`` >= 1 and ``dtype`` is a float type."""
+    check_value(where, "graphs_per_batch", graphs_per_batch, "int", at_least(1))
+    check_value(where, "dtype", dtype, "str", one_of("float32", "float64"))
+
+
+def run_batches(fn: Callable, params, batches: Iterable, dtype: str) -> list[tuple[list, dict]]:
+    """The core of every batched prediction: ``fn(params, graph)`` (jitted, returning a dict) on
+    each ``(indices, padded graph)`` of ``batches`` with the float leaves of ``params`` cast to
+    ``dtype`` ("float64" runs under ``jax.enable_x64``; ``batches`` is consumed inside it).
+
+    Returns ``[(indices, results)]`` with host (numpy) results; where ``fn`` gives per-atom
+    ``energies`` (..., N) [eV], ``energy`` is replaced by their per-structure totals (..., G),
+    summed in float64 on the host (``host_graph_totals``).
+    """
+    out = []
+    with jax.enable_x64(dtype == "float64"):
+        p = jax.tree_util.tree_map(lambda x: jnp.asarray(x, dtype), params)
+        for indices, g in batches:
+            res = jax.device_get(fn(p, g))
+            if "energies" in res:
+                res["energy"] = host_graph_totals(res["energies"], g.graph.nodes["graph_index"], g.n_graph)
+            out.append((indices, res))
+    return out
 
 
 def warn_outside_domain(model, structures) -> None:
@@ -40,15 +74,9 @@ def warn_outside_domain(model, structures) -> None:
             stacklevel=3)
 
 
-def predict_structures(model, structures, batch_size: int = 32, dtype: str = "float32", cache: dict | None = None,
-            checks: StructureChecks = DEFAULT_CHECKS) -> np.ndarray:
-    """Predictions for ``structures`` (list of ``ase.Atoms``) -> (len(structures),) numpy array.
-
-    Graph models (MEGNet) give their target (e.g. formation energy, eV/atom); potentials give
-    the total energy (eV). Raises ``UnknownElementError``/``StructureError`` on bad input.
-    """
-    check_value("Model.predict", "batch_size", batch_size, "int", at_least(1))
-    check_value("Model.predict", "dtype", dtype, "str", one_of("float32", "float64"))
+def _structure_graphs(model, structures, checks: StructureChecks) -> list:
+    """Host graphs of ``structures`` (a list of ``ase.Atoms``) for ``model``'s cutoffs; errors name
+    the structure (its index and formula)."""
     if isinstance(structures, Atoms):
         raise TypeError("predict takes a list of ase.Atoms; wrap a single structure: predict([atoms])")
     structures = list(structures)
@@ -63,21 +91,30 @@ def predict_structures(model, structures, batch_size: int = 32, dtype: str = "fl
             graphs.append(atoms_to_graph(atoms, model.cutoff, model.three_body_cutoff, checks))
         except ValueError as err:  # StructureError, UnknownElementError: say which structure
             raise type(err)(f"structure {k} ({atoms.get_chemical_formula()}): {err}") from None
+    return graphs
+
+
+def predict_structures(model, structures, graphs_per_batch: int = 32, dtype: str = "float32",
+                       cache: dict | None = None, checks: StructureChecks = DEFAULT_CHECKS) -> np.ndarray:
+    """Predictions for ``structures`` (list of ``ase.Atoms``) -> (len(structures),) float64 numpy array.
+
+    Graph models (MEGNet) give their target (e.g. formation energy, eV/atom); potentials give
+    the total energy (eV), summed per structure in float64 on the host. Structures are batched in
+    order, ``graphs_per_batch`` at a time, padded to one power-of-two budget. ``cache``: where the
+    jitted function is kept between calls (``Model._cache``). Raises
+    ``UnknownElementError``/``StructureError`` on bad input.
+    """
+    check_batching("Model.predict", graphs_per_batch, dtype)
+    graphs = _structure_graphs(model, structures, checks)
     if not graphs:
         return np.zeros(0)
-    batch_size = min(batch_size, len(graphs))
-    budget = _budget(graphs, batch_size)
+    graphs_per_batch = min(graphs_per_batch, len(graphs))
+    budget = _budget(graphs, graphs_per_batch)
     cache = {} if cache is None else cache
-    # potentials return per-atom energies, summed per structure in float64 on the host
-    fn = cache.setdefault(("predict", dtype), jax.jit(model.apply))
-    out = []
-    with jax.enable_x64(dtype == "float64"):
-        params = jax.tree_util.tree_map(lambda x: jnp.asarray(x, dtype), model.params)
-        for start in range(0, len(graphs), batch_size):
-            chunk = graphs[start : start + batch_size]
-            g = cast_floats(pad_graph(batch_graphs(chunk), budget), dtype)
-            values = np.asarray(fn(params, g), np.float64)
-            if model.output_kind != "graph":
-                values = host_graph_totals(values, g.graph.nodes["graph_index"], budget.n_graph)
-            out.append(values[: len(chunk)])
-    return np.concatenate(out)
+    key = "energies" if model.output_kind != "graph" else "energy"
+    fn = cache.setdefault(("predict", dtype), jax.jit(lambda p, g: {key: model.apply(p, g)}))
+    starts = range(0, len(graphs), graphs_per_batch)
+    batches = ((range(s, min(s + graphs_per_batch, len(graphs))),
+                cast_floats(pad_graph(batch_graphs(graphs[s : s + graphs_per_batch]), budget), dtype)) for s in starts)
+    results = run_batches(fn, model.params, batches, dtype)
+    return np.concatenate([np.asarray(res["energy"], np.float64)[: len(idx)] for idx, res in results])

@@ -9,58 +9,34 @@ import jax
 import numpy as np
 
 from jaxmat import uncertainty as uq
-from jaxmat._checks import at_least, check_value, one_of
-from jaxmat.data import batch_budget, build_graphs, make_batch, pack
+from jaxmat.data import batch_budget, build_graphs
 from jaxmat.errors import ConfigError, DatasetError
 from jaxmat.graph import DEFAULT_CHECKS
-from jaxmat.models import Ensemble
+from jaxmat.models import Ensemble, check_batching, run_batches
+from jaxmat.train._evaluate import frame_batches, labelled_entries
 from jaxmat.train._loss import EV_A3_TO_GPA
 
-#: quantities and the unit of their predictions (``member_predict``)
+#: quantities and the unit of their predictions (``predict_members``)
 QUANTITIES = (("energy", "eV/atom"), ("forces", "eV/A"), ("stress", "eV/A^3"))
 #: unit and factor from the prediction unit of each quantity in reports and plots: those of ``error_metrics``
 REPORT_UNITS = {"energy": ("meV/atom", 1000.0), "forces": ("eV/A", 1.0), "stress": ("GPa", EV_A3_TO_GPA)}
 
 
-def member_predict(ens: Ensemble, frames, graphs_per_batch: int = 4, dtype: str = "float32",
-                   checks=DEFAULT_CHECKS, mode: str = "auto") -> dict:
+def predict_members(ens: Ensemble, frames, graphs_per_batch: int = 4, dtype: str = "float32",
+                    checks=DEFAULT_CHECKS, mode: str = "auto") -> dict:
     """Per-member predictions and labels of the labelled entries of ``frames``:
     ``energy`` (K, n_e) eV/atom, ``forces`` (K, n_f, 3) eV/A, ``stress`` (K, n_s, 3, 3) eV/A^3, and
     the references ``energy_ref`` (n_e,), ``forces_ref`` (n_f, 3), ``stress_ref`` (n_s, 3, 3), and
-    the index of each entry's frame in ``energy_frame``, ``forces_frame``, ``stress_frame``."""
+    the index of each entry's frame in ``energy_frame``, ``forces_frame``, ``stress_frame``. The
+    ensemble front end of ``predict_frames`` (same batches, same core)."""
     if not isinstance(ens, Ensemble):
         raise ConfigError(f"an uncertainty report needs an ensemble (jaxmat.models.Ensemble), got {type(ens).__name__}")
-    check_value("evaluate", "graphs_per_batch", graphs_per_batch, "int", at_least(1))
-    check_value("evaluate", "dtype", dtype, "str", one_of("float32", "float64"))
+    check_batching("evaluate", graphs_per_batch, dtype)
     graphs = build_graphs(frames, ens, checks)
     budget = batch_budget(graphs, graphs_per_batch)
     mode = ens.choose_mode(mode, budget.n_edge)
-    out = {f"{q}{s}": [] for q, _ in QUANTITIES for s in ("", "_ref", "_frame")}
-    with jax.enable_x64(dtype == "float64"):
-        fn = jax.jit(lambda p, g: ens.member_results(p, g, True, mode))
-        params = jax.tree_util.tree_map(lambda x: np.asarray(x, dtype), ens.params)
-        for idx in pack(np.arange(len(frames)), graphs, budget):
-            g = make_batch(idx, frames, graphs, budget, dtype).graph
-            res = jax.device_get(fn(params, g))
-            index = np.asarray(g.graph.nodes["graph_index"])
-            energies = np.asarray(res["energies"], np.float64)
-            totals = np.stack([np.bincount(index, weights=e, minlength=budget.n_graph) for e in energies])
-            start = 0
-            for k, i in enumerate(idx):
-                f, n = frames[i], len(frames[i].atoms)
-                if f.energy is not None:
-                    out["energy"].append(totals[:, k] / n)
-                    out["energy_ref"].append(f.energy / n)
-                    out["energy_frame"].append(i)
-                if f.forces is not None:
-                    out["forces"].append(res["forces"][:, start : start + n])
-                    out["forces_ref"].append(f.forces)
-                    out["forces_frame"].append(np.full(n, i))
-                if f.stress is not None:
-                    out["stress"].append(res["stress"][:, k])
-                    out["stress_ref"].append(f.stress)
-                    out["stress_frame"].append(i)
-                start += n
+    fn = jax.jit(lambda p, g: ens.member_results(p, g, True, mode))
+    out = labelled_entries(frames, run_batches(fn, ens.params, frame_batches(frames, graphs, budget, dtype), dtype))
     K = ens.size
     return {"energy": np.stack(out["energy"], 1) if out["energy"] else np.zeros((K, 0)),
             "energy_ref": np.asarray(out["energy_ref"]),
@@ -70,6 +46,10 @@ def member_predict(ens: Ensemble, frames, graphs_per_batch: int = 4, dtype: str 
             "stress_ref": np.asarray(out["stress_ref"]) if out["stress_ref"] else np.zeros((0, 3, 3)),
             "energy_frame": np.asarray(out["energy_frame"], int), "stress_frame": np.asarray(out["stress_frame"], int),
             "forces_frame": np.concatenate(out["forces_frame"]) if out["forces_frame"] else np.zeros(0, int)}
+
+
+#: the former name of ``predict_members`` (modules of the training loop still import it from here)
+member_predict = predict_members
 
 
 def errors_and_sigmas(pred: dict) -> dict:
@@ -84,7 +64,7 @@ def errors_and_sigmas(pred: dict) -> dict:
 
 def out_of_sample(pred: dict, seen) -> dict:
     """{quantity: (ref, err, sigma, M)} flat, from the members that did not train on each entry's
-    frame (``seen``: (K, n_frames) bool, ``member_predict`` on those training frames); entries with
+    frame (``seen``: (K, n_frames) bool, ``predict_members`` on those training frames); entries with
     fewer than 2 such members are dropped."""
     seen = np.asarray(seen, bool)
     out = {}
@@ -103,7 +83,7 @@ def out_of_sample(pred: dict, seen) -> dict:
 
 
 def fit_calibration(ens: Ensemble, pred: dict, method: str = "nll", seen=None, warn=None) -> dict:
-    """Scales of the energy, force and stress spreads from predictions (``member_predict``):
+    """Scales of the energy, force and stress spreads from predictions (``predict_members``):
     "nll" (``uncertainty.nll_scale``), "musil" (``uncertainty.musil_alpha``) or "none" (not calibrated).
     The frames are held out (validation), or, with ``seen`` ((K, n_frames) bool: which member
     trained on which frame), training frames scored by the members that did not see them.
