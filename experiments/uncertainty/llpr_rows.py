@@ -93,7 +93,7 @@ def ensemble_atoms(name: str) -> dict | None:
     from jaxmat import load_model
     from jaxmat.train import config_frames, load_config
     from jaxmat.train._per_atom import atom_report
-    from jaxmat.train._uq import member_predict
+    from jaxmat.train import predict_members
     from jaxmat.uncertainty import member_stats
 
     best = HERE / "runs" / name / "best_model"
@@ -104,7 +104,7 @@ def ensemble_atoms(name: str) -> dict | None:
         return json.loads(path.read_text())
     ens = load_model(best)
     frames = config_frames(load_config(HERE / "configs" / f"{name}.json"), "test")
-    pred = member_predict(ens, frames)
+    pred = predict_members(ens, frames)
     mean, std = member_stats(pred["forces"])
     scale = ens.spread_scale("forces") if ens.is_calibrated("forces") else None
     out = {"atoms": atom_report(pred["forces_ref"], mean - pred["forces_ref"], std, scale)}
