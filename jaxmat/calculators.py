@@ -33,8 +33,9 @@ from jaxmat.graph import (
     pad_graph,
     sizing_triplets,
 )
-from jaxmat.models import DEFAULT_MODEL, Ensemble, load_model
+from jaxmat.models import DEFAULT_MODEL, Ensemble, LLPRModel, load_model
 from jaxmat.potential import energy_forces_stress, to_voigt
+from jaxmat.uncertainty import member_stats
 
 
 class JaxmatCalculator(Calculator):
@@ -111,7 +112,7 @@ class JaxmatCalculator(Calculator):
                                   f"ensemble's {self.model.size} members, at most the {jax.device_count()} devices")
         if isinstance(self.model, Ensemble):
             self.implemented_properties = self.implemented_properties + self.ensemble_properties
-        elif self.is_llpr:  # a single model with its last-layer uncertainty (jaxmat.models._llpr)
+        elif self.is_llpr:  # a single model with its last-layer uncertainty (jaxmat.models.LLPRModel)
             self.implemented_properties = self.implemented_properties + self.ensemble_properties[:3]
         self.headroom, self.growth, self.checks, self.sizing_margin = headroom, growth, checks, sizing_margin
         self.sizes: PadSizes | None = None
@@ -190,14 +191,10 @@ class JaxmatCalculator(Calculator):
 
     @property
     def is_llpr(self) -> bool:
-        from jaxmat.models._llpr import LLPRModel
-
         return isinstance(self.model, LLPRModel)
 
     def _ensemble_results(self, out, n: int, periodic: bool) -> dict:
         """Means, calibrated spreads (ddof=1 x the bundle's scales) and the members' own values."""
-        from jaxmat.uncertainty import member_stats
-
         scale = self.model.spread_scale  # 1 for a quantity the bundle does not calibrate (raw members' std)
         energies = np.asarray(out["energies"][:, :n], np.float64)  # (K, n)
         members = energies.sum(axis=1)  # float64 totals per member

@@ -16,9 +16,7 @@ import numpy as np
 from jaxmat.convert._common import load_state_dict
 from jaxmat.convert._megnet import megnet_from_matgl
 from jaxmat.errors import ConversionError
-from jaxmat.models import Model
-from jaxmat.models._bundle import check_params
-from jaxmat.models._model import expected_param_shapes
+from jaxmat.models import Model, check_params, expected_param_shapes
 
 
 def _family(model_json: dict) -> str:

@@ -14,8 +14,9 @@ import flax.serialization
 import jax
 import numpy as np
 
+from jaxmat._io import atomic_write
 from jaxmat.errors import BundleError, CheckpointError
-from jaxmat.models._bundle import atomic_write, check_weights
+from jaxmat.models import check_weights
 
 FORMAT = "jaxmat-checkpoint"
 FORMAT_VERSION = 1

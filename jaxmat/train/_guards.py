@@ -14,6 +14,7 @@ import numpy as np
 from jaxmat.errors import CheckpointError, ConfigError, TrainingError
 from jaxmat.train._checkpoint import CHECKPOINT_FILE, recover_dir
 from jaxmat.train._optim import param_path
+from jaxmat.train._report import write_json
 
 
 def remove_orphans(workdir: Path, log) -> None:
@@ -60,8 +61,6 @@ def record_config(cfg, workdir: Path, log, resumed: bool, write: bool = True) ->
         if changed:
             log("resumed with a changed config: " + text(changed))
     if write:
-        from jaxmat.train._report import write_json
-
         write_json(path, new)
 
 

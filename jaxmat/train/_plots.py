@@ -7,9 +7,11 @@ from pathlib import Path
 
 import numpy as np
 
+from jaxmat.train._loss import EV_A3_TO_GPA
+
 
 def _plt():
-    import matplotlib
+    import matplotlib  # deferred: matplotlib (optional, ~0.5 s to import), only when plots are written
 
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
@@ -41,8 +43,6 @@ def learning_curves(metrics_csv, out_png) -> Path:
 
 
 def parity_plots(pred: dict, out_png, title: str = "") -> Path:
-    from jaxmat.train._loss import EV_A3_TO_GPA
-
     plt = _plt()
     panels = [("e", "energy (eV/atom)", 1.0), ("f", "force components (eV/A)", 1.0), ("s", "stress components (GPa)", EV_A3_TO_GPA)]
     panels = [p for p in panels if pred[f"{p[0]}_ref"].size]

@@ -12,7 +12,7 @@ from pathlib import Path
 
 import numpy as np
 
-from jaxmat.models._bundle import atomic_write
+from jaxmat._io import atomic_write
 from jaxmat.train._checkpoint import CHECKPOINT_FILE
 
 #: (metrics key prefix, name, unit) of the error metrics (``error_metrics``) a summary shows
