@@ -5,10 +5,15 @@ The protocol, fixed before any test number is seen:
 * the validation split is carved from the official training file (``data.valid_fraction``, seeded by
   ``run.seed``; each seed has its own split, data order and initialisation);
 * the budget is a number of epochs (the cosine schedule's horizon), with early stopping on the
-  validation loss; the model kept is the best-validation EMA weights (``best_model/``);
+  validation loss, and optionally a cap in one-core minutes (``Run.cap_minutes``: the run's minutes
+  summed over every call); the model kept is the best-validation EMA weights (``best_model/``);
 * the training config never names the test file: the driver evaluates the official test split once,
-  after the run has ended by its epochs or by early stopping, into ``test.json``, which is never
-  recomputed. A run stopped by a wall-time cap is resumed (bit-identically), not evaluated.
+  after the run has ended by its epochs, by early stopping or at its cap, into ``test.json``, which is
+  never recomputed. A run stopped by a per-call wall-time limit (``--minutes``) before its cap is
+  resumed (bit-identically), not evaluated. Validation-only runs (a search) have no test file
+  (``Run.test`` None) and are never evaluated on one;
+* each run's summary says how it ended ("epochs", "early_stopping" or "cap") and how much its
+  best-so-far validation curves fell over the last ``TAIL_FRACTION`` of its epochs (``tail_fall``).
 
 Runs are independent subprocesses, ``lanes`` at a time, each pinned to one CPU core (one XLA thread),
 so a run's minutes are minutes of one core. Calling the driver again skips finished runs and
@@ -36,12 +41,17 @@ from typing import NamedTuple
 SINGLE_THREAD = "--xla_cpu_multi_thread_eigen=false intra_op_parallelism_threads=1"
 
 
+#: the end of a validation curve whose fall a run summary reports (``tail_fall``)
+TAIL_FRACTION = 0.1
+
+
 class Run(NamedTuple):
     """One training run: ``config`` is a full training config (data.train, no data.test)."""
     key: str  #: row label, e.g. "finetune/Si/0"
     config: dict
-    test: str  #: the official test file, evaluated once at the end
+    test: str | None  #: the official test file, evaluated once at the end (None: validation only, never a test)
     workdir: Path
+    cap_minutes: float | None = None  #: budget in one-core minutes, summed over every call (None: none)
 
 
 def merge(base: dict, over: dict) -> dict:
@@ -63,17 +73,50 @@ def fmt(values, digits: int) -> str:
 
 
 def status(workdir: Path) -> str:
-    """"done" (summary.json written), "trained" (ended by its epochs or early stopping, not yet
-    summarised), "partial" (a checkpoint to resume) or "new"."""
+    """"done" (summary.json written), "trained" (ended by its epochs, early stopping or at its cap, not
+    yet summarised), "partial" (a checkpoint to resume) or "new"."""
     if (workdir / "summary.json").is_file():
         return "done"
-    try:
-        ended = json.loads((workdir / "results.json").read_text()).get("ended")
-    except (OSError, ValueError):  # absent, or being written
-        ended = None
-    if ended in ("epochs", "early_stopping"):
+    if ended(workdir) in ("epochs", "early_stopping", "cap"):
         return "trained"
     return "partial" if (workdir / "checkpoint.msgpack").is_file() else "new"
+
+
+def ended(workdir: Path) -> str | None:
+    """Why the run's last call stopped (results.json), with "cap" for a wall-time stop once the run's
+    minutes have reached its ``cap_minutes``; None before any results."""
+    try:
+        why = json.loads((workdir / "results.json").read_text()).get("ended")
+    except (OSError, ValueError):  # absent, or being written
+        return None
+    cap = _spec(workdir).get("cap_minutes")
+    return "cap" if why == "wall_time" and cap is not None and spent_minutes(workdir) >= cap else why
+
+
+def _spec(workdir: Path) -> dict:
+    try:
+        return json.loads((workdir / "protocol.json").read_text())
+    except (OSError, ValueError):
+        return {}
+
+
+def spent_minutes(workdir: Path) -> float:
+    """The run's one-core minutes so far: the wall time of every call (minutes.json), summed."""
+    path = workdir / "minutes.json"
+    return float(sum(json.loads(path.read_text()))) if path.is_file() else 0.0
+
+
+def tail_fall(curve, fraction: float = TAIL_FRACTION) -> float | None:
+    """How much (%) the best-so-far value of a validation ``curve`` fell over its last ``fraction`` of
+    epochs: 100 (b[-k-1] - b[-1]) / b[-k-1] with b the running minimum and k = max(1, round(fraction
+    * epochs)); None for a curve of k epochs or fewer. Near 0: the run had converged (by this measure)."""
+    import numpy as np
+
+    b = np.minimum.accumulate(np.asarray([c for c in curve if c is not None], float))
+    k = max(1, int(round(fraction * len(b))))
+    if len(b) <= k or not np.all(np.isfinite(b[-k - 1:])) or b[-k - 1] == 0:
+        return None
+    return float(100 * (b[-k - 1] - b[-1]) / b[-k - 1])
 
 
 def prepare(run: Run) -> None:
@@ -83,6 +126,8 @@ def prepare(run: Run) -> None:
         raise ValueError(f"{run.key}: the training config must not name the test file (the driver evaluates it once)")
     run.workdir.mkdir(parents=True, exist_ok=True)
     spec = {"key": run.key, "config": run.config, "test": run.test}
+    if run.cap_minutes is not None:
+        spec["cap_minutes"] = run.cap_minutes
     path = run.workdir / "protocol.json"
     if path.is_file():
         old = json.loads(path.read_text())
@@ -186,17 +231,27 @@ def one(workdir: Path, core: int | None, minutes: float | None) -> None:
     spec = json.loads((workdir / "protocol.json").read_text())
     with locked(workdir / ".lock"):
         if status(workdir) in ("new", "partial"):
-            cfg = config_from_dict(merge(spec["config"], {"run": {"max_wall_minutes": minutes, "progress": False}}))
-            t0 = time.perf_counter()
+            limits = [m for m in (minutes, _remaining(workdir, spec)) if m is not None]
+            cfg = config_from_dict(merge(spec["config"], {"run": {"max_wall_minutes": min(limits) if limits else None,
+                                                                   "progress": False}}))
+            t0, c0 = time.perf_counter(), time.process_time()
             try:
                 train_and_evaluate(cfg, workdir, resume=True)
-            finally:  # the minutes of every call, partial epochs included
-                spent = json.loads((workdir / "minutes.json").read_text()) if (workdir / "minutes.json").is_file() else []
-                (workdir / "minutes.json").write_text(json.dumps(spent + [(time.perf_counter() - t0) / 60]) + "\n")
+            finally:  # the minutes of every call, partial epochs included (wall time; CPU time alongside)
+                for name, used in (("minutes.json", time.perf_counter() - t0), ("cpu_minutes.json", time.process_time() - c0)):
+                    spent = json.loads((workdir / name).read_text()) if (workdir / name).is_file() else []
+                    (workdir / name).write_text(json.dumps(spent + [used / 60]) + "\n")
         if status(workdir) == "trained":
-            if not (workdir / "test.json").is_file():  # evaluated once: a kill after it keeps that number
+            if spec.get("test") and not (workdir / "test.json").is_file():  # evaluated once: a kill after it keeps it
                 evaluate_test(workdir, spec)
             _write_summary(workdir, spec)
+
+
+def _remaining(workdir: Path, spec: dict) -> float | None:
+    """Minutes left under the run's cap (None: no cap); a tiny positive number once spent, so that a
+    run killed after its cap but before its results still writes them (one more step)."""
+    cap = spec.get("cap_minutes")
+    return None if cap is None else max(cap - spent_minutes(workdir), 1e-6)
 
 
 def evaluate_test(workdir: Path, spec: dict) -> dict:
@@ -222,8 +277,10 @@ def evaluate_test(workdir: Path, spec: dict) -> dict:
 
 
 def _write_summary(workdir: Path, spec: dict) -> None:
-    """summary.json: epochs, best epoch, why it ended, one-core minutes (summed over calls), parameter
-    count, the validation curve, the kept model's validation metrics and the test metrics."""
+    """summary.json: epochs, best epoch, why it ended ("epochs", "early_stopping" or "cap"), one-core
+    minutes (summed over calls; CPU minutes alongside), the cap, parameter count, the validation
+    curves and their fall over the last ``TAIL_FRACTION`` of epochs, the kept model's validation
+    metrics and the test metrics (None for a validation-only run)."""
     import jax
     import numpy as np
 
@@ -237,11 +294,17 @@ def _write_summary(workdir: Path, spec: dict) -> None:
         minutes = sum(w for w, nxt in zip(walls, walls[1:] + [0.0]) if nxt < w) / 60
     model = load_model(workdir / "best_model")
     results = json.loads((workdir / "results.json").read_text())
+    curve = {k: [round(float(r[k]), 6) if r.get(k) not in (None, "") else None for r in rows]
+             for k in ("val_loss", "val_e_mae", "val_f_mae")}
+    cpu = workdir / "cpu_minutes.json"
     out = {"key": spec["key"], "epochs": int(rows[-1]["epoch"]), "best_epoch": int(model.metadata["validation"]["epoch"]),
-           "ended": results["ended"], "minutes": round(minutes, 2),
+           "ended": ended(workdir), "minutes": round(minutes, 2),
+           "cpu_minutes": round(sum(json.loads(cpu.read_text())), 2) if cpu.is_file() else None,
+           "cap_minutes": spec.get("cap_minutes"),
            "params": int(sum(np.size(x) for x in jax.tree_util.tree_leaves(model.params))),
-           "curve": {k: [round(float(r[k]), 6) for r in rows] for k in ("val_e_mae", "val_f_mae")},
-           "valid": results.get("valid", {}), "test": json.loads((workdir / "test.json").read_text())}
+           "curve": curve, "tail_fall_percent": {k: tail_fall(v) for k, v in curve.items()},
+           "valid": results.get("valid", {}),
+           "test": json.loads((workdir / "test.json").read_text()) if spec.get("test") else None}
     (workdir / "summary.json").write_text(json.dumps(out, indent=1) + "\n")
 
 

@@ -20,7 +20,7 @@ from pathlib import Path
 
 HERE = Path(__file__).resolve().parent
 sys.path.insert(0, str(HERE.parent))
-from _protocol import Run, fmt, load_record, merge, report_unfinished, run_all  # noqa: E402
+from _protocol import TAIL_FRACTION, Run, fmt, load_record, merge, report_unfinished, run_all, tail_fall  # noqa: E402
 
 GROUPS = ("AIMD-NVT", "Elastic", "Surface", "Vacancy")
 # test-set MAE, energy meV/atom and force eV/A. GAP and MTP: Zuo et al., J. Phys. Chem. A 124, 731 (2020),
@@ -55,8 +55,20 @@ def plan(spec: dict, root: Path) -> list[Run]:
                 cfg = merge(merge(spec["base"], s["config"]), {
                     "data": {"train": data_file(spec, el, "train")},
                     "optim": {"epochs": epochs}, "run": {"seed": seed}})
-                runs.append(Run(f"{setup}/{el}/{seed}", cfg, data_file(spec, el, "test"), root / "runs" / f"{setup}_{el}_{seed}"))
+                runs.append(Run(f"{setup}/{el}/{seed}", cfg, data_file(spec, el, "test"), root / "runs" / f"{setup}_{el}_{seed}",
+                                s.get("cap_minutes", spec.get("cap_minutes"))))
     return runs
+
+
+#: how each run ended, in the table: early stopping, the cap in one-core minutes, the schedule's last epoch
+ENDED = {"early_stopping": "early stop", "cap": "cap", "epochs": "schedule end"}
+
+
+def run_tail(r: dict, key: str = "val_f_mae") -> float | None:
+    """The run's fall (%) of its best-so-far validation ``key`` over its last TAIL_FRACTION of epochs
+    (from its summary, or computed from its curve for runs summarised before it was recorded)."""
+    got = r.get("tail_fall_percent", {}).get(key)
+    return got if got is not None or key not in r.get("curve", {}) else tail_fall(r["curve"][key])
 
 
 def zero_shot(spec: dict, record: dict, elements) -> None:
@@ -76,30 +88,34 @@ def zero_shot(spec: dict, record: dict, elements) -> None:
 
 
 def table(spec: dict, record: dict) -> list[str]:
+    tail = f"val E / F fall (%), last {round(100 * TAIL_FRACTION)} % of epochs"
     lines = ["| element | model | test E MAE (meV/atom) | test F MAE (eV/A) | test stress MAE (GPa) | seeds | "
-             "epochs: run (best) | one-core min/run |", "|---|---|---|---|---|---|---|---|"]
+             f"epochs: run (best) | ended | {tail} | one-core min/run |", "|---|---|---|---|---|---|---|---|---|---|"]
     for el in elements(spec):
         zs = record.get(f"zeroshot/{el}/-")
         if zs:
-            lines.append(f"| {el} | pretrained, zero-shot | - | {zs['test']['f_mae']:.4f} | {zs['test']['s_mae']:.3f} | | | |")
+            lines.append(f"| {el} | pretrained, zero-shot | - | {zs['test']['f_mae']:.4f} | {zs['test']['s_mae']:.3f} | | | | | |")
         for setup in spec["setups"]:
             rows = [record[f"{setup}/{el}/{s}"] for s in spec["seeds"] if f"{setup}/{el}/{s}" in record]
             if el not in spec["setups"][setup]["epochs"]:
                 continue
             if not rows:
-                lines.append(f"| {el} | {LABELS[setup]} | not run yet | | | 0 | | |")
+                lines.append(f"| {el} | {LABELS[setup]} | not run yet | | | 0 | | | | |")
                 continue
             t, n = [r["test"] for r in rows], f"{len(rows)}" + ("" if len(rows) == len(spec["seeds"]) else " (incomplete)")
             epochs = ", ".join(f"{r['epochs']} ({r['best_epoch']})" for r in rows)
+            ended = ", ".join(ENDED.get(r["ended"], r["ended"]) for r in rows)
+            falls = ", ".join(" / ".join("-" if run_tail(r, k) is None else f"{run_tail(r, k):.1f}" for k in ("val_e_mae", "val_f_mae"))
+                              for r in rows)
             lines.append(
                 f"| {el} | {LABELS[setup]} | {fmt([x['e_mae'] for x in t], 2)} | {fmt([x['f_mae'] for x in t], 4)} | "
                 f"{fmt([x['s_mae'] for x in t], 3)} | {n} | "
-                f"{epochs} | "
+                f"{epochs} | {ended} | {falls} | "
                 f"{fmt([r['minutes'] for r in rows], 1)} |")
         for name, values in PUBLISHED.items():
             if el in values:
                 e, f = values[el]
-                lines.append(f"| {el} | {name} | {e} | {f} | | | | |")
+                lines.append(f"| {el} | {name} | {e} | {f} | | | | | | |")
     return lines
 
 
@@ -140,9 +156,28 @@ def plot_curves(spec: dict, record: dict, out: Path) -> None:
 
 
 def budget_note(record: dict) -> str:
-    """How many trained runs ended at (or one epoch short of) their epoch budget, from the record."""
+    """How the trained runs ended (early stopping, the cap, the schedule's end), how much their validation
+    curves still fell at the end, and how many ended at (or one epoch short of) their epoch budget."""
     trained = [r for k, r in record.items() if not k.startswith("zeroshot/")]
-    at_end = [r for r in trained if r["best_epoch"] >= r["epochs"] - 1 and r["ended"] == "epochs"]
+    if not trained:
+        return "Budget: no finished run yet."
+    counts = {v: sum(r["ended"] == k for r in trained) for k, v in ENDED.items()}
+    falls = [run_tail(r) for r in trained if run_tail(r) is not None]
+    falls_e = [run_tail(r, "val_e_mae") for r in trained if run_tail(r, "val_e_mae") is not None]
+    ends = (f"Of the {len(trained)} finished runs, " + ", ".join(f"{n} ended by {v}" for v, n in counts.items())
+            + (f"; over the last {round(100 * TAIL_FRACTION)} % of their epochs the best validation energy MAE fell by "
+               f"{_spread(falls_e)} and the force MAE by {_spread(falls)}" if falls and falls_e else "")
+            + ". ")
+    return ends + _epoch_budget_note(trained)
+
+
+def _spread(values) -> str:
+    return f"{min(values):.1f}-{max(values):.1f} % (median {sorted(values)[len(values) // 2]:.1f} %)"
+
+
+def _epoch_budget_note(trained: list) -> str:
+    """How many trained runs ended at (or one epoch short of) their epoch budget."""
+    at_end = [r for r in trained if r["best_epoch"] >= r["epochs"] - 1 and r["ended"] in ("epochs", "cap")]
     if not at_end:
         return f"Budget: none of the {len(trained)} finished runs was still improving when its budget ended."
     return (f"Budget: in {len(at_end)} of {len(trained)} finished runs the best validation epoch was the last or the "

@@ -1,0 +1,102 @@
+"""The mlearn recipe-search driver (experiments/mlearn/search.py) and the protocol's cap in one-core
+minutes (experiments/_protocol.py): plans that never name a test file, runs that end at their cap and
+say so, the curve-tail measure, and a tiny end-to-end search with a two-stage configuration."""
+
+import json
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+from test_experiments import _protocol_files
+
+ROOT = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(ROOT / "experiments"))
+sys.path.insert(0, str(ROOT / "experiments" / "mlearn"))
+
+
+def _tiny_spec(tmp_path, cap=30.0):
+    spec = json.loads((ROOT / "experiments" / "mlearn" / "search_spec.json").read_text())
+    spec.update(data=str(tmp_path / "{element}_train.extxyz"), elements=["X"], seeds=[0], cap_minutes=cap,
+                epochs={"X": 2}, scale={"X": [1.0, 0.01]})
+    spec["base"]["data"]["valid_fraction"] = 0.25
+    spec["configs"] = [{"name": "base", "change": "the base recipe"},
+                       {"name": "two", "change": "stage two", "stage_two": {
+                           "fraction": 0.5, "over": {"loss": {"energy_weight": 30.0}, "optim": {"learning_rate": 1e-5}}}}]
+    return spec
+
+
+def test_search_spec_plans_validation_only_runs():
+    """The committed spec: Si and Mo, every configuration a valid training config on a *_train file with
+    a cap, never a test file; a stage two starts from its stage one's kept model with the rest of the cap."""
+    from search import plan
+
+    from jaxmat.train import config_from_dict
+
+    spec = json.loads((ROOT / "experiments" / "mlearn" / "search_spec.json").read_text())
+    assert {"Si", "Mo"} <= set(spec["elements"]) and 30 <= spec["cap_minutes"] <= 60
+    first, second = plan(spec, Path("/nonexistent"))
+    runs = first + second
+    assert len({r.key for r in runs}) == len(runs) and second
+    for r in runs:
+        assert r.test is None and "test" not in r.config["data"] and r.config["data"]["train"].endswith("_train.extxyz")
+        assert 0 < r.cap_minutes <= spec["cap_minutes"]
+        config_from_dict(r.config)
+    by_key = {r.key: r for r in runs}
+    for r in second:
+        one = by_key[r.key + "/stage1"]
+        assert r.config["model"]["init_from"] == str(one.workdir / "best_model")
+        assert r.config["model"]["refit_element_refs"] is False
+        assert r.cap_minutes + one.cap_minutes == pytest.approx(spec["cap_minutes"])
+        assert r.config["run"]["seed"] == one.config["run"]["seed"]  # the same validation split
+    with pytest.raises(ValueError, match="training files only"):
+        plan({**spec, "data": "/x/{element}_test.extxyz"}, Path("/nonexistent"))
+
+
+def test_tail_fall_and_cap_status(tmp_path):
+    from _protocol import ended, status, tail_fall
+
+    assert tail_fall([1.0] * 10) == 0.0
+    assert tail_fall([1.0, 0.8, 0.9, 0.7, 0.6, 0.5, 0.5, 0.5, 0.5, 0.4]) == pytest.approx(20.0)  # best-so-far 0.5 -> 0.4
+    assert tail_fall([2.0, 1.0, 1.5]) == 0.0 and tail_fall([1.0]) is None
+    assert tail_fall([4.0] + [3.0] * 18 + [2.0]) == pytest.approx(100 / 3)  # 20 epochs: the last 2
+    wd = tmp_path / "run"
+    wd.mkdir()
+    (wd / "checkpoint.msgpack").write_text("")
+    (wd / "protocol.json").write_text(json.dumps({"key": "k", "config": {}, "test": None, "cap_minutes": 10.0}))
+    (wd / "results.json").write_text(json.dumps({"ended": "wall_time"}))
+    (wd / "minutes.json").write_text("[4.0, 5.0]")
+    assert status(wd) == "partial" and ended(wd) == "wall_time"  # stopped by a per-call limit: resumed
+    (wd / "minutes.json").write_text("[4.0, 5.0, 1.5]")
+    assert status(wd) == "trained" and ended(wd) == "cap"
+
+
+@pytest.mark.slow  # three pinned training subprocesses (~1-2 min on 2 cores): outside the default suite (-m slow)
+def test_search_driver_smoke(tmp_path):
+    """A tiny search end to end: a one-stage and a two-stage configuration; validation numbers recorded,
+    the report table written under the plan, nothing evaluated on a test file; a second call trains nothing."""
+    _protocol_files(tmp_path)
+    (tmp_path / "X_test.extxyz").unlink()  # the search must not need (or touch) a test file
+    spec = _tiny_spec(tmp_path)
+    (tmp_path / "spec.json").write_text(json.dumps(spec))
+    (tmp_path / "search.md").write_text("# plan\n\nwritten before the search.\n")
+    cmd = [sys.executable, str(ROOT / "experiments" / "mlearn" / "search.py"), "--spec", str(tmp_path / "spec.json"),
+           "--root", str(tmp_path), "--lanes", "1"]
+    out = subprocess.run(cmd, capture_output=True, text=True, timeout=900)
+    assert out.returncode == 0, (out.stdout[-2000:], out.stderr[-3000:])
+    record = json.loads((tmp_path / "search_record.json").read_text())
+    assert set(record) == {"base/X/0", "two/X/0/stage1", "two/X/0"}
+    for r in record.values():
+        assert r["test"] is None and r["ended"] in ("epochs", "early_stopping", "cap") and r["valid"]["f_mae"] > 0
+        assert set(r["tail_fall_percent"]) == {"val_loss", "val_e_mae", "val_f_mae"}
+        assert not any(Path(tmp_path / "search_runs").glob("*/test.json"))
+    assert record["two/X/0/stage1"]["epochs"] == 1 and record["two/X/0"]["epochs"] == 1
+    stage2 = json.loads((tmp_path / "search_runs" / "two_X_0" / "protocol.json").read_text())
+    assert stage2["config"]["loss"]["energy_weight"] == 30.0 and stage2["cap_minutes"] == pytest.approx(15.0)
+    md = (tmp_path / "search.md").read_text()
+    assert md.startswith("# plan\n\nwritten before the search.") and "| base | the base recipe | X | 1 |" in md
+    assert "| two | stage two | X | 1 |" in md and "Mean score over X" in md
+    again = subprocess.run(cmd, capture_output=True, text=True, timeout=600)
+    assert again.returncode == 0 and "2 of 2 runs finished; 0 to go" in again.stdout, again.stderr[-2000:]
+    assert json.loads((tmp_path / "search_record.json").read_text()) == record
