@@ -78,8 +78,7 @@ def _md(args) -> int:
 
 
 def _md_jax(args, settings, atoms) -> int:
-    from jaxmat.simulate import Engine
-    from jaxmat.simulate._engine import trajectory_paths
+    from jaxmat.simulate import Engine, trajectory_paths
 
     engine = Engine(model=args.model, dtype=args.dtype, skin=args.skin)
     cache = enable_compilation_cache()

@@ -18,6 +18,7 @@ from jaxmat.graph._structure import (
     DEFAULT_CHECKS,
     StructureChecks,
     check_structure,
+    lattice_basis,
     localize_positions,
 )
 from jaxmat.graph._types import AtomicGraph, Triplets
@@ -39,6 +40,7 @@ __all__ = [
     "edge_vectors",
     "fits",
     "graph_sizes",
+    "lattice_basis",
     "sizing_triplets",
     "localize_positions",
     "masked_norm",

@@ -1,4 +1,7 @@
-"""Batched FIRE relaxation of positions and cells on the device (pure functions).
+"""Batched FIRE relaxation of positions and cells on the device, jax-md style: ``fire(...)`` returns
+``Integrator(init, step)`` of pure functions, as the MD integrators do; ``start(atoms)`` is the host
+piece of a structure's starting state (``jaxmat.simulate._layout.join`` pads pieces into a
+``FireState``).
 
 Each structure of the batch has its own FIRE parameters (dt, alpha, step count) and follows ASE's
 ``FIRE`` (same defaults and update order: mix, then ``v += dt F``, then the step limited to
@@ -21,13 +24,20 @@ from typing import NamedTuple
 
 import jax
 import jax.numpy as jnp
+import numpy as np
 from jax.scipy.linalg import expm
 
 from jaxmat.relax import MAX_VOLUME_RATIO
-from jaxmat.simulate._integrators import constrain
+from jaxmat.simulate._integrators import Integrator, constrain
 
 #: ASE FIRE defaults
 FIRE_DEFAULTS = dict(dt=0.1, maxstep=0.2, dtmax=1.0, n_min=5, finc=1.1, fdec=0.5, astart=0.1, fa=0.99)
+#: the per-atom fields of ``FireState`` (the others are per structure)
+FIRE_NODE = ("dof", "velocity", "forces", "positions", "cartesian_forces")
+#: the per-structure values of a padding structure (done: it never moves)
+PADDING = {"log_deform": np.zeros((3, 3)), "cell_velocity": np.zeros((3, 3)), "cell_forces": np.zeros((3, 3)),
+           "ref_cell": np.eye(3), "cell": np.eye(3), "energy": 0.0, "stress": np.zeros((3, 3)), "fmax": 0.0,
+           "dt": 0.1, "alpha": 0.1, "n_pos": 0, "started": False, "done": True, "failed": False, "steps": 0}
 
 
 class FireState(NamedTuple):
@@ -93,22 +103,41 @@ def evaluate(state: FireState, potential, batch, relax_cell: bool, pressure: flo
                           stress=out["stress"], cell_forces=cell_forces, fmax=fmax)
 
 
-def init(positions, cell, batch, potential, relax_cell: bool, pressure: float, dtype) -> FireState:
-    """The FIRE state at the start (D = I) with its forces evaluated."""
-    G = batch.n_atoms.shape[0]
-    zeros_g = jnp.zeros((G, 3, 3), dtype)
-    state = FireState(
-        dof=positions, velocity=jnp.zeros_like(positions), forces=jnp.zeros_like(positions), positions=positions,
-        cartesian_forces=jnp.zeros_like(positions),
-        log_deform=zeros_g, cell_velocity=zeros_g, cell_forces=zeros_g, ref_cell=cell, cell=cell,
-        energy=jnp.zeros(G, dtype), stress=zeros_g, fmax=jnp.zeros(G, dtype),
-        dt=jnp.full(G, FIRE_DEFAULTS["dt"], dtype), alpha=jnp.full(G, FIRE_DEFAULTS["astart"], dtype),
-        n_pos=jnp.zeros(G, jnp.int32), started=jnp.zeros(G, bool), done=~batch.graph_mask,
-        failed=jnp.zeros(G, bool), steps=jnp.zeros(G, jnp.int32))
-    return evaluate(state, potential, batch, relax_cell, pressure)
+def fire(batch, relax_cell: bool, pressure, fmax, max_steps) -> Integrator:
+    """Batched FIRE over ``batch`` (jax-md style: pure ``init`` and ``step``, like the MD integrators).
+
+    ``relax_cell``: the cell relaxes too (static); ``pressure`` (eV/A^3), ``fmax`` (eV/A) and ``max_steps``
+    may be traced values.
+
+    * ``init(state, potential) -> state`` evaluates the energy, forces and fmax of the state's
+      coordinates and marks done the structures already below ``fmax``;
+    * ``step(state, potential) -> state`` is one FIRE step of every structure not done or failed.
+    """
+
+    def init(state: FireState, potential) -> FireState:
+        state = evaluate(state, potential, batch, relax_cell, pressure)
+        return state._replace(done=state.done | (state.fmax < fmax))
+
+    def step(state: FireState, potential) -> FireState:
+        return _step(state, potential, batch, relax_cell, pressure, fmax, max_steps)
+
+    return Integrator(init, step)
 
 
-def step(state: FireState, potential, batch, relax_cell: bool, pressure: float, fmax, max_steps) -> FireState:
+def start(atoms) -> dict:
+    """The host piece (numpy, one structure) of a structure at its start: D = I, no velocity, ASE's
+    initial dt and alpha, nothing evaluated yet (``fire(...).init`` does that)."""
+    n = len(atoms)
+    z, z3 = np.zeros((n, 3)), np.zeros((3, 3))
+    return {"dof": atoms.positions.copy(), "velocity": z, "forces": z, "positions": atoms.positions.copy(),
+            "cartesian_forces": z, "log_deform": z3, "cell_velocity": z3, "cell_forces": z3,
+            "ref_cell": atoms.cell.array.copy(), "cell": atoms.cell.array.copy(), "energy": np.array(0.0),
+            "stress": z3, "fmax": np.array(np.inf), "dt": np.array(FIRE_DEFAULTS["dt"]),
+            "alpha": np.array(FIRE_DEFAULTS["astart"]), "n_pos": np.array(0, np.int32), "started": np.array(False),
+            "done": np.array(False), "failed": np.array(False), "steps": np.array(0, np.int32)}
+
+
+def _step(state: FireState, potential, batch, relax_cell: bool, pressure: float, fmax, max_steps) -> FireState:
     """One FIRE step of every structure not yet done or failed (ASE's order), then new forces.
 
     A structure whose forces are already below ``fmax`` is marked done without moving (as ASE checks

@@ -11,6 +11,8 @@ included; ``Batch`` says which atom belongs to which structure. Each factory ret
 ``potential(positions, cell) -> dict(energy (G,), forces (N, 3), stress (G, 3, 3))`` is the model
 through ``jaxmat.potential.energy_forces_stress`` (the one place forces and stress are derived).
 
+``Dynamics`` names one of them with its parameters (hashable: a static argument of the jitted chunk).
+
 Integrators: ``nve`` (velocity Verlet, step for step ASE's ``VelocityVerlet``), ``langevin`` (BAOAB,
 Leimkuhler & Matthews 2013), ``nose_hoover`` (one Nose-Hoover thermostat per structure, symmetric
 Trotter splitting) and ``npt_crescale`` (isotropic stochastic cell rescaling, Bernetti & Bussi 2020,
@@ -69,6 +71,27 @@ class MDState(NamedTuple):
 class Integrator(NamedTuple):
     init: Callable
     step: Callable
+
+
+class Dynamics(NamedTuple):
+    """Static description of an integrator (hashable: part of the compiled function's key)."""
+
+    kind: str  # "nve", "langevin", "nose_hoover", "npt"
+    timestep: float  # fs
+    friction: float  # 1/fs
+    tau: float  # fs, Nose-Hoover thermostat time
+    tau_p: float  # fs, barostat time
+    compressibility: float  # A^3/eV
+
+    def integrator(self, batch, pressure=0.0):
+        """The integrator; ``pressure`` (eV/A^3, NPT) may be a traced value (no recompilation)."""
+        if self.kind == "nve":
+            return nve(self.timestep, batch)
+        if self.kind == "langevin":
+            return langevin(self.timestep, self.friction, batch)
+        if self.kind == "nose_hoover":
+            return nose_hoover(self.timestep, self.tau, batch)
+        return npt_crescale(self.timestep, self.friction, pressure, self.tau_p, self.compressibility, batch)
 
 
 def per_structure(values, batch: Batch):

@@ -40,9 +40,9 @@ from jaxmat.graph import (
     cast_floats,
     fits,
     graph_sizes,
+    lattice_basis,
     pad_graph,
 )
-from jaxmat.graph._structure import lattice_basis
 
 
 class Lists(NamedTuple):

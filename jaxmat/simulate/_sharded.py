@@ -6,27 +6,22 @@ on a leading axis sharded over the mesh); each device runs the engine's own chun
 ``lax.while_loop`` as on one device) on its group, with its own step count and stop status. The
 host rebuilds only the groups whose lists went stale and calls again with each group's remaining
 steps until every group reaches the chunk's end; then it checks, logs and writes every replica as
-the one-device driver does. The numbers are those of the one-device run (the noise depends only on
-replica seed, step and atom; a rebuild does not change a trajectory).
+the one-device driver does (``jaxmat.simulate._host``). The numbers are those of the one-device run
+(the noise depends only on replica seed, step and atom; a rebuild does not change a trajectory).
 """
 
 from __future__ import annotations
-
-import time
 
 import jax
 import jax.numpy as jnp
 import numpy as np
 from jax.sharding import Mesh, NamedSharding, PartitionSpec
-from tqdm.auto import tqdm
 
-from jaxmat.errors import ConfigError, RefusedStructure, SimulationError
-from jaxmat.guard import runaway_temperature
-from jaxmat.simulate._integrators import MDState
-from jaxmat.simulate._layout import join, make_batch, split
+from jaxmat.errors import ConfigError, SimulationError
+from jaxmat.simulate._host import MD_NODE, MDLog, MDRun, limits, md_state, replica_lists, start_pieces, thin_skin
+from jaxmat.simulate._layout import make_batch, split
 
 AXIS = "replicas"
-MD_NODE = ("positions", "momenta", "forces")
 
 
 def groups_of(n_replicas: int, devices: int) -> list[list[int]]:
@@ -41,143 +36,121 @@ def _stack(trees, sharding):
     return jax.tree_util.tree_map(lambda *xs: jax.device_put(np.stack([np.asarray(x) for x in xs]), sharding), *trees)
 
 
-def run_md_sharded(engine, systems, temps, seeds, guards, dyn, s, chunk, trajectory, printer, progress, devices,
-                   masks=None):
-    from jaxmat.simulate._engine import EYE, _cast, _writers, new_log, thin_skin
+class _Groups:
+    """The replica groups of a run (one per device) and their neighbour lists (one common capacity)."""
 
-    R = len(systems)
-    groups = groups_of(R, devices)
-    mesh = Mesh(np.array(jax.devices()[:devices]), (AXIS,))
-    shard = NamedSharding(mesh, PartitionSpec(AXIS))
-    sizes = [[len(systems[r]) for r in g] for g in groups]
-    padding = {"cell": EYE, "energy": 0.0, "stress": np.zeros((3, 3)), "thermostat": 0.0}
-    rebuilds_before = engine.n_rebuilds
-    params = engine._device_params()
+    def __init__(self, engine, run: MDRun):
+        self.engine, self.run = engine, run
+        self.groups = groups_of(len(run.systems), run.devices)
+        self.mesh = Mesh(np.array(jax.devices()[:run.devices]), (AXIS,))
+        self.shard = NamedSharding(self.mesh, PartitionSpec(AXIS))
+        self.sizes = [[len(run.systems[r]) for r in g] for g in self.groups]
+        self.lists = self.all_lists()
 
-    def group_lists(g):
-        try:
-            return engine._lists([systems[r] for r in groups[g]], printer)
-        except RefusedStructure as err:
-            r = groups[g][err.index]
-            raise type(err.cause)(f"replica {r} ({systems[r].get_chemical_formula()}): {err.cause}") from err
-
-    def all_lists():
+    def all_lists(self) -> list:
         while True:  # one common capacity: rebuild until no group grows it
-            cap = engine.capacity
-            out = [group_lists(g) for g in range(devices)]
-            if engine.capacity == cap:
+            cap = self.engine.capacity
+            out = [replica_lists(self.engine, self.run, g, self.run.printer) for g in self.groups]
+            if self.engine.capacity == cap:
                 return out
 
-    def batches():
-        return [make_batch([systems[r] for r in g], engine.capacity, engine.dtype, [seeds[r] for r in g],
-                           [temps[r] for r in g], None if masks is None else [masks[r] for r in g]) for g in groups]
+    def batch(self):
+        """The stacked ``Batch`` of every group at the current capacity."""
+        e, run = self.engine, self.run
+        return self.stack([make_batch([run.systems[r] for r in g], e.capacity, e.dtype, [run.seeds[r] for r in g],
+                                      [run.temps[r] for r in g], None if run.masks is None else
+                                      [run.masks[r] for r in g]) for g in self.groups])
 
-    lists = all_lists()
-    pieces = [{"positions": a.positions, "momenta": a.get_momenta(), "forces": np.zeros((len(a), 3)),
-               "cell": a.cell.array, "energy": np.array(0.0), "stress": np.zeros((3, 3)),
-               "thermostat": np.array(0.0), "step": np.array(0, np.int32)} for a in systems]
-    states = [join(MDState, [_cast(pieces[r], engine.dtype) for r in g], MD_NODE, engine.capacity, padding)
-              for g in groups]
-    batch = _stack(batches(), shard)
-    state, stacked_lists = _stack(states, shard), _stack(lists, shard)
-    limits = (jnp.asarray(max(runaway_temperature(t, s.guard_limits) for t in temps), engine.dtype),
-              jnp.asarray(s.max_energy_drift, engine.dtype), jnp.asarray(s.pressure_ev_a3, engine.dtype))
-    fn = _chunk_fn(engine, mesh, dyn)
+    def state(self, pieces):
+        """The stacked ``MDState`` of every group from all replicas' pieces."""
+        return self.stack([md_state([pieces[r] for r in g], self.engine.capacity) for g in self.groups])
 
-    def pieces_of(st):
-        host = jax.device_get(st)
-        out = [None] * R
-        for g, grp in enumerate(groups):
-            for r, p in zip(grp, split(jax.tree_util.tree_map(lambda x: x[g], host), sizes[g], MD_NODE)):
+    def stack(self, trees):
+        return _stack(trees, self.shard)
+
+    def pieces_of(self, state) -> list[dict]:
+        """Every replica's piece, in replica order, from the stacked state."""
+        host = jax.device_get(state)
+        out = [None] * len(self.run.systems)
+        for g, grp in enumerate(self.groups):
+            for r, p in zip(grp, split(jax.tree_util.tree_map(lambda x: x[g], host), self.sizes[g], MD_NODE)):
                 out[r] = p
         return out
 
-    def rebuild(st, stale):
-        """Rebuild the stale groups' lists at their last good state (all groups if the capacity grows)."""
-        nonlocal lists, batch
-        pieces = pieces_of(st)
-        for p, a in zip(pieces, systems):
+    def rebuild(self, state, stale):
+        """Rebuild the stale groups' lists at their last good state (all groups if the capacity grows).
+        Returns (state, stacked lists, the new stacked batch or None when it is unchanged)."""
+        pieces = self.pieces_of(state)
+        for p, a in zip(pieces, self.run.systems):
             a.positions, a.cell = p["positions"], p["cell"]
-        cap = engine.capacity
+        cap, batch = self.engine.capacity, None
         for g in np.flatnonzero(stale):
-            lists[g] = group_lists(g)
-        if engine.capacity != cap:  # grown: every group to the new capacity
-            lists = all_lists()
-            batch = _stack(batches(), shard)
-        st = _stack([join(MDState, [pieces[r] for r in g], MD_NODE, engine.capacity, padding) for g in groups], shard)
-        return st, _stack(lists, shard)
+            self.lists[g] = replica_lists(self.engine, self.run, self.groups[g], self.run.printer)
+        if self.engine.capacity != cap:  # grown: every group to the new capacity
+            self.lists = self.all_lists()
+            batch = self.batch()
+        return self.state(pieces), self.stack(self.lists), batch
 
-    flat_sizes = [len(a) for a in systems]
-    writers = _writers(trajectory, R, systems)
-    log = new_log(s)
-    bar = tqdm(total=s.steps, unit="step", disable=not progress, leave=False)
+
+def run_md_sharded(engine, run: MDRun) -> dict:
+    """``Engine.md``'s driver over ``run.devices`` devices (``engine``: a ``jaxmat.simulate.Engine``)."""
+    s, devices = run.settings, run.devices
+    grp = _Groups(engine, run)  # (checks the device count first)
+    rebuilds_before = engine.n_rebuilds
+    params = engine.device_params()
+    state = grp.state(start_pieces(run.systems, engine.dtype))
+    batch, stacked_lists = grp.batch(), grp.stack(grp.lists)
+    stops = limits(run, engine.dtype)
+    fn = _chunk_fn(engine, grp.mesh, run.dyn)
     zeros = np.zeros(devices, np.int32)
-    try:
-        e0 = jax.device_put(np.zeros((devices, engine.capacity.n_graph)), shard).astype(engine.dtype)
-        state, _, _, e0 = fn(params, stacked_lists, state, batch, jax.device_put(zeros, shard), jnp.asarray(True),
-                             e0, limits)
-        _check_and_log(engine, pieces_of(state), guards, flat_sizes, 0, s, log, writers, systems, printer,
-                       time.perf_counter(), 0)
-        step, t_last, since = 0, time.perf_counter(), 0
+    with MDLog(run) as log:
+        e0 = jax.device_put(np.zeros((devices, engine.capacity.n_graph)), grp.shard).astype(engine.dtype)
+        state, _, _, e0 = fn(params, stacked_lists, state, batch, jax.device_put(zeros, grp.shard), jnp.asarray(True),
+                             e0, stops)
+        log.observe(grp.pieces_of(state), 0)
+        step = 0
         while step < s.steps:
-            target = step + min(chunk - step % chunk, s.steps - step)
+            target = step + min(run.chunk - step % run.chunk, s.steps - step)
             reached = np.full(devices, step, np.int32)
             just_rebuilt = np.zeros(devices, bool)
             while np.any(reached < target):
-                n = jax.device_put((target - reached).astype(np.int32), shard)
-                state, done, status, e0 = fn(params, stacked_lists, state, batch, n, jnp.asarray(False), e0, limits)
+                n = jax.device_put((target - reached).astype(np.int32), grp.shard)
+                state, done, status, e0 = fn(params, stacked_lists, state, batch, n, jnp.asarray(False), e0, stops)
                 done, status = (np.asarray(x) for x in jax.device_get((done, status)))
                 reached += done
                 just_rebuilt &= done == 0
                 if np.any(status == 2):  # a blow-up: the guard names the replica and step
-                    _check_and_log(engine, pieces_of(state), guards, flat_sizes, int(np.max(reached)), s, log,
-                                   writers, systems, printer, t_last, 0, write=False)
+                    log.observe(grp.pieces_of(state), int(np.max(reached)), write=False)
                     g = int(np.flatnonzero(status == 2)[0])
-                    raise SimulationError(f"md: the device stopped replicas {groups[g]} at step {int(reached[g])}: "
+                    raise SimulationError(f"md: the device stopped replicas {grp.groups[g]} at step {int(reached[g])}: "
                                           "non-finite numbers, a runaway temperature or energy drift")
                 if np.any(status == 1):
                     if np.any((status == 1) & (done == 0) & just_rebuilt):
                         raise ConfigError(thin_skin(engine.skin, s.timestep, int(np.min(reached))))
                     just_rebuilt = status == 1
                     engine.n_rebuilds += int(np.sum(status == 1))
-                    state, stacked_lists = rebuild(state, status == 1)
+                    state, stacked_lists, grown = grp.rebuild(state, status == 1)
+                    batch = batch if grown is None else grown
             done_now = int(np.min(reached)) - step
-            step, since = step + done_now, since + done_now
-            bar.update(done_now)
-            pieces = pieces_of(state)
-            _check_and_log(engine, pieces, guards, flat_sizes, int(np.min(reached)), s, log, writers, systems,
-                           printer, t_last, since, write=step % s.log_every == 0 or step == s.steps)
-            if step % s.log_every == 0 or step == s.steps:
-                t_last, since = time.perf_counter(), 0
-    finally:
-        bar.close()
-        for w in writers:
-            w.close()
-    return engine._md_result(log, rebuilds_before, pieces_of(state), systems)
+            step += done_now
+            log.advance(done_now)
+            log.observe(grp.pieces_of(state), int(np.min(reached)), step % s.log_every == 0 or step == s.steps)
+        return log.result(grp.pieces_of(state), engine.n_rebuilds - rebuilds_before)
 
 
 def _chunk_fn(engine, mesh, dyn):
-    """The engine's chunk on each device's group (cached per mesh and integrator)."""
+    """The engine's chunk on each device's group (cached on the engine per mesh and integrator)."""
     key = (tuple(d.id for d in mesh.devices.flat), dyn)
-    cache = engine.__dict__.setdefault("_sharded_chunks", {})
-    if key not in cache:
+    if key not in engine.sharded_chunks:
         spec, rep = PartitionSpec(AXIS), PartitionSpec()
 
         def local(params, lists, state, batch, n, fresh, e0, limits):
             first = lambda t: jax.tree_util.tree_map(lambda x: x[0], t)  # noqa: E731
-            st, i, status, e = engine._md_chunk(params, first(lists), first(state), first(batch), dyn, n[0], fresh,
-                                                e0[0], limits)
+            st, i, status, e = engine.md_chunk(params, first(lists), first(state), first(batch), dyn, n[0], fresh,
+                                               e0[0], limits)
             return jax.tree_util.tree_map(lambda x: x[None], (st, i, status, e))
 
-        cache[key] = jax.jit(jax.shard_map(local, mesh=mesh, in_specs=(rep, spec, spec, spec, spec, rep, spec, rep),
-                                           out_specs=spec, check_vma=False))
-    return cache[key]
-
-
-def _check_and_log(engine, pieces, guards, sizes, step, s, log, writers, systems, printer, t_last, n_done, write=True):
-    """The one-device driver's checks (``MDGuard``, naming the replica) and log line, from pieces."""
-    from jaxmat.simulate._engine import check_replicas
-
-    check_replicas(pieces, guards, step)
-    if write:
-        engine._log_pieces(pieces, step, s, log, writers, systems, sizes, printer, t_last, n_done)
+        engine.sharded_chunks[key] = jax.jit(jax.shard_map(local, mesh=mesh, in_specs=(rep, spec, spec, spec, spec, rep,
+                                                                                       spec, rep),
+                                                           out_specs=spec, check_vma=False))
+    return engine.sharded_chunks[key]
