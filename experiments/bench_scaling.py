@@ -39,7 +39,7 @@ def worker(n: int, layout: str, data: str, gpb: int, steps: int) -> dict:
 
     from jaxmat.data import batch_budget, build_graphs, epoch_groups, make_batch, read_frames
     from jaxmat.models import Model
-    from jaxmat.models._model import default_hyperparameters
+    from jaxmat.models import default_hyperparameters
     from jaxmat.train import config_from_dict
     from jaxmat.train import _parallel
     from jaxmat.train._steps import build_steps

@@ -9,13 +9,11 @@ from pathlib import Path
 import jaxmat
 
 jaxmat.retain_host_memory()
-import flax.serialization  # noqa: E402
 import jax  # noqa: E402
 import numpy as np  # noqa: E402
 
 from jaxmat.train import config_from_dict, train_and_evaluate  # noqa: E402
-
-TINY = {"units": 16, "dim_node": 16, "dim_edge": 16, "nblocks": 1, "readout_features": [16, 16, 1]}
+from helpers import TINY, checkpoint_state  # noqa: E402  (this script runs from tests/)
 
 
 def config(data, **run):
@@ -24,11 +22,6 @@ def config(data, **run):
         "data": {"train": data, "valid_fraction": 0.25, "graphs_per_batch": 4},
         "optim": {"epochs": 10, "learning_rate": 5e-3, "warmup_epochs": 0.5},
         "run": {"progress": False, "checkpoint_every_steps": 5, "dtype": "float64", **run}})
-
-
-def params(workdir):
-    state = flax.serialization.msgpack_restore((Path(workdir) / "checkpoint.msgpack").read_bytes())["state"]
-    return state
 
 
 def max_diff(a, b):
@@ -42,7 +35,7 @@ def training(tmp, data):
     out = {"devices": jax.device_count()}
     train_and_evaluate(config(data, devices=1, max_steps=20), tmp / "one", log=lambda *a: None)
     train_and_evaluate(config(data, devices=4, max_steps=20), tmp / "four", log=lambda *a: None)
-    one, four = params(tmp / "one"), params(tmp / "four")
+    one, four = checkpoint_state(tmp / "one"), checkpoint_state(tmp / "four")
     out["steps"] = [int(one["step"]), int(four["step"])]
     out["four_vs_one"] = max_diff(one["params"], four["params"])
     out["opt_four_vs_one"] = max_diff(one["opt_state"], four["opt_state"])
@@ -51,7 +44,7 @@ def training(tmp, data):
         w = tmp / f"resume_{first}_{then}"
         train_and_evaluate(config(data, devices=first, max_steps=10), w, log=lambda *a: None)
         train_and_evaluate(config(data, devices=then, max_steps=20), w, resume=True, log=lambda *a: None)
-        out[f"resume_{first}_{then}"] = max_diff(one["params"], params(w)["params"])
+        out[f"resume_{first}_{then}"] = max_diff(one["params"], checkpoint_state(w)["params"])
     return out
 
 
@@ -61,7 +54,7 @@ def deep_training(tmp, data):
         cfg = config(data, devices=n, max_steps=6)
         cfg.ensemble.kind, cfg.ensemble.size = "deep", 4
         train_and_evaluate(cfg, tmp / f"deep{n}", log=lambda *a: None)
-    return {"deep_four_vs_one": max_diff(params(tmp / "deep1")["params"], params(tmp / "deep4")["params"])}
+    return {"deep_four_vs_one": max_diff(checkpoint_state(tmp / "deep1")["params"], checkpoint_state(tmp / "deep4")["params"])}
 
 
 def ensemble_prediction(tmp, data):
@@ -73,7 +66,7 @@ def ensemble_prediction(tmp, data):
     from jaxmat.calculators import JaxmatCalculator
     from jaxmat.graph import atoms_to_graph, bucket_sizes, graph_sizes, pad_graph
     from jaxmat.models import Model, stack_members
-    from jaxmat.models._model import default_hyperparameters
+    from jaxmat.models import default_hyperparameters
 
     atoms = ase.io.read(data, 0)
     hyper = {**default_hyperparameters("M3GNet"), **TINY, "element_types": ["Si"]}

@@ -10,11 +10,10 @@ import jax
 import numpy as np
 import pytest
 
-from conftest import TINY
+from helpers import TINY
 from jaxmat.errors import BundleError
 from jaxmat.models import Model, load_model
-from jaxmat.models._bundle import config_digest
-from jaxmat.models._model import fresh_params, resolved_hyperparameters
+from jaxmat.models import config_digest, fresh_params, resolved_hyperparameters
 
 HYPER = {**TINY, "element_types": ["O", "Si"]}
 

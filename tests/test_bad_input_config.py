@@ -11,7 +11,7 @@ import jax
 import numpy as np
 import pytest
 
-from conftest import tiny_train_config
+from helpers import tiny_train_config
 from jaxmat import cli
 from jaxmat.data import read_frames
 from jaxmat.errors import CheckpointError, ConfigError, DatasetError

@@ -6,7 +6,7 @@ import jax.numpy as jnp
 import numpy as np
 import pytest
 
-from conftest import SHARED
+from helpers import SHARED
 from jaxmat.data import (build_graphs, epoch_groups, fitting_budget, make_batch, pad_budget_count, pad_budgets,
                          read_frames)
 from jaxmat.errors import DatasetError

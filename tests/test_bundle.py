@@ -66,7 +66,7 @@ def test_every_committed_bundle_loads():
 def test_models_of_large_atoms_initialise():
     """Parameter shapes come from a dimer of the first element; Mo (covalent radius 1.54 A) must not
     trip the structure checks there."""
-    from jaxmat.models._model import fresh_params
+    from jaxmat.models import fresh_params
 
     hyper = {"element_types": ["Mo", "Cs"], "units": 8, "dim_node": 8, "dim_edge": 8, "nblocks": 1,
              "readout_features": [8, 1]}

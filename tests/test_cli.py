@@ -21,7 +21,7 @@ def test_md_cli(tmp_path):
 
 
 def test_predict_cli():
-    from conftest import FIXTURES
+    from helpers import FIXTURES
 
     out = subprocess.run([sys.executable, "-m", "jaxmat.cli", "predict", "MEGNet-MP-2018.6.1-Eform",
                           str(FIXTURES / "megnet_eform_dev.extxyz"), "--dtype", "float64"],
@@ -57,7 +57,7 @@ def test_help_and_list_do_not_import_jax():
 
 
 # ------------------------------------------------------------------------------------------ jaxmat train
-from conftest import TINY, tiny_train_config  # noqa: E402
+from helpers import TINY, tiny_train_config  # noqa: E402
 
 _TRAIN_BASE = {"data": {"valid_fraction": 0.25, "graphs_per_batch": 2},
                "optim": {"epochs": 5, "learning_rate": 5e-3, "warmup_epochs": 0.5},

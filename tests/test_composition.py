@@ -12,10 +12,9 @@ import pytest
 
 from jaxmat.arrays import FitConfig, early_stopping, fit, reduce_on_plateau, ridge_fit, warmup
 from jaxmat.composition import ELEMNET_ELEMENTS, FormulaError, element_fractions, featurize, make_regressor, parse_formula
-from jaxmat.composition._attention import ElementAttention
-from jaxmat.composition._models import match_budget
+from jaxmat.composition import ElementAttention, match_budget
 
-from conftest import FIXTURES, SHARED
+from helpers import FIXTURES, SHARED
 
 ROOT = Path(__file__).resolve().parents[1]
 TABLE = FIXTURES / "magpie_elements.csv"

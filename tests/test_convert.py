@@ -6,7 +6,7 @@ import numpy as np
 import pytest
 
 import jaxmat
-from conftest import SHARED
+from helpers import SHARED
 
 
 @pytest.mark.parametrize("name", ["M3GNet-MP-2021.2.8-PES", "MEGNet-MP-2018.6.1-Eform"])

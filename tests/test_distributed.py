@@ -14,7 +14,7 @@ from pathlib import Path
 
 import pytest
 
-from conftest import checkpoint_state, tiny_train_config
+from helpers import checkpoint_state, tiny_train_config
 
 HERE = Path(__file__).parent
 FORCE4 = {"XLA_FLAGS": "--xla_force_host_platform_device_count=4", "JAX_PLATFORMS": "cpu"}

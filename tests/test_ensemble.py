@@ -14,7 +14,7 @@ import pytest
 from ase.build import bulk
 from ase.calculators.singlepoint import SinglePointCalculator
 
-from conftest import TINY, checkpoint_state, tiny_train_config, train_killed_and_resumed
+from helpers import TINY, checkpoint_state, tiny_train_config, train_killed_and_resumed
 from jaxmat import load_model
 from jaxmat.calculators import JaxmatCalculator
 from jaxmat.models import BundleError, Ensemble, Model, stack_members
@@ -188,14 +188,14 @@ def test_bad_ensembles_are_refused(model, tmp_path, labelled_file):
 
 def test_calibration_needs_labels(model, tmp_path):
     from jaxmat.data import DatasetError, read_frames
-    from jaxmat.train._uq import fit_calibration, member_predict
+    from jaxmat.train import fit_calibration, predict_members
 
     a = bulk("Si", "diamond", 5.43, cubic=True)
     ase.io.write(tmp_path / "unlabelled.extxyz", [a])
     frames = read_frames(tmp_path / "unlabelled.extxyz", require=())
     ens = stack_members([_perturbed(model, k) for k in range(2)])
     with pytest.raises(DatasetError, match="no energy, force or stress labels"):
-        fit_calibration(ens, member_predict(ens, frames))
+        fit_calibration(ens, predict_members(ens, frames))
 
 
 def test_tampered_ensemble_bundles_are_refused(model, tmp_path):
@@ -213,7 +213,7 @@ def test_out_of_sample_calibration_uses_only_the_members_that_did_not_see_a_fram
     would shrink the spread to nothing); the others scatter with spread `s` around a mean that is
     off the label by alpha x s. The Musil/Imbalzano alpha of the out-of-sample members (M >= 4 of
     them; it is unbiased for each M) recovers alpha."""
-    from jaxmat.train._uq import fit_calibration
+    from jaxmat.train import fit_calibration
 
     rng = np.random.default_rng(3)
     K, n, alpha = 8, 20_000, 2.5
@@ -269,7 +269,7 @@ def test_vmapped_and_sequential_deep_steps_agree(labelled_file, monkeypatch):
 @pytest.fixture(scope="module")
 def tiny_members(tmp_path_factory):
     """Four TINY Si members (fresh parameters, seeds 0-3) saved as bundles: they disagree a lot."""
-    from jaxmat.models._model import fresh_params
+    from jaxmat.models import fresh_params
 
     hyper, root = {**TINY, "element_types": ["Si"]}, tmp_path_factory.mktemp("members")
     return [str(Model("M3GNet", hyper, fresh_params("M3GNet", hyper, k), {"name": f"tiny{k}"}).save(root / f"tiny{k}"))
@@ -332,7 +332,7 @@ def test_calibrating_on_energies_only_leaves_forces_and_stress_not_calibrated(ti
 
 def test_identical_members_and_zero_spreads_are_refused(tiny_members, few_frames, tmp_path, capsys):
     from jaxmat.data import read_frames
-    from jaxmat.train._uq import fit_calibration, member_predict
+    from jaxmat.train import fit_calibration, predict_members
 
     out = tmp_path / "ens"
     assert main(["ensemble", str(out), tiny_members[0], tiny_members[1], tiny_members[0], "--calibrate-on",
@@ -341,7 +341,7 @@ def test_identical_members_and_zero_spreads_are_refused(tiny_members, few_frames
     assert not out.exists()
     copies = stack_members([load_model(tiny_members[0])] * 2, allow_identical=True)  # on purpose: then no fit
     with pytest.raises(ConfigError, match=r"agree exactly \(zero spread\) on all 4 labelled energy entries"):
-        fit_calibration(copies, member_predict(copies, read_frames(few_frames[0])))
+        fit_calibration(copies, predict_members(copies, read_frames(few_frames[0])))
 
 
 def test_ensemble_does_not_write_over_an_existing_path_unless_forced(tiny_members, tmp_path, capsys):

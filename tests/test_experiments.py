@@ -11,7 +11,7 @@ import pytest
 
 from jaxmat.data import read_frames
 
-from conftest import FIXTURES
+from helpers import FIXTURES
 
 ROOT = Path(__file__).resolve().parents[1]
 
@@ -43,7 +43,7 @@ def _protocol_files(tmp_path, scratch=False):
 
 
 def test_every_ablation_variant_is_a_valid_config():
-    from jaxmat.models._model import expected_param_shapes
+    from jaxmat.models import expected_param_shapes
     from jaxmat.train import config_from_dict, default_hyperparameters
 
     sys.path.insert(0, str(ROOT / "experiments" / "ablations"))

@@ -10,7 +10,7 @@ import pytest
 from ase.build import bulk
 from ase.calculators.singlepoint import SinglePointCalculator
 
-from conftest import tiny_train_config
+from helpers import tiny_train_config
 from jaxmat.data import batch_budget, build_graphs, epoch_batches, read_frames
 from jaxmat.train import config_frames, config_from_dict, loss_and_metrics, train_and_evaluate
 from jaxmat.train._config import LossConfig

@@ -7,7 +7,7 @@ import sys
 
 import pytest
 
-from conftest import FIXTURES
+from helpers import FIXTURES
 
 PROBE = r"""
 import json, resource, sys

@@ -12,15 +12,14 @@ import numpy as np
 import pytest
 from ase.build import bulk
 
-from conftest import TINY
+from helpers import TINY
 from jaxmat import load_model
 from jaxmat.calculators import JaxmatCalculator
 from jaxmat.data import read_frames
 from jaxmat.errors import BundleError, ConfigError
 from jaxmat.models import Model, stack_members
-from jaxmat.models._llpr import LLPRModel, default_layer
-from jaxmat.models._model import fresh_params
-from jaxmat.train._llpr import fit_llpr
+from jaxmat.models import LLPRModel, default_layer, fresh_params
+from jaxmat.train import fit_llpr
 
 
 @pytest.fixture(scope="module")

@@ -10,7 +10,7 @@ import jaxmat
 from jaxmat.models import UnknownElementError
 from jaxmat.testing import assert_property_invariant
 
-from conftest import FIXTURES
+from helpers import FIXTURES
 
 NAME = "MEGNet-MP-2018.6.1-Eform"
 

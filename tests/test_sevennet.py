@@ -14,7 +14,7 @@ import pytest
 from ase.build import bulk, molecule
 
 import jaxmat
-from conftest import FIXTURES, SHARED
+from helpers import FIXTURES, SHARED
 from jaxmat import testing
 from jaxmat.calculators import JaxmatCalculator
 from jaxmat.graph import atoms_to_graph, batch_graphs, bucket_sizes, cast_floats, graph_sizes, pad_graph

@@ -11,10 +11,10 @@ import numpy as np
 import pytest
 from ase.build import bulk
 
-from conftest import TINY
+from helpers import TINY
 from jaxmat.graph import atoms_to_graph, batch_graphs, bucket_sizes, cast_floats, graph_sizes, pad_graph
 from jaxmat.models import Model, stack_members
-from jaxmat.models._model import fresh_params
+from jaxmat.models import fresh_params
 from jaxmat.potential import energy_forces_stress
 
 K = 3

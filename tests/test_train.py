@@ -14,7 +14,7 @@ import pytest
 from ase.build import bulk, molecule
 from ase.calculators.singlepoint import SinglePointCalculator
 
-from conftest import SHARED, checkpoint_state, tiny_train_config, train_killed_and_resumed
+from helpers import SHARED, checkpoint_state, tiny_train_config, train_killed_and_resumed
 from jaxmat.data import DatasetError, batch_budget, build_graphs, epoch_batches, read_frames
 from jaxmat.train import (config_frames, config_from_dict, fit_element_refs, load_config, loss_and_metrics,
                           train_and_evaluate)
@@ -293,7 +293,7 @@ def test_freeze_keeps_parameters_fixed(tmp_path, labelled_file, model):
 def test_fine_tuning_from_an_ensemble_starts_from_the_chosen_member(tmp_path, labelled_file):
     """model.init_from an ensemble bundle needs model.init_member (one line saying so); member 1 is
     then the starting point (zero learning rate: the first checkpoint holds its weights exactly)."""
-    from conftest import TINY
+    from helpers import TINY
     from jaxmat.data import make_batch
     from jaxmat.errors import ConfigError
     from jaxmat.models import Model, stack_members

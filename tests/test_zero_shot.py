@@ -7,7 +7,7 @@ import ase.io
 import numpy as np
 import pytest
 
-from conftest import SHARED
+from helpers import SHARED
 from jaxmat.calculators import JaxmatCalculator
 
 MLEARN = SHARED / "data" / "mlearn"

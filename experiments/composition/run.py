@@ -34,8 +34,7 @@ import numpy as np
 
 from jaxmat.arrays import FitConfig, fit, ridge_fit
 from jaxmat.composition import (ELEMNET_ELEMENTS, FormulaError, element_embedding_table, element_fractions,
-                                featurize, make_regressor)
-from jaxmat.composition._models import match_budget
+                                featurize, make_regressor, match_budget)
 
 HERE = Path(__file__).resolve().parent
 
