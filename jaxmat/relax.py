@@ -98,12 +98,27 @@ def finish(name, atoms, energy, forces, stress, steps, converged, fmax_now, volu
                    bool(converged), out)
 
 
+def check_pressure_applies(structures, settings: RelaxSettings, names=None) -> None:
+    """ConfigError when a target pressure is given but a structure's cell cannot relax (not periodic
+    in all three directions: a molecule, a slab), so the pressure would be ignored without a word.
+    The one rule for both relaxation engines."""
+    if settings.pressure is None:
+        return
+    for k, a in enumerate(structures):
+        if not all(a.pbc):
+            name = names[k] if names else f"#{k}"
+            raise ConfigError(f"relax.pressure = {settings.pressure} GPa, but structure {name} ({a.get_chemical_formula()}, "
+                              f"pbc={np.asarray(a.pbc).tolist()}) is not periodic in all three directions, so its cell "
+                              "cannot relax and the pressure would be ignored; leave --pressure out for it")
+
+
 def relax_ase(atoms, calc, settings: RelaxSettings = RelaxSettings(), name: str = "") -> Relaxed:
     """Relax one structure with ASE's FIRE or BFGS (positions and, unless ``fix_cell``, the cell
     through ``FrechetCellFilter``). The input is not modified. Never raises for a structure that
     diverges: the record's ``error`` says why."""
     if not isinstance(settings, RelaxSettings):
         raise TypeError(f"relax_ase: settings must be a jaxmat.relax.RelaxSettings, got {type(settings).__name__}")
+    check_pressure_applies([atoms], settings, [name or "#0"])
     work = atoms.copy()
     work.calc = calc
     relax_cell = not settings.fix_cell and all(work.pbc)

@@ -10,6 +10,7 @@ from ase.build import bulk
 
 from jaxmat.calculators import JaxmatCalculator
 from jaxmat.cli import main
+from jaxmat.errors import ConfigError
 from jaxmat.relax import RelaxSettings, relax_ase
 from jaxmat.simulate import Engine
 
@@ -66,8 +67,8 @@ def test_relax_cli_jax_engine(tmp_path, capsys):
 
 def test_relax_ase_reports_divergence_and_never_writes_it(tmp_path, capsys):
     """A structure that diverges mid-run (a huge negative pressure tears the cell apart) is reported
-    as failed and not written."""
-    assert main(["relax", "Cu:fcc:3.6", "--pressure", "-900", "--output", str(tmp_path / "r.extxyz")]) == 0
+    as failed and not written, and the command exits 1 (red team: it exited 0 when every structure failed)."""
+    assert main(["relax", "Cu:fcc:3.6", "--pressure", "-900", "--output", str(tmp_path / "r.extxyz")]) == 1
     out = capsys.readouterr().out
     assert "FAILED" in out and "0 relaxed structure(s) written" in out and not (tmp_path / "r.extxyz").exists()
 
@@ -93,3 +94,20 @@ def test_md_cli_jax_engine_writes_one_trajectory_per_replica(tmp_path, monkeypat
     assert f"trajectories {tmp_path / 'md_r0.traj'}, {tmp_path / 'md_r1.traj'}" in out and not traj.exists()
     assert main(["md", "Si", "--replicas", "2"]) == 2  # replicas need the jax engine
     assert main(["md", "Si", "--ensemble", "npt"]) == 2  # and so does NPT
+
+
+def test_pressure_is_refused_for_a_structure_whose_cell_cannot_relax(tmp_path):
+    """Red team: ``jaxmat relax h2o.xyz --pressure 1`` ignored the pressure without a word (a molecule's
+    cell does not relax); both engines refuse it, naming the structure."""
+    from ase.build import molecule
+
+    from jaxmat.relax import check_pressure_applies
+
+    h2o = molecule("H2O")
+    with pytest.raises(ConfigError, match="H2O.*not periodic in all three directions"):
+        check_pressure_applies([bulk("Si", "diamond", 5.43), h2o], RelaxSettings(pressure=1.0), ["si", "water"])
+    check_pressure_applies([h2o], RelaxSettings())  # no pressure asked: nothing to refuse
+    ase.io.write(tmp_path / "h2o.xyz", h2o)
+    for engine in ("ase", "jax"):
+        assert main(["relax", str(tmp_path / "h2o.xyz"), "--engine", engine, "--pressure", "1",
+                     "--output", str(tmp_path / "r.extxyz")]) == 2

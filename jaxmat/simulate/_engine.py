@@ -33,7 +33,7 @@ from jaxmat.guard import MDGuard
 from jaxmat.md import MDSettings, thermalize
 from jaxmat.models import DEFAULT_MODEL, load_model
 from jaxmat.potential import energy_forces_stress
-from jaxmat.relax import RelaxSettings, finish
+from jaxmat.relax import RelaxSettings, check_pressure_applies, finish
 from jaxmat.simulate._constraints import masks_of
 from jaxmat.simulate._fire import FIRE_NODE, PADDING, FireState, fire, start
 from jaxmat.simulate._host import (MD_NODE, MDLog, MDRun, cast, dynamics_of, limits, md_state, replica_lists,
@@ -285,6 +285,7 @@ class Engine:
         names = names or [f"#{k}" for k in range(len(structures))]
         for a in structures:
             self.model.check_species(a.numbers)
+        check_pressure_applies(structures, settings, names)
         masks = masks_of(structures, names)
         with jax.enable_x64(self.dtype == "float64"):
             return self._run_relax(list(structures), settings, names, int(batch_size), int(chunk_steps), printer,
