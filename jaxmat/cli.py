@@ -147,7 +147,7 @@ def _relax(args) -> int:
     failed = sum(r.error is not None for r in records)
     print(f"{written} relaxed structure(s) written to {args.output}" + (f"; {failed} failed (not written)" if failed else "")
           + f"; {time.perf_counter() - t0:.1f} s ({args.engine} engine){extra}", flush=True)
-    return 0
+    return 1 if failed else 0  # a script checking $? must not read success when a structure failed
 
 
 def _convert(args) -> int:
