@@ -19,6 +19,7 @@ from jaxmat._checks import Rule, at_least, check_instance, check_value, each, no
 from jaxmat.data import read_structures
 from jaxmat.errors import ConfigError, StructureError
 from jaxmat.guard import GuardLimits, MDGuard
+from jaxmat.models import warn_if_uncalibrated
 
 
 def load_structure(spec: str, supercell=None, min_atoms: int = 64):
@@ -174,6 +175,35 @@ class _Uncertain(Exception):
     """Internal: ends ``dyn.run`` when the ensemble's force spread passed ``max_force_std``."""
 
 
+def _check_ase_md(settings, calc) -> None:
+    """What ``run_md`` (the ASE engine) refuses: other settings types, the jax engine's ensembles and
+    an uncertainty watch without an ensemble."""
+    if not isinstance(settings, MDSettings):
+        raise TypeError(f"run_md: settings must be a jaxmat.md.MDSettings, got {type(settings).__name__}")
+    s = settings
+    if s.ensemble not in ("langevin", "nve"):
+        raise ConfigError(f"md.ensemble = {s.ensemble!r} runs on the jax engine only (jaxmat md --engine jax); the ASE "
+                          "engine runs 'langevin' and 'nve'")
+    if s.max_force_std is not None and "forces_std" not in getattr(calc, "implemented_properties", ()):
+        raise ConfigError(f"md.max_force_std = {s.max_force_std} needs an ensemble model (one that reports forces_std); "
+                          f"{getattr(getattr(calc, 'model', None), 'name', type(calc).__name__)} is a single model")
+
+
+def _ase_dynamics(atoms, s: MDSettings, rng):
+    """ASE's ``Langevin`` (sharing ``rng``, no centre-of-mass fixing) or ``VelocityVerlet``."""
+    if s.ensemble == "langevin":
+        return Langevin(atoms, s.timestep * units.fs, temperature_K=s.temperature, friction=s.friction / units.fs,
+                        rng=rng, fixcm=False)
+    return VelocityVerlet(atoms, s.timestep * units.fs)
+
+
+def _append_frame(path, atoms, append: bool, **info) -> None:
+    """Write a copy of ``atoms`` with ``info`` to ``path`` (extxyz), after the frames there if ``append``."""
+    frame = atoms.copy()
+    frame.info.update(info)
+    ase.io.write(path, frame, format="extxyz", append=append)
+
+
 def run_md(atoms, calc, settings: MDSettings = MDSettings(), trajectory: str | None = "md.traj", printer=print,
            uncertain_file: str | None = None):
     """Run MD; returns a dict of arrays (step, time_ps, epot, ekin, temperature, etotal) per log line
@@ -194,18 +224,9 @@ def run_md(atoms, calc, settings: MDSettings = MDSettings(), trajectory: str | N
     ``SimulationError`` naming the step and the likely cause, and its trajectory ends with the last
     good logged frame. A structure the calculator refuses raises its own error before step 0.
     """
-    if not isinstance(settings, MDSettings):
-        raise TypeError(f"run_md: settings must be a jaxmat.md.MDSettings, got {type(settings).__name__}")
+    _check_ase_md(settings, calc)
     s = settings
-    if s.ensemble not in ("langevin", "nve"):
-        raise ConfigError(f"md.ensemble = {s.ensemble!r} runs on the jax engine only (jaxmat md --engine jax); the ASE "
-                          "engine runs 'langevin' and 'nve'")
-    if s.max_force_std is not None and "forces_std" not in getattr(calc, "implemented_properties", ()):
-        raise ConfigError(f"md.max_force_std = {s.max_force_std} needs an ensemble model (one that reports forces_std); "
-                          f"{getattr(getattr(calc, 'model', None), 'name', type(calc).__name__)} is a single model")
     if s.max_force_std is not None:  # the watch compares raw spreads where the bundle has no force calibration
-        from jaxmat.models._ensemble import warn_if_uncalibrated
-
         warn_if_uncalibrated(getattr(calc, "model", None), "forces", f"md.max_force_std = {s.max_force_std} eV/A")
     if uncertain_file is None:
         uncertain_file = str(Path(trajectory).with_suffix("")) + "_uncertain.extxyz" if trajectory else "uncertain.extxyz"
@@ -214,11 +235,7 @@ def run_md(atoms, calc, settings: MDSettings = MDSettings(), trajectory: str | N
     atoms.get_potential_energy()  # a structure the calculator refuses fails here, as itself (StructureError)
     rng = np.random.default_rng(s.seed)
     thermalize(atoms, s.temperature, rng)
-    if s.ensemble == "langevin":
-        dyn = Langevin(atoms, s.timestep * units.fs, temperature_K=s.temperature,
-                       friction=s.friction / units.fs, rng=rng, fixcm=False)
-    else:
-        dyn = VelocityVerlet(atoms, s.timestep * units.fs)
+    dyn = _ase_dynamics(atoms, s, rng)
     traj = ase.io.Trajectory(trajectory, "w", atoms) if trajectory else None
     watch = "forces_std" in getattr(calc, "implemented_properties", ())
     log = {k: [] for k in ("step", "time_ps", "epot", "ekin", "temperature", "etotal")
@@ -233,9 +250,7 @@ def run_md(atoms, calc, settings: MDSettings = MDSettings(), trajectory: str | N
         # per atom: the norm of each atom's calibrated force-std vector, the largest over atoms
         sigma = float(np.max(np.linalg.norm(calc.results["forces_std"], axis=1))) if watch else None
         if sigma is not None and s.max_force_std is not None and sigma > s.max_force_std:
-            frame = atoms.copy()
-            frame.info.update(step=step, max_force_std=sigma)
-            ase.io.write(uncertain_file, frame, format="extxyz", append=bool(flagged))
+            _append_frame(uncertain_file, atoms, bool(flagged), step=step, max_force_std=sigma)
             flagged.append(step)
             printer(f"step {step:6d}  max force std {sigma:.3f} eV/A > {s.max_force_std} eV/A: frame written to "
                     f"{uncertain_file}" + (" for relabelling; stopping" if s.on_uncertain == "stop" else ""))
