@@ -41,12 +41,6 @@ KNOWN = {
     ("function-level import", "jaxmat.train._llpr -> jaxmat.train._uq"): "uncertainty work in progress",
     ("private import", "jaxmat.train._llpr -> jaxmat.models._llpr"): "uncertainty work in progress (_get, _set)",
     ("private import", "jaxmat.train._llpr -> jaxmat.models._predict"): "uncertainty work in progress",
-    # jaxmat/train/_config.py: under the training-loop refactor (issue 48 item 2)
-    ("function-level import", "jaxmat.train._config -> jaxmat.graph"): "training-loop refactor in progress",
-    ("function-level import", "jaxmat.train._config -> jaxmat.models"): "training-loop refactor in progress",
-    ("function-level import", "jaxmat.train._config -> jaxmat.models._model"): "training-loop refactor in progress",
-    ("function-level import", "jaxmat.train._config -> jaxmat.uncertainty"): "training-loop refactor in progress",
-    ("private import", "jaxmat.train._config -> jaxmat.models._model"): "training-loop refactor in progress",
     # jaxmat/train/_steps.py: under the training-throughput work
     ("function-level import", "jaxmat.train._steps -> jaxmat.train._parallel"): "throughput work in progress",
     # the SevenNet files: under the SevenNet work (nn/_irreps has no public face yet)

@@ -13,6 +13,9 @@ from typing import ClassVar
 from jaxmat._checks import (Rule, at_least, between, check_fields, check_instance, each, non_negative, one_of,
                             positive, rules_text)
 from jaxmat.errors import ConfigError
+from jaxmat.graph import StructureChecks
+from jaxmat.models import FAMILIES, check_hyperparameters
+from jaxmat.uncertainty import check_musil_size
 
 
 class _Section:
@@ -189,8 +192,6 @@ def config_from_dict(d: dict, base: Path | None = None) -> TrainConfig:
 
 def check_config(cfg: TrainConfig) -> None:
     """Rules that tie several fields together (each field alone is checked when its section is made)."""
-    from jaxmat.graph import StructureChecks
-
     check_fields(StructureChecks, cfg.data.structure_checks, "config: data.structure_checks")
     if not cfg.data.train:
         raise ConfigError("config: data.train (the training file) is required")
@@ -198,9 +199,6 @@ def check_config(cfg: TrainConfig) -> None:
     if loss.energy_weight == loss.forces_weight == loss.stress_weight == 0:
         raise ConfigError("config: loss.energy_weight, forces_weight and stress_weight are all 0: nothing would be trained")
     if not cfg.model.init_from:  # from scratch: the family's own rules for its hyperparameters
-        from jaxmat.models import FAMILIES
-        from jaxmat.models._model import check_hyperparameters
-
         if cfg.model.family not in FAMILIES:
             raise ConfigError(f"config: model.family = {cfg.model.family!r}: expected one of {sorted(FAMILIES)}")
         check_hyperparameters(cfg.model.family, cfg.model.hyperparameters, "config: model.hyperparameters")
@@ -214,8 +212,6 @@ def check_config(cfg: TrainConfig) -> None:
             raise ConfigError("config: ensemble.calibrate_on = 'out_of_sample' needs a deep ensemble with "
                               "ensemble.bootstrap < 1 (otherwise every member trained on every training frame)")
         if ens.calibration == "musil":
-            from jaxmat.uncertainty import check_musil_size
-
             check_musil_size(ens.size, "config: ensemble.calibration = 'musil'", "ensemble.calibration = 'nll'")
         if ens.kind == "deep" and cfg.model.init_from and not ens.reinit and ens.bootstrap == 1:
             raise ConfigError("config: a deep ensemble fine-tuned from one model with ensemble.reinit [] and "
