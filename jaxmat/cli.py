@@ -231,7 +231,7 @@ def build_parser() -> argparse.ArgumentParser:
     md.add_argument("--pressure", type=float, default=None,
                     help="npt only (refused with other ensembles): target pressure, GPa (default 0)")
     md.add_argument("--friction", type=float, default=0.01, help="Langevin friction, 1/fs (default 0.01)")
-    md.add_argument("--supercell", type=int, nargs=3, default=None, help="repeat the cell (default: >= 64 atoms for named crystals)")
+    md.add_argument("--supercell", type=int, nargs=3, default=None, help="repeat the cell (default: >= 64 atoms for anything periodic in 3D, named crystal or file; 1 1 1 keeps it as given)")
     md.add_argument("--dtype", choices=("float32", "float64"), default="float32")
     md.add_argument("--trajectory", default="md.traj", help="ASE trajectory output (default md.traj)")
     md.add_argument("--log-every", type=int, default=10)

@@ -25,7 +25,9 @@ from jaxmat.models import warn_if_uncalibrated
 def load_structure(spec: str, supercell=None, min_atoms: int = 64):
     """An ``ase.Atoms`` from a file readable by ``ase.io`` (its last frame) or a chemical name for
     ``ase.build.bulk`` (e.g. "Si", "Cu", "NaCl:rocksalt:5.64"). Named crystals use the cubic cell
-    where one exists and are repeated to at least ``min_atoms`` atoms unless ``supercell`` is given.
+    where one exists. Anything periodic in all three directions (a named crystal or a file) is
+    repeated to at least ``min_atoms`` atoms unless ``supercell`` is given; ``supercell`` (1, 1, 1)
+    keeps it as it is (constraints ASE cannot repeat, e.g. ``FixBondLengths``, included).
 
     Raises ``DatasetError`` for a file ase cannot read and ``ValueError`` for a name ase does not
     know, a lattice constant that is not a positive number, or a bad ``supercell``.
@@ -44,7 +46,7 @@ def load_structure(spec: str, supercell=None, min_atoms: int = 64):
         while len(atoms) * reps**3 < min_atoms:
             reps += 1
         supercell = (reps, reps, reps)
-    if supercell is not None:
+    if supercell is not None and tuple(supercell) != (1, 1, 1):
         if not all(atoms.pbc):
             raise ConfigError(f"md.supercell = {list(supercell)}: {spec} is not periodic in all three directions "
                               f"(pbc={atoms.pbc.tolist()}), so it cannot be repeated")

@@ -177,6 +177,9 @@ def test_a_constraint_ase_cannot_repeat_into_the_md_supercell_is_a_clear_error(t
     ase.io.write(tmp_path / "si.traj", si)  # jaxmat md repeats a small cell to >= 64 atoms
     with pytest.raises(ConfigError, match=r"carries constraint\(s\) FixBondLengths that ASE cannot repeat.*1 1 1"):
         load_structure(str(tmp_path / "si.traj"))
+    # and the advice it gives works (red team #04: --supercell 1 1 1 still called atoms.repeat and failed)
+    kept = load_structure(str(tmp_path / "si.traj"), supercell=(1, 1, 1))
+    assert len(kept) == 8 and type(kept.constraints[0]).__name__ == "FixBondLengths"
 
 
 def test_both_md_engines_log_one_format(sd_atoms, langevin_run, calc64):
