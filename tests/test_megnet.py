@@ -69,6 +69,13 @@ def test_padding_changes_nothing(megnet, megnet_frames):
     np.testing.assert_allclose(a, b, atol=1e-10)
 
 
+def test_batch_size_is_the_deprecated_name_of_graphs_per_batch(megnet, megnet_frames):
+    small = megnet_frames[3:5]
+    with pytest.warns(DeprecationWarning, match="graphs_per_batch"):
+        old = megnet.predict(small, dtype="float64", batch_size=2)
+    assert old.tobytes() == megnet.predict(small, dtype="float64", graphs_per_batch=2).tobytes()
+
+
 def test_unknown_element(megnet):
     with pytest.raises(UnknownElementError, match="Og"):
         megnet.predict([ase.Atoms("Og", cell=[5, 5, 5], pbc=True)])
