@@ -34,7 +34,7 @@ def test_activation_derivatives_match_autodiff(ours, ref):
 
 
 def test_pad_budget_count():
-    assert [pad_budget_count(s) for s in (0, 10, 499, 500, 1499, 10**6)] == [1, 1, 1, 2, 3, 4]
+    assert [pad_budget_count(s) for s in (0, 10, 999, 1000, 3999, 4000, 8000, 10**6)] == [1, 1, 1, 2, 2, 3, 4, 4]
 
 
 @pytest.fixture(scope="module")

@@ -16,7 +16,8 @@ import numpy as np
 from jax.experimental import multihost_utils
 
 from jaxmat._io import atomic_write
-from jaxmat.data import batch_budget, build_graphs, epoch_batches, epoch_groups, make_batch
+from jaxmat.data import (batch_budget, build_graphs, epoch_batches, epoch_groups, make_batch, pad_budget_count,
+                         pad_budgets)
 from jaxmat.errors import ConfigError
 from jaxmat.graph import StructureChecks
 from jaxmat.models import Model
@@ -63,7 +64,7 @@ class Run(NamedTuple):
     train_frames: list
     valid_frames: list
     g_train: list  # the training frames' graphs
-    budget: Any  # the padded size of one batch (jaxmat.data.batch_budget)
+    budget: Any  # the padded size of a batch (jaxmat.data.batch_budget), or the budgets of jaxmat.data.pad_budgets
     masks: Any  # (K, n_train) 0/1: the frames each deep-ensemble member trains on, or None (all)
     batch_of: Callable  # training-frame indices -> the batch ``train_step`` takes
     train_step: Callable  # (params, opt_state, ema, batch, lr_scale) -> (params, opt_state, ema, sums, health)
@@ -90,6 +91,9 @@ def create_train_state(cfg, workdir: Path, resume: bool, log) -> tuple[Run, Trai
         log(f"data parallel on {n_dev} devices: {cfg.data.graphs_per_batch} structures per step split over them")
     first = epoch_batches(train_frames[:1], g_train[:1], budget, 0, 0, False, dtype)[0]
     n_steps = len(epoch_groups(g_train, budget, cfg.run.seed, 0))
+    # a long run pads each batch to the cheapest of a few budgets (one compilation each; the batches stay the same)
+    budgets = pad_budgets(g_train + g_valid, cfg.data.graphs_per_batch, pad_budget_count(cfg.optim.epochs * n_steps))
+    budget = budgets if len(budgets) > 1 else budget
     tx, run_model, frozen, state = _initial_state(cfg, model, first.graph, n_steps, (train_frames, g_train),
                                                   workdir, resume, log)
     if not resume and writer:
