@@ -21,6 +21,7 @@ from ase.calculators.calculator import Calculator, PropertyNotImplementedError, 
 from jaxmat._checks import at_least, check_value, non_negative, one_of
 from jaxmat.errors import ConfigError
 from jaxmat.graph import (
+    grow_sizes,
     CUTOFF_TOLERANCE,
     DEFAULT_CHECKS,
     PadSizes,
@@ -129,17 +130,6 @@ class JaxmatCalculator(Calculator):
             return self.model.outputs(params, graph, compute_stress)
         return energy_forces_stress(self.model.apply, params, graph, compute_stress)
 
-    def _choose_sizes(self, real: PadSizes) -> PadSizes:
-        """Keep the current buckets while they fit (and are not 4x too large); on overflow grow
-        each overflowing dimension to max(needed x (1 + headroom), old x growth)."""
-        fresh = bucket_sizes(real, 1.0 + self.headroom)
-        old = self.sizes
-        if old is None or old.n_node > 4 * fresh.n_node:
-            return fresh
-        if fits(real, old):
-            return old
-        return PadSizes(*(o if r < o else max(f, int(math.ceil(o * self.growth))) for r, o, f in zip(real, old, fresh)))
-
     def calculate(self, atoms=None, properties=("energy",), system_changes=all_changes):
         super().calculate(atoms, properties, system_changes)
         atoms = self.atoms
@@ -155,9 +145,9 @@ class JaxmatCalculator(Calculator):
         real = graph_sizes(graph)
         if self.model.three_body_cutoff is not None and self.sizing_margin > 0:
             hint = sizing_triplets(graph, self.model.three_body_cutoff, self.sizing_margin)
-            self.sizes = self._choose_sizes(real._replace(n_triplet=max(real.n_triplet, hint)))
+            self.sizes = grow_sizes(real._replace(n_triplet=max(real.n_triplet, hint)), self.sizes, self.headroom, self.growth)
         else:
-            self.sizes = self._choose_sizes(real)
+            self.sizes = grow_sizes(real, self.sizes, self.headroom, self.growth)
         graph = cast_floats(pad_graph(graph, self.sizes), self.dtype)
         with jax.enable_x64(self.dtype == "float64"):
             if self._params is None:

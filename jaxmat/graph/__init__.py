@@ -9,6 +9,7 @@ from jaxmat.graph._build import (
     cast_floats,
     fits,
     graph_sizes,
+    grow_sizes,
     pad_graph,
     sizing_triplets,
 )
@@ -39,6 +40,7 @@ __all__ = [
     "check_structure",
     "edge_vectors",
     "fits",
+    "grow_sizes",
     "graph_sizes",
     "lattice_basis",
     "sizing_triplets",

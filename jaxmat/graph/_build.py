@@ -8,6 +8,7 @@ from typing import NamedTuple, Sequence
 import jraph
 import numpy as np
 
+from jaxmat.errors import NeighborOverflowError
 from jaxmat.graph._neighbors import build_triplets, neighbor_edges
 from jaxmat.graph._structure import (
     DEFAULT_CHECKS,
@@ -152,6 +153,26 @@ def bucket_sizes(real: PadSizes, headroom: float = 1.0, multiple: int = 8) -> Pa
 def fits(real: PadSizes, sizes: PadSizes) -> bool:
     """True if a graph of ``real`` sizes can be padded to ``sizes`` (one padding slot each)."""
     return all(r < s for r, s in zip(real, sizes))
+
+
+def grow_sizes(real: PadSizes, old: PadSizes | None, headroom: float, growth: float, grow: bool = True) -> PadSizes:
+    """The one bucket-growth policy (the calculator's buckets, the jax engine's list capacity): the
+    ``old`` padded sizes while they fit ``real`` (and are not 4x too large: a much smaller input does
+    not drag the old padding along), else each overflowing dimension grown to
+    max(needed x (1 + headroom), old x growth), so a slowly growing input compiles O(log n) times.
+    ``grow=False`` raises ``NeighborOverflowError`` instead of growing."""
+    fresh = bucket_sizes(real, 1.0 + headroom)
+    if old is None or old.n_node > 4 * fresh.n_node or old.n_graph > 4 * fresh.n_graph:
+        return fresh
+    if fits(real, old):
+        return old
+    if not grow:
+        names = ("atoms", "bonds", "triplets", "structures")
+        over = [f"{k} {r} > capacity {o - 1}" for k, r, o in zip(names, real, old) if r >= o]
+        raise NeighborOverflowError(
+            f"the rebuilt neighbour list does not fit its fixed capacity ({', '.join(over)}); allow growth "
+            "(grow=True) or give a larger capacity")
+    return PadSizes(*(o if r < o else max(f, int(math.ceil(o * growth))) for r, o, f in zip(real, old, fresh)))
 
 
 def pad_graph(g: AtomicGraph, sizes: PadSizes) -> AtomicGraph:

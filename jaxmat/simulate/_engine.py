@@ -12,7 +12,7 @@ on the device, when
   ``MDGuard`` then raises ``SimulationError`` naming the replica and the step.
 
 The chunk function compiles once per capacity (``n_compilations``); the capacity comes from the
-skinned lists and only grows (``jaxmat.simulate._neighbors.choose_capacity``). The host side of an MD
+skinned lists and only grows (``jaxmat.graph.grow_sizes``). The host side of an MD
 run (setup, guards, log, trajectories) is ``jaxmat.simulate._host``; with ``devices > 1`` the
 replicas run through ``jaxmat.simulate._sharded``.
 """

@@ -30,6 +30,7 @@ import numpy as np
 
 from jaxmat.errors import NeighborOverflowError, RefusedStructure, StructureError
 from jaxmat.graph import (
+    grow_sizes,
     CUTOFF_TOLERANCE,
     DEFAULT_CHECKS,
     AtomicGraph,
@@ -73,26 +74,6 @@ def unwrapped_graph(atoms, cutoff: float, three_body_cutoff: float | None, check
     return AtomicGraph(G, g.triplets)
 
 
-def choose_capacity(real: PadSizes, old: PadSizes | None, headroom: float, growth: float,
-                    grow: bool = True) -> PadSizes:
-    """Padded sizes for a list of ``real`` sizes: the old ones while they fit (and are not 4x too
-    large), else each overflowing
-    dimension grown to max(needed x (1 + headroom), old x growth) (one compilation);
-    ``grow=False`` raises ``NeighborOverflowError`` instead."""
-    fresh = bucket_sizes(real, 1.0 + headroom)
-    if old is None or old.n_node > 4 * fresh.n_node or old.n_graph > 4 * fresh.n_graph:
-        return fresh  # (a much smaller batch than before: do not drag the old padding along)
-    if fits(real, old):
-        return old
-    if not grow:
-        names = ("atoms", "bonds", "triplets", "structures")
-        over = [f"{k} {r} > capacity {o - 1}" for k, r, o in zip(names, real, old) if r >= o]
-        raise NeighborOverflowError(
-            f"the rebuilt neighbour list does not fit its fixed capacity ({', '.join(over)}); allow growth "
-            "(grow=True) or give a larger capacity")
-    return PadSizes(*(o if r < o else max(f, int(math.ceil(o * growth))) for r, o, f in zip(real, old, fresh)))
-
-
 def build_lists(systems, cutoff: float, three_body_cutoff: float | None, skin: float, dtype,
                 capacity: PadSizes | None = None, headroom: float = 0.1, growth: float = 1.3, grow: bool = True,
                 checks=DEFAULT_CHECKS):
@@ -110,7 +91,7 @@ def build_lists(systems, cutoff: float, three_body_cutoff: float | None, skin: f
             raise RefusedStructure(k, err) from err
     g = batch_graphs(graphs)
     real = graph_sizes(g)
-    capacity = choose_capacity(real, capacity, headroom, growth, grow)
+    capacity = grow_sizes(real, capacity, headroom, growth, grow)
     g = cast_floats(pad_graph(g, capacity), dtype)
     return Lists(jax.tree_util.tree_map(jnp.asarray, g)), capacity, real
 
