@@ -34,6 +34,7 @@ from jaxmat.nn._irreps import (
     bessel_basis,
     gate,
     parse_irreps,
+    path_groups,
     poly_cutoff,
     spherical_harmonics,
     uvu_aggregate,
@@ -192,7 +193,7 @@ class InteractionBlock(nn.Module):
         sc = IrrepsLinear(gate_in, name="self_connection")(h)
         x = IrrepsLinear(tuple(muls_in.items()), name="linear_1")(h)
         paths = uvu_paths(tuple(muls_in), self.lmax_sh, tuple(range(max(muls_out) + 1)))
-        split = tuple(muls_in[p.l_in] for p in paths)
+        split = tuple(len(grp) * muls_in[grp[0].l_in] for grp in path_groups(paths))
         w = RadialMLP(self.radial_hidden + (sum(split),), split=split, name="radial")(emb)
         agg = uvu_aggregate(x, sh, w, paths, senders, receivers, n_node)
         inv = 1.0 / self.denominator

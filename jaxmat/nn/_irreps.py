@@ -79,11 +79,29 @@ def spherical_harmonics(vectors, lmax: int, normalize: bool = True):
     return e3nn.spherical_harmonics(irreps, vectors, normalize=normalize, normalization="component").array
 
 
+def path_groups(paths: Sequence[Path]) -> list[tuple[Path, ...]]:
+    """Consecutive paths of the same (l_in, l_out) (they differ in l_sh only): the unit of
+    computation of ``uvu_aggregate``; their weights are contiguous in ``uvu_paths`` order."""
+    groups: list[list[Path]] = []
+    for p in paths:
+        if groups and (groups[-1][0].l_in, groups[-1][0].l_out) == (p.l_in, p.l_out):
+            groups[-1].append(p)
+        else:
+            groups.append([p])
+    return [tuple(g) for g in groups]
+
+
 @functools.lru_cache(maxsize=None)
-def _path_matrix(path: Path) -> np.ndarray:
-    """sqrt(2 l_out + 1) * C[l_in, l_sh, l_out] as (2l_sh+1, (2l_in+1)(2l_out+1)), float64."""
-    c = np.asarray(e3nn.clebsch_gordan(*path), np.float64) * np.sqrt(2 * path.l_out + 1)
-    return np.transpose(c, (1, 0, 2)).reshape(2 * path.l_sh + 1, -1)
+def _group_matrix(group: tuple) -> np.ndarray:
+    """(Y @ M)[e] reshaped (P, 2l_in+1, 2l_out+1) = sqrt(2l_out+1) sum_j C_p[i, j, k] Y_{l_sh(p)}[e, j]
+    for the P paths of ``group``; M is ((lmax_sh+1)^2, P (2l_in+1)(2l_out+1)), float64."""
+    n_sh = (max(p.l_sh for p in group) + 1) ** 2
+    d_in, d_out = 2 * group[0].l_in + 1, 2 * group[0].l_out + 1
+    m = np.zeros((n_sh, len(group), d_in, d_out))
+    for k, p in enumerate(group):
+        c = np.asarray(e3nn.clebsch_gordan(*p), np.float64) * np.sqrt(2 * p.l_out + 1)  # (i, j, k)
+        m[p.l_sh ** 2:(p.l_sh + 1) ** 2, k] = np.transpose(c, (1, 0, 2))
+    return m.reshape(n_sh, -1)
 
 
 def uvu_aggregate(x: dict, sh, weights: Sequence, paths: Sequence[Path], senders, receivers, n_node: int) -> dict:
@@ -91,26 +109,30 @@ def uvu_aggregate(x: dict, sh, weights: Sequence, paths: Sequence[Path], senders
 
     Message of edge e for path (l_in, l_sh, l_out), channel u, component k:
     ``w_path[e, u] * sqrt(2l_out+1) * sum_ij C[i, j, k] x[senders[e], i, u] Y[e, j]``, summed onto
-    ``receivers[e]``. Each path is its own computation (a batched (2l_out+1, 2l_in+1) x
-    (2l_in+1, mul) product per edge, then one sorted segment sum): no per-edge array is ever
-    sliced or concatenated, whose transposes (pads and sums of pads) dominate the backward pass.
+    ``receivers[e]``. Paths of the same (l_in, l_out) (``path_groups``) are one computation: a
+    batched (2l_out+1, 2l_in+1) x (2l_in+1, mul) product per edge and path, then one sorted
+    segment sum; no per-edge array is sliced or concatenated (their transposes, pads and sums of
+    pads, dominated the backward pass).
 
     Args:
       x: {l_in: (N, 2l_in+1, mul)} node features.
       sh: (E, (lmax_sh+1)^2) spherical harmonics (all l concatenated).
-      weights: per path (E, mul_l_in), in ``paths`` order (``RadialMLP`` with ``split``).
+      weights: per path group (E, P * mul_l_in), paths in ``paths`` order (``RadialMLP`` with ``split``).
       paths: from ``uvu_paths``.
     Returns {path: (N, 2l_out+1, mul_l_in)}.
     """
     gathered = {l: v[senders] for l, v in x.items() if any(p.l_in == l for p in paths)}
     out = {}
-    for p, w in zip(paths, weights):
-        xe = gathered[p.l_in]  # (E, 2l_in+1, mul)
-        dt = xe.dtype
-        y = sh[:, p.l_sh ** 2:(p.l_sh + 1) ** 2]
-        a = (y @ jnp.asarray(_path_matrix(p), dt)).reshape(y.shape[0], 2 * p.l_in + 1, 2 * p.l_out + 1)
-        msg = jnp.einsum("eik,eiu->eku", a, xe * w[:, None, :])
-        out[p] = jax.ops.segment_sum(msg, receivers, num_segments=n_node, indices_are_sorted=True)
+    for group, w in zip(path_groups(paths), weights):
+        xe = gathered[group[0].l_in]  # (E, 2l_in+1, mul)
+        n_edge, d_in, mul = xe.shape
+        mat = _group_matrix(group)
+        a = (sh[:, :mat.shape[0]] @ jnp.asarray(mat, xe.dtype)).reshape(n_edge, len(group), d_in, -1)
+        xw = xe[:, None, :, :] * w.reshape(n_edge, len(group), 1, mul)  # (E, P, i, u)
+        msg = jnp.einsum("epik,epiu->epku", a, xw)
+        agg = jax.ops.segment_sum(msg, receivers, num_segments=n_node, indices_are_sorted=True)
+        for k, p in enumerate(group):
+            out[p] = agg[:, k]
     return out
 
 
