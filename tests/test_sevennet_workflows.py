@@ -15,7 +15,7 @@ from ase.build import bulk
 from ase.md.verlet import VelocityVerlet
 
 import jaxmat
-from conftest import FIXTURES
+from helpers import FIXTURES
 from jaxmat.calculators import JaxmatCalculator
 from jaxmat.md import MDSettings, thermalize
 from jaxmat.relax import RelaxSettings, relax_ase
