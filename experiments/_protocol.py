@@ -224,6 +224,10 @@ def one(workdir: Path, core: int | None, minutes: float | None) -> None:
     if core is not None:
         os.sched_setaffinity(0, {core})
         os.environ["XLA_FLAGS"] = (os.environ.get("XLA_FLAGS", "") + " " + SINGLE_THREAD).strip()
+    # XLA's persistent compilation cache, shared by the runs beside this one (local, like the runs): the
+    # seeds of one configuration compile the same steps (~15-20 s of one core per padded shape), so
+    # only the first seed pays; a hit runs the identical executable
+    os.environ.setdefault("JAX_COMPILATION_CACHE_DIR", str(workdir.resolve().parent / ".xla_cache"))
     import jaxmat
     from jaxmat.train import config_from_dict, train_and_evaluate
 
