@@ -50,9 +50,20 @@ def _convert(src: Path, dst: Path, name=None):
     return jaxmat.load_model(dst)
 
 
-def test_convert_matches_shipped_sevennet0(pretrained_dir, tmp_path):
-    src = pretrained_dir / "SevenNet_0__11Jul2024" / "checkpoint_sevennet_0.pth"
-    converted = _convert(src, tmp_path / "SevenNet-0", name="SevenNet-0")
+def test_convert_matches_shipped_sevennet0_and_refuses_multifidelity(pretrained_dir, tmp_path):
+    """One process of sevenn's Python: ``jaxmat convert`` of SevenNet-0 gives the shipped bundle
+    bit for bit; SevenNet-MF-0 is refused, naming its fidelities, and nothing is written."""
+    script = ("from jaxmat.cli import main\n"
+              f"print('RC', main(['convert', {str(pretrained_dir / 'SevenNet_0__11Jul2024' / 'checkpoint_sevennet_0.pth')!r}, "
+              f"{str(tmp_path / 'SevenNet-0')!r}, '--name', 'SevenNet-0']))\n"
+              f"print('RC', main(['convert', {str(pretrained_dir / 'SevenNet_MF_0' / 'checkpoint_sevennet_mf_0.pth')!r}, "
+              f"{str(tmp_path / 'mf')!r}]))\n")
+    res = _run(["-c", script])
+    assert res.returncode == 0, res.stderr
+    assert [line for line in res.stdout.splitlines() if line.startswith("RC")] == ["RC 0", "RC 2"]
+    assert "multi-fidelity" in res.stderr and "R2SCAN, PBE" in res.stderr
+    assert not (tmp_path / "mf").exists()
+    converted = jaxmat.load_model(tmp_path / "SevenNet-0")
     shipped = jaxmat.load_model("SevenNet-0")
     assert converted.family == shipped.family == "SevenNet"
     assert converted.hyperparameters == shipped.hyperparameters
@@ -62,14 +73,6 @@ def test_convert_matches_shipped_sevennet0(pretrained_dir, tmp_path):
         np.testing.assert_array_equal(a, b)
     assert (tmp_path / "SevenNet-0" / "LICENSE").read_text().startswith("MIT License")
     assert converted.metadata["source_checkpoint_sha256"] == shipped.metadata["source_checkpoint_sha256"]
-
-
-def test_multifidelity_checkpoint_is_refused(pretrained_dir, tmp_path):
-    res = _run(["-m", "jaxmat.cli", "convert", str(pretrained_dir / "SevenNet_MF_0" / "checkpoint_sevennet_mf_0.pth"),
-                str(tmp_path / "mf")])
-    assert res.returncode != 0
-    assert "multi-fidelity" in res.stderr and "PBE" in res.stderr
-    assert not (tmp_path / "mf").exists()
 
 
 @pytest.mark.slow

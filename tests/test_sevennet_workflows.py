@@ -67,6 +67,7 @@ def test_jax_md_equals_ase_and_batches(engine64, calc64):
     assert engine64.n_compilations == 1 and calc64.n_compilations == 1
 
 
+@pytest.mark.slow  # two relaxations and the jax engine's FIRE compilation: ~1 min CPU
 def test_relax_engines_agree(engine64, calc64):
     """A compressed Si8 relaxed by ASE's FIRE + FrechetCellFilter and by the jax engine: the same
     cell and energy."""
