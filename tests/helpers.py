@@ -4,6 +4,7 @@ subprocess scripts (``_multidevice.py``) use it too."""
 
 from __future__ import annotations
 
+import importlib
 import json
 import os
 import signal
@@ -14,6 +15,23 @@ from pathlib import Path
 
 FIXTURES = Path(__file__).parent / "fixtures"
 SHARED = Path(__file__).resolve().parents[1].parent / "shared"
+EXPERIMENTS = Path(__file__).resolve().parents[1] / "experiments"
+
+
+def import_experiment(relpath):
+    """Import the experiment script ``experiments/<relpath>`` (e.g. "mlearn/search.py") as a module.
+
+    Several experiment folders have a ``run.py`` and the scripts import their siblings by bare name, so
+    the sibling modules cached by an earlier import (another folder's ``run``) are dropped first and the
+    script's own folder goes to the front of sys.path."""
+    path = EXPERIMENTS / relpath
+    for sibling in path.parent.glob("*.py"):
+        sys.modules.pop(sibling.stem, None)
+    for folder in (EXPERIMENTS, path.parent):
+        if str(folder) in sys.path:
+            sys.path.remove(str(folder))
+    sys.path[:0] = [str(path.parent), str(EXPERIMENTS)]
+    return importlib.import_module(path.stem)
 
 # A one-block M3GNet small enough for training tests to run in seconds on a CPU.
 TINY = {"units": 16, "dim_node": 16, "dim_edge": 16, "nblocks": 1, "readout_features": [16, 16, 1]}

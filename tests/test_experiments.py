@@ -11,7 +11,7 @@ import pytest
 
 from jaxmat.data import read_frames
 
-from helpers import FIXTURES
+from helpers import FIXTURES, import_experiment
 
 ROOT = Path(__file__).resolve().parents[1]
 
@@ -46,8 +46,7 @@ def test_every_ablation_variant_is_a_valid_config():
     from jaxmat.models import expected_param_shapes
     from jaxmat.train import config_from_dict, default_hyperparameters
 
-    sys.path.insert(0, str(ROOT / "experiments" / "ablations"))
-    from run import plan
+    plan = import_experiment("ablations/run.py").plan
 
     spec = json.loads((ROOT / "experiments" / "ablations" / "ablations.json").read_text())
     runs = plan(spec, ROOT / "experiments" / "ablations", Path("/nonexistent"))
@@ -63,8 +62,8 @@ def test_every_ablation_variant_is_a_valid_config():
 def test_ablation_budget_note():
     """The budget paragraph is measured from the curves: a flat end reads as flattened, a falling one as not,
     the steepest variant is named, and runs shorter than the window are left out rather than read as NaN."""
-    sys.path.insert(0, str(ROOT / "experiments" / "ablations"))
-    from run import TAIL, budget_note, tail_gain
+    ablations = import_experiment("ablations/run.py")
+    TAIL, budget_note, tail_gain = ablations.TAIL, ablations.budget_note, ablations.tail_gain
 
     spec = json.loads((ROOT / "experiments" / "ablations" / "ablations.json").read_text())
 
@@ -137,8 +136,8 @@ def test_mlearn_protocol_driver(tmp_path):
     assert out.returncode == 0, out.stderr[-3000:]
     assert json.loads((tmp_path / "runs.json").read_text())["finetune/X/0"]["test"]["f_mae"] == 123.0
 
-    sys.path.insert(0, str(ROOT / "experiments"))
-    from _protocol import Run, prepare
+    protocol = import_experiment("_protocol.py")
+    Run, prepare = protocol.Run, protocol.prepare
 
     with pytest.raises(ValueError, match="the protocol changed"):
         prepare(Run("finetune/X/0", {"data": {"train": "other.extxyz"}}, str(tmp_path / "X_test.extxyz"), wd))

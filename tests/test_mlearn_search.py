@@ -9,11 +9,10 @@ from pathlib import Path
 
 import pytest
 
+from helpers import import_experiment
 from test_experiments import _protocol_files
 
 ROOT = Path(__file__).resolve().parents[1]
-sys.path.insert(0, str(ROOT / "experiments"))
-sys.path.insert(0, str(ROOT / "experiments" / "mlearn"))
 
 
 def _tiny_spec(tmp_path, cap=30.0):
@@ -30,7 +29,7 @@ def _tiny_spec(tmp_path, cap=30.0):
 def test_search_spec_plans_validation_only_runs():
     """The committed spec: Si and Mo, every configuration a valid training config on a *_train file with
     a cap, never a test file; a stage two starts from its stage one's kept model with the rest of the cap."""
-    from search import plan
+    plan = import_experiment("mlearn/search.py").plan
 
     from jaxmat.train import config_from_dict
 
@@ -55,7 +54,8 @@ def test_search_spec_plans_validation_only_runs():
 
 
 def test_tail_fall_and_cap_status(tmp_path):
-    from _protocol import ended, status, tail_fall
+    protocol = import_experiment("_protocol.py")
+    ended, status, tail_fall = protocol.ended, protocol.status, protocol.tail_fall
 
     assert tail_fall([1.0] * 10) == 0.0
     assert tail_fall([1.0, 0.8, 0.9, 0.7, 0.6, 0.5, 0.5, 0.5, 0.5, 0.4]) == pytest.approx(20.0)  # best-so-far 0.5 -> 0.4
