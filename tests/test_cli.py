@@ -121,7 +121,10 @@ def test_train_cli_ctrl_c_keeps_the_checkpoint_and_prints_the_resume_command(tmp
 
     import flax.serialization
 
-    cfg = tiny_train_config(labelled_file, _TRAIN_BASE, optim={"epochs": 200}, model=_NO_REFIT)
+    # a run that cannot end by itself within the test (no early stopping, 10^5 epochs): on a loaded machine a
+    # 200-epoch run could finish between the first checkpoint and the signal, which then hit the exit
+    cfg = tiny_train_config(labelled_file, _TRAIN_BASE, optim={"epochs": 100_000, "early_stopping_patience": 0},
+                            model=_NO_REFIT)
     (tmp_path / "cfg.json").write_text(json.dumps(cfg))
     run = tmp_path / "run"
     proc = subprocess.Popen([sys.executable, "-m", "jaxmat.cli", "train", str(tmp_path / "cfg.json"), "--workdir",
@@ -133,7 +136,7 @@ def test_train_cli_ctrl_c_keeps_the_checkpoint_and_prints_the_resume_command(tmp
     assert proc.poll() is None, proc.communicate()
     proc.send_signal(signal.SIGINT)
     out, err = proc.communicate(timeout=120)
-    assert proc.returncode == 130, err
+    assert proc.returncode == 130, (out[-2000:], err)
     assert "Traceback" not in err and "KeyboardInterrupt" not in err, err
     said = re.search(r"The last checkpoint is kept: (\S+) \(step (\d+): ", err)
     assert said and said.group(1) == str(run / "checkpoint.msgpack"), err

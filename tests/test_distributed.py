@@ -39,6 +39,7 @@ def test_data_parallel_training_equals_one_device_and_resumes_across_device_coun
     assert r["resume_1_4"] < 1e-9 * max(1.0, r["scale"]), r
 
 
+@pytest.mark.slow  # (default suite under 15 min on 2 cores; run with -m slow)
 def test_sharded_ensemble_prediction_equals_one_device(tmp_path, labelled_file):
     r = run_case("ensemble_prediction", tmp_path, labelled_file)
     assert r["member_spread"] > 1e-3  # the members differ, so a mixed-up member axis would show
@@ -69,6 +70,7 @@ def free_port():
         return s.getsockname()[1]
 
 
+@pytest.mark.slow  # (default suite under 15 min on 2 cores; run with -m slow)
 def test_two_processes_train_as_one(tmp_path, labelled_file):
     """Two `jaxmat train` processes (jax.distributed on localhost, one CPU device each, gloo) end
     with the parameters of the one-process run; only process 0 writes."""

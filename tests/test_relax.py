@@ -24,6 +24,7 @@ def _strained():
     return [si, nacl]
 
 
+@pytest.mark.slow  # (default suite under 15 min on 2 cores; run with -m slow)
 def test_jax_fire_reaches_the_ase_fire_frechet_result():
     """Strained Si8 and NaCl8 (float64, fmax 1e-3): the batched jax FIRE follows ASE's FIRE on
     FrechetCellFilter coordinates; cell lengths within 1e-3 A and energies within 1e-4 eV/atom."""
