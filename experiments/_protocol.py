@@ -262,7 +262,7 @@ def evaluate_test(workdir: Path, spec: dict) -> dict:
     """The test split's metrics (overall and per ``info["group"]``) of the run's best model, written once
     to test.json with parity_test.png."""
     from jaxmat.models import load_model
-    from jaxmat.train import config_frames, config_from_dict, error_metrics, metrics_by_group, predict
+    from jaxmat.train import config_frames, config_from_dict, error_metrics, metrics_by_group, predict_frames
     from jaxmat.train._plots import parity_plots
 
     if (workdir / "test.json").is_file():
@@ -271,7 +271,7 @@ def evaluate_test(workdir: Path, spec: dict) -> dict:
     dtype = spec["config"].get("run", {}).get("dtype", "float32")
     # read as the run read its training file (keys, stress factor)
     frames = config_frames(config_from_dict(merge(spec["config"], {"data": {"test": spec["test"]}})), "test")
-    pred = predict(model, model.params, frames, dtype=dtype)
+    pred = predict_frames(model, model.params, frames, dtype=dtype)
     out = {**error_metrics(pred), "by_group": metrics_by_group(model, model.params, frames, "group", dtype=dtype)}
     parity_plots(pred, workdir / "parity_test.png", title=f"{spec['key']} (test)")
     tmp = workdir / "test.json.tmp"

@@ -31,7 +31,6 @@ from __future__ import annotations
 
 import argparse
 import functools
-import inspect
 import json
 import os
 import platform
@@ -182,7 +181,7 @@ def md_row(model_name: str, reps: int, replicas: int, dtype: str, steps: int, ch
     trajectories, so the first run meets every compilation (capacity growths included) and the
     second, timed, none."""
     engine = Engine(model=model_name, dtype=dtype)
-    quiet = {("log" if "log" in inspect.signature(engine.md).parameters else "printer"): lambda line: None}
+    quiet = {"log": lambda line: None}
     systems, settings = [si_cell(reps)] * replicas, MDSettings(temperature=300.0, steps=steps, log_every=chunk)
     t = time.perf_counter()
     engine.md(systems, settings, trajectory=None, **quiet)

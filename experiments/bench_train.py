@@ -57,7 +57,7 @@ def jaxmat_worker(gpb: int, epochs: int) -> dict:
 
     from jaxmat import data
     from jaxmat.models import Model
-    from jaxmat.models._model import default_hyperparameters
+    from jaxmat.models import default_hyperparameters
     from jaxmat.train import config_from_dict
     from jaxmat.train._optim import make_optimizer
     from jaxmat.train._steps import build_steps

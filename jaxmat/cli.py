@@ -73,10 +73,10 @@ def _md(args) -> int:
     print(f"jaxmat md: {atoms.get_chemical_formula()} ({len(atoms)} atoms), model {calc.model.name}, "
           f"{args.dtype}, {args.ensemble} {args.temperature} K, dt {args.timestep} fs, {args.steps} steps"
           f"{', XLA cache ' + cache if cache else ''}", flush=True)
-    printer = _first_step_printer()
-    log = run_md(atoms, calc, settings, trajectory=args.trajectory, printer=printer, uncertain_file=args.uncertain_file)
-    if log.get("stopped_at", -1) >= 0:
-        print(f"stopped at step {log['stopped_at']}: the ensemble's force std passed {args.max_force_std} eV/A",
+    out = run_md(atoms, calc, settings, trajectory=args.trajectory, log=_first_step_printer(),
+                 uncertain_file=args.uncertain_file)
+    if out.get("stopped_at", -1) >= 0:
+        print(f"stopped at step {out['stopped_at']}: the ensemble's force std passed {args.max_force_std} eV/A",
               flush=True)
     print(f"done in {time.perf_counter() - _T0:.1f} s; {calc.n_compilations} compilation(s); "
           f"trajectory {args.trajectory}", flush=True)
@@ -91,8 +91,7 @@ def _md_jax(args, settings, atoms) -> int:
     print(f"jaxmat md (jax engine): {args.replicas} x {atoms.get_chemical_formula()} ({len(atoms)} atoms), model "
           f"{engine.model.name}, {args.dtype}, {settings.ensemble} {settings.temperature} K, dt {settings.timestep} fs, "
           f"{settings.steps} steps{', XLA cache ' + cache if cache else ''}", flush=True)
-    printer = _first_step_printer()
-    engine.md([atoms] * args.replicas, settings, trajectory=args.trajectory, printer=printer,
+    engine.md([atoms] * args.replicas, settings, trajectory=args.trajectory, log=_first_step_printer(),
               progress=sys.stderr.isatty(), devices=args.devices)
     paths = trajectory_paths(args.trajectory, args.replicas)  # one file per replica when there are several
     if len(paths) <= 1:
@@ -133,7 +132,7 @@ def _relax(args) -> int:
 
         engine = Engine(model=args.model, dtype=args.dtype)
         enable_compilation_cache()
-        records = engine.relax(structures, settings, names=names, batch_size=args.batch_size)
+        records = engine.relax(structures, settings, names=names, graphs_per_batch=args.batch_size)
         extra = f"; {engine.n_compilations} compilation(s)"
     else:
         from jaxmat.calculators import JaxmatCalculator

@@ -206,7 +206,7 @@ def _append_frame(path, atoms, append: bool, **info) -> None:
     ase.io.write(path, frame, format="extxyz", append=append)
 
 
-def run_md(atoms, calc, settings: MDSettings = MDSettings(), trajectory: str | None = "md.traj", printer=print,
+def run_md(atoms, calc, settings: MDSettings = MDSettings(), trajectory: str | None = "md.traj", log=print,
            uncertain_file: str | None = None):
     """Run MD; returns a dict of arrays (step, time_ps, epot, ekin, temperature, etotal) per log line
     (energies in eV for the whole structure; the printed line, ``format_log``, gives them per atom).
@@ -240,7 +240,7 @@ def run_md(atoms, calc, settings: MDSettings = MDSettings(), trajectory: str | N
     dyn = _ase_dynamics(atoms, s, rng)
     traj = ase.io.Trajectory(trajectory, "w", atoms) if trajectory else None
     watch = "forces_std" in getattr(calc, "implemented_properties", ())
-    log = {k: [] for k in ("step", "time_ps", "epot", "ekin", "temperature", "etotal")
+    columns = {k: [] for k in ("step", "time_ps", "epot", "ekin", "temperature", "etotal")
            + (("max_force_std",) if watch else ())}
     t0 = [time.perf_counter()]
     flagged, stopped = [], [-1]
@@ -254,8 +254,8 @@ def run_md(atoms, calc, settings: MDSettings = MDSettings(), trajectory: str | N
         if sigma is not None and s.max_force_std is not None and sigma > s.max_force_std:
             _append_frame(uncertain_file, atoms, bool(flagged), step=step, max_force_std=sigma)
             flagged.append(step)
-            printer(f"step {step:6d}  max force std {sigma:.3f} eV/A > {s.max_force_std} eV/A: frame written to "
-                    f"{uncertain_file}" + (" for relabelling; stopping" if s.on_uncertain == "stop" else ""))
+            log(f"step {step:6d}  max force std {sigma:.3f} eV/A > {s.max_force_std} eV/A: frame written to "
+                f"{uncertain_file}" + (" for relabelling; stopping" if s.on_uncertain == "stop" else ""))
             if s.on_uncertain == "stop":
                 stopped[0] = step
                 raise _Uncertain
@@ -267,10 +267,10 @@ def run_md(atoms, calc, settings: MDSettings = MDSettings(), trajectory: str | N
         rate = (now - t0[0]) / s.log_every if step else None
         t0[0] = now
         temp = atoms.get_temperature()
-        for k, v in zip(log, (step, step * s.timestep / 1000, epot, ekin, temp, epot + ekin, sigma)):
-            log[k].append(v)
-        printer(format_log(step, step * s.timestep / 1000, epot, ekin, temp, len(atoms), max_force_std=sigma,
-                           seconds_per_step=rate))
+        for k, v in zip(columns, (step, step * s.timestep / 1000, epot, ekin, temp, epot + ekin, sigma)):
+            columns[k].append(v)
+        log(format_log(step, step * s.timestep / 1000, epot, ekin, temp, len(atoms), max_force_std=sigma,
+                       seconds_per_step=rate))
 
     dyn.attach(observe, interval=1)
     try:
@@ -282,7 +282,7 @@ def run_md(atoms, calc, settings: MDSettings = MDSettings(), trajectory: str | N
     finally:
         if traj is not None:
             traj.close()
-    out = {k: np.asarray(v) for k, v in log.items()}
+    out = {k: np.asarray(v) for k, v in columns.items()}
     if watch:
         out.update(uncertain_steps=np.asarray(flagged, int), stopped_at=stopped[0])
     return out

@@ -83,7 +83,7 @@ def _volume(atoms) -> float:
     return float(abs(np.linalg.det(atoms.cell.array))) if all(atoms.pbc) else float("nan")
 
 
-def finish(name, atoms, energy, forces, stress, steps, converged, fmax_now, volume0, error=None) -> Relaxed:
+def relax_record(name, atoms, energy, forces, stress, steps, converged, fmax_now, volume0, error=None) -> Relaxed:
     """A ``Relaxed`` record; attaches the results to ``atoms`` (a copy) when it did not diverge."""
     n = len(atoms)
     if error is not None:
@@ -141,15 +141,15 @@ def relax_ase(atoms, calc, settings: RelaxSettings = RelaxSettings(), name: str 
     try:
         converged = bool(opt.run(fmax=settings.fmax, steps=settings.steps))
     except _Diverged as err:
-        return finish(name, work, None, None, None, opt.nsteps, False, None, volume0,
+        return relax_record(name, work, None, None, None, opt.nsteps, False, None, volume0,
                       f"diverged at step {opt.nsteps}: {err}")
     except StructureError as err:
-        return finish(name, work, None, None, None, opt.nsteps, False, None, volume0,
+        return relax_record(name, work, None, None, None, opt.nsteps, False, None, volume0,
                       f"diverged at step {opt.nsteps}: {err}")
     fmax_now = float(np.sqrt((target.get_forces() ** 2).sum(axis=1).max()))
     stress = work.get_stress() if all(work.pbc) else None
     # the true forces (those a fresh calculator gives), not the constraint-projected ones (zero on fixed atoms)
-    return finish(name, work, work.get_potential_energy(), work.get_forces(apply_constraint=False), stress,
+    return relax_record(name, work, work.get_potential_energy(), work.get_forces(apply_constraint=False), stress,
                   opt.nsteps, converged, fmax_now, volume0)
 
 

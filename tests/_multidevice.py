@@ -109,7 +109,7 @@ def md(tmp, data):
     runs = {}
     for n in (1, 4):
         eng = Engine(dtype="float64", skin=0.15)
-        runs[n] = eng.md(systems, settings, temperatures=temps, trajectory=None, printer=lambda *a: None, devices=n)
+        runs[n] = eng.md(systems, settings, temperatures=temps, trajectory=None, log=lambda *a: None, devices=n)
         out[f"rebuilds_{n}"] = int(runs[n]["n_rebuilds"])
         out[f"compilations_{n}"] = eng.n_compilations
     out["positions"] = max(float(np.max(np.abs(a.positions - b.positions)))

@@ -66,7 +66,7 @@ def test_md_that_blows_up_stops_before_the_bad_frame(calc32, tmp_path, ensemble,
     lines = []
     with pytest.raises(SimulationError, match=match):
         settings = MDSettings(temperature=300.0, timestep=timestep, steps=50, ensemble=ensemble, log_every=1)
-        run_md(molecule("CH3CH2OH"), calc32, settings, trajectory=str(traj), printer=lines.append)
+        run_md(molecule("CH3CH2OH"), calc32, settings, trajectory=str(traj), log=lines.append)
     frames = ase.io.read(traj, ":")
     assert len(frames) == 1 == len(lines) and np.isfinite(frames[0].positions).all()
 
@@ -121,8 +121,8 @@ def test_counts_below_one_are_clear_errors(capsys):
     assert "relax.batch_size = 0 (--batch-size): expected at least 1" in capsys.readouterr().err
     engine = Engine()
     si = bulk("Si", "diamond", 5.43, cubic=True)
-    with pytest.raises(ConfigError, match=r"Engine.relax.batch_size = 0 \(int\): expected >= 1"):
-        engine.relax([si], RelaxSettings(), batch_size=0)
+    with pytest.raises(ConfigError, match=r"Engine.relax.graphs_per_batch = 0 \(int\): expected >= 1"):
+        engine.relax([si], RelaxSettings(), graphs_per_batch=0)
     with pytest.raises(ConfigError, match=r"Engine.relax.chunk_steps = -1"):
         engine.relax([si], RelaxSettings(), chunk_steps=-1)
     with pytest.raises(ConfigError, match=r"Engine.md.chunk_steps = 0"):

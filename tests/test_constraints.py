@@ -52,7 +52,7 @@ def langevin_run(sd_atoms):
     free.set_constraint()
     lines = []
     out = Engine(dtype="float64", skin=0.5).md([sd_atoms, free], MDSettings(temperature=600.0, steps=10, log_every=5),
-                                               trajectory=None, printer=lines.append)
+                                               trajectory=None, log=lines.append)
     return out, lines
 
 
@@ -72,7 +72,7 @@ def test_md_never_moves_fixed_atoms(sd_atoms, langevin_run):
 def test_md_never_moves_fixed_atoms_other_integrators(sd_atoms, ensemble):
     out = Engine(dtype="float64", skin=0.5).md([sd_atoms], MDSettings(ensemble=ensemble, temperature=600.0, steps=10,
                                                                       log_every=10), trajectory=None,
-                                               printer=lambda line: None)
+                                               log=lambda line: None)
     final = out["final"][0]
     assert np.array_equal(final.positions[FIXED], sd_atoms.positions[FIXED])
     assert np.array_equal(final.positions[PARTIAL, [0, 2]], sd_atoms.positions[PARTIAL, [0, 2]])
@@ -84,7 +84,7 @@ def test_npt_keeps_fixed_atoms_fractional_and_logs_volume_and_pressure(sd_atoms,
     lines = []
     out = Engine(dtype="float64", skin=0.5).md([sd_atoms], MDSettings(ensemble="npt", temperature=300.0, pressure=2.0,
                                                                       barostat_time=50.0, steps=10, log_every=5),
-                                               trajectory=None, printer=lines.append)
+                                               trajectory=None, log=lines.append)
     final = out["final"][0]
     assert abs(final.get_volume() / sd_atoms.get_volume() - 1) > 1e-5  # the cell moved
     frac0, frac = sd_atoms.get_scaled_positions(wrap=False), final.get_scaled_positions(wrap=False)
@@ -190,7 +190,7 @@ def test_both_md_engines_log_one_format(sd_atoms, langevin_run, calc64):
     ase_lines = []
     atoms = sd_atoms.copy()
     log = run_md(atoms, calc64, MDSettings(temperature=600.0, steps=0, log_every=5), trajectory=None,
-                 printer=ase_lines.append)
+                 log=ase_lines.append)
 
     def skeleton(line):
         line = re.sub(r" \(\d+-\d+\)", "", line.split("ms/step")[0])  # (the replicas' temperature range)

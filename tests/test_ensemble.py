@@ -143,12 +143,12 @@ def test_md_logs_the_force_std_and_stops_above_the_threshold(model, tmp_path):
     atoms = bulk("Si", "diamond", 5.43, cubic=True)
     out = tmp_path / "flagged.extxyz"
     log = run_md(atoms, JaxmatCalculator(ens), MDSettings(steps=20, log_every=5, max_force_std=1e-6),
-                 trajectory=None, printer=lambda *a: None, uncertain_file=str(out))
+                 trajectory=None, log=lambda *a: None, uncertain_file=str(out))
     assert log["stopped_at"] == 0 and list(log["uncertain_steps"]) == [0]
     frame = ase.io.read(out)
     assert frame.info["step"] == 0 and frame.info["max_force_std"] > 1e-6
     log = run_md(bulk("Si", "diamond", 5.43, cubic=True), JaxmatCalculator(ens), MDSettings(steps=10, log_every=5),
-                 trajectory=None, printer=lambda *a: None)
+                 trajectory=None, log=lambda *a: None)
     assert len(log["max_force_std"]) == 3 and np.all(log["max_force_std"] > 0) and log["stopped_at"] == -1
 
 
@@ -324,7 +324,7 @@ def test_calibrating_on_energies_only_leaves_forces_and_stress_not_calibrated(ti
     assert res["energy_std"] == pytest.approx(stored["energy"] * res["energies_members"].std(ddof=1), rel=1e-12)
     with pytest.warns(UserWarning, match="forces spread of .* is NOT calibrated"):  # the MD watch says so
         run_md(bulk("Si", "diamond", 5.43, cubic=True), calc, MDSettings(steps=1, log_every=1, max_force_std=100.0),
-               trajectory=None, printer=lambda *a: None)
+               trajectory=None, log=lambda *a: None)
     assert main(["evaluate", str(out), few_frames[0], "--plots", str(tmp_path)]) == 0
     text = capsys.readouterr().out
     assert re.search(r"forces\s+eV/A\s+not calibrated\s+-", text) and re.search(r"energy\s+meV/atom\s+x", text)

@@ -30,7 +30,7 @@ def test_jax_fire_reaches_the_ase_fire_frechet_result():
     FrechetCellFilter coordinates; cell lengths within 1e-3 A and energies within 1e-4 eV/atom."""
     settings = RelaxSettings(fmax=1e-3, steps=1000)
     eng = Engine(dtype="float64", skin=0.5)
-    ours = eng.relax(_strained(), settings, batch_size=2)
+    ours = eng.relax(_strained(), settings, graphs_per_batch=2)
     calc = JaxmatCalculator(dtype="float64")
     for atoms, mine in zip(_strained(), ours):
         ref = relax_ase(atoms, calc, settings)
@@ -47,7 +47,7 @@ def test_in_flight_batch_swaps_and_drops_only_the_bad_structure():
     bad = bulk("Cu", "fcc", 3.6, cubic=True)
     bad.positions[1] = bad.positions[0] + [0.1, 0.0, 0.0]
     structures = [_strained()[0], bad, _strained()[1]]
-    records = Engine().relax(structures, RelaxSettings(fmax=0.05), names=["si", "bad", "nacl"], batch_size=2)
+    records = Engine().relax(structures, RelaxSettings(fmax=0.05), names=["si", "bad", "nacl"], graphs_per_batch=2)
     assert [r.name for r in records] == ["si", "bad", "nacl"]
     assert records[1].error and "refused" in records[1].error and records[1].atoms is None
     assert records[0].converged and records[2].converged

@@ -21,7 +21,7 @@ from jaxmat.md import MDSettings, thermalize
 from jaxmat.relax import RelaxSettings, relax_ase
 from jaxmat.simulate import Engine
 
-QUIET = {"trajectory": None, "printer": lambda line: None}
+QUIET = {"trajectory": None, "log": lambda line: None}
 
 
 def _si8(seed=0, rattle=0.05, strain=1.0):

@@ -50,7 +50,7 @@ def test_nve_equals_ase_velocity_verlet():
     VelocityVerlet(ref, 1.0 * units.fs).run(100)
     out = Engine(dtype="float64", skin=0.5).md([atoms], MDSettings(ensemble="nve", steps=100, log_every=50,
                                                                    temperature=600.0),
-                      trajectory=None, thermalize_momenta=False, printer=lambda line: None)
+                      trajectory=None, thermalize_momenta=False, log=lambda line: None)
     final = out["final"][0]
     assert np.abs(final.positions - ref.positions).max() < 1e-6
     assert abs(out["epot"][-1][0] - ref.get_potential_energy()) < 1e-6
@@ -62,7 +62,7 @@ def test_nve_drift_is_small():
     """0.3 ps of NVE (float32, 1 fs) for two replicas; the 5 ps figure is in the benchmark."""
     eng = Engine(dtype="float32", skin=0.5)
     out = eng.md([_si(seed=5), _si(seed=6)], MDSettings(ensemble="nve", temperature=600.0, steps=300, log_every=50),
-                 trajectory=None, printer=lambda line: None)
+                 trajectory=None, log=lambda line: None)
     etot = out["etotal"] / 8
     drift = np.abs(etot - etot[0]).max()
     print(f"NVE Si8 x 2, 0.5 ps, float32: max drift {drift * 1e3:.3f} meV/atom; rebuilds {out['n_rebuilds']}")
@@ -77,7 +77,7 @@ def test_langevin_replicas_sample_the_canonical_ensemble(R, steps):
     eng = Engine(dtype="float32", skin=0.5)
     out = eng.md([_si(seed=10 + r) for r in range(R)], MDSettings(temperature=T, friction=0.1, steps=steps,
                                                                   log_every=10),
-                 trajectory=None, printer=lambda line: None)
+                 trajectory=None, log=lambda line: None)
     ekin = out["ekin"][10:]  # (samples, R) after 100 fs (10 friction times); samples 10 fs apart
     kT = units.kB * T
     mean_ref, var_ref = 1.5 * n * kT, 1.5 * n * kT**2
@@ -95,8 +95,8 @@ def test_rebuilds_happen_and_change_nothing(mixed_engine):
     settings = MDSettings(temperature=1500.0, steps=40, log_every=20, seed=3)
     small, large = mixed_engine, Engine(dtype="float64", skin=2.0)
     small.n_rebuilds = 0
-    a = small.md(_mixed(), settings, trajectory=None, printer=lambda line: None)
-    b = large.md(_mixed(), settings, trajectory=None, printer=lambda line: None)
+    a = small.md(_mixed(), settings, trajectory=None, log=lambda line: None)
+    b = large.md(_mixed(), settings, trajectory=None, log=lambda line: None)
     assert small.n_rebuilds > large.n_rebuilds and small.n_rebuilds >= 2
     for x, y in zip(a["final"], b["final"]):
         assert np.abs(x.positions - y.positions).max() < 1e-8
@@ -107,10 +107,10 @@ def test_capacity_overflow_is_never_silent():
     atoms = [_si(seed=1)]
     tiny = PadSizes(n_node=16, n_edge=64, n_triplet=64, n_graph=2)
     with pytest.raises(NeighborOverflowError, match="capacity"):
-        Engine(capacity=tiny, grow=False).md(atoms, MDSettings(steps=2), trajectory=None, printer=lambda line: None)
+        Engine(capacity=tiny, grow=False).md(atoms, MDSettings(steps=2), trajectory=None, log=lambda line: None)
     lines = []
     eng = Engine(capacity=tiny)
-    eng.md(atoms, MDSettings(steps=2), trajectory=None, printer=lines.append)
+    eng.md(atoms, MDSettings(steps=2), trajectory=None, log=lines.append)
     assert eng.n_grown == 1 and any("capacity grown" in line for line in lines)
     assert eng.capacity.n_triplet > 64
 
@@ -119,9 +119,9 @@ def test_batched_replicas_equal_one_by_one(mixed_engine):
     """A triclinic many-image cell, a slab, a molecule and Si8 in one padded batch: each equals its
     own run."""
     settings = MDSettings(temperature=800.0, steps=30, log_every=15, seed=11)
-    batched = mixed_engine.md(_mixed(), settings, seeds=[1, 2, 3, 4], trajectory=None, printer=lambda line: None)
+    batched = mixed_engine.md(_mixed(), settings, seeds=[1, 2, 3, 4], trajectory=None, log=lambda line: None)
     for k, atoms in enumerate(_mixed()):
-        alone = mixed_engine.md([atoms], settings, seeds=[k + 1], trajectory=None, printer=lambda line: None)
+        alone = mixed_engine.md([atoms], settings, seeds=[k + 1], trajectory=None, log=lambda line: None)
         assert np.abs(alone["final"][0].positions - batched["final"][k].positions).max() < 1e-8
         np.testing.assert_allclose(alone["epot"][:, 0], batched["epot"][:, k], rtol=0, atol=1e-8)
 
@@ -129,7 +129,7 @@ def test_batched_replicas_equal_one_by_one(mixed_engine):
 def test_engine_forces_equal_the_calculator(mixed_engine, calc64):
     """The masked skinned lists give the calculator's energy and forces on every kind of cell."""
     out = mixed_engine.md(_mixed(), MDSettings(steps=0, temperature=0.0), trajectory=None,
-                          printer=lambda line: None)
+                          log=lambda line: None)
     for atoms, final in zip(_mixed(), out["final"]):
         atoms.calc = calc64
         assert abs(final.get_potential_energy() - atoms.get_potential_energy()) < 1e-8
@@ -140,18 +140,18 @@ def test_runaway_temperature_stops_with_a_message():
     with pytest.raises(SimulationError, match=r"replica 1: MD stopped at step \d+.*temperature"):
         Engine().md([_si(seed=1), _si(seed=2)], MDSettings(temperature=300.0, max_temperature=400.0, steps=200,
                                                           ensemble="nve", timestep=1.0),
-                    temperatures=[300.0, 3000.0], trajectory=None, printer=lambda line: None)
+                    temperatures=[300.0, 3000.0], trajectory=None, log=lambda line: None)
 
 
 def test_bad_structures_are_named():
     bad = _si(seed=1)
     bad.positions[1] = bad.positions[0] + [0.2, 0.0, 0.0]  # atoms on top of each other
     with pytest.raises(StructureError, match="replica 1"):
-        Engine().md([_si(), bad], MDSettings(steps=5), trajectory=None, printer=lambda line: None)
+        Engine().md([_si(), bad], MDSettings(steps=5), trajectory=None, log=lambda line: None)
     nan = _si()
     nan.positions[3, 0] = np.nan
     with pytest.raises(StructureError, match="replica 0"):
-        Engine().md([nan], MDSettings(steps=5), trajectory=None, printer=lambda line: None)
+        Engine().md([nan], MDSettings(steps=5), trajectory=None, log=lambda line: None)
     with pytest.raises(ValueError, match="jax engine only|periodic"):
         Engine().md([Atoms("Cu2", positions=[[0, 0, 0], [2.5, 0, 0]])], MDSettings(ensemble="npt", steps=1),
                     trajectory=None)
@@ -164,7 +164,7 @@ def test_ge_at_1000K_compiles_at_most_3_times(steps):
     eng = Engine()
     eng.md([bulk("Ge", "diamond", 5.658, cubic=True).repeat(2)], MDSettings(temperature=1000.0, steps=steps,
                                                                            log_every=50),
-           trajectory=None, printer=lambda line: None)
+           trajectory=None, log=lambda line: None)
     assert eng.n_compilations <= 3, eng.n_compilations
 
 
@@ -175,14 +175,14 @@ def test_nose_hoover_holds_the_temperature_and_npt_finds_the_volume(tmp_path):
     second replica in the same batch) makes it smaller still."""
     out = Engine().md([_si(seed=k) for k in range(4)], MDSettings(
         ensemble="nose_hoover", temperature=500.0, thermostat_time=20.0, steps=200, log_every=20),
-        trajectory=str(tmp_path / "nh.traj"), printer=lambda line: None)
+        trajectory=str(tmp_path / "nh.traj"), log=lambda line: None)
     assert abs(out["temperature"][3:].mean() - 500.0) < 75.0
     cu = bulk("Cu", "fcc", 3.61 * 1.04, cubic=True)
     volumes, eng = {}, Engine()
     for p in (0.0, 5.0):
         res = eng.md([cu, cu], MDSettings(ensemble="npt", temperature=300.0, pressure=p, barostat_time=50.0,
                                                compressibility=0.01, steps=120, log_every=60),
-                          trajectory=None, printer=lambda line: None)
+                          trajectory=None, log=lambda line: None)
         volumes[p] = np.mean([a.get_volume() for a in res["final"]])
     assert volumes[5.0] < volumes[0.0] < cu.get_volume() * 0.97, (volumes, cu.get_volume())
 
@@ -192,4 +192,4 @@ def test_a_skin_thinner_than_one_step_is_an_error_not_a_hang():
     a = bulk("Si", "diamond", 5.43, cubic=True)
     settings = MDSettings(temperature=3000, steps=20, timestep=5.0, log_every=10)
     with pytest.raises(ConfigError, match="half the skin"):
-        Engine(skin=0.01).md([a], settings, trajectory=None, printer=lambda *a: None)
+        Engine(skin=0.01).md([a], settings, trajectory=None, log=lambda *a: None)

@@ -30,25 +30,7 @@ PARSER_CALLS = {"add_argument", "add_parser", "add_subparsers", "add_argument_gr
 
 #: (rule, item) -> why it is still allowed. Items: "module -> imported" (imports), "module" (module
 #: length), "module.function" (function length).
-KNOWN = {
-    # jaxmat/models/_llpr.py and jaxmat/train/_llpr.py: under the uncertainty work (issue 49) when this
-    # test was written; _get/_set have no public name yet
-    ("function-level import", "jaxmat.models._llpr -> jaxmat.models._bundle"): "uncertainty work in progress",
-    ("function-level import", "jaxmat.models._llpr -> jaxmat.potential"): "uncertainty work in progress",
-    ("function-level import", "jaxmat.train._llpr -> jaxmat.graph"): "uncertainty work in progress",
-    ("function-level import", "jaxmat.train._llpr -> jaxmat.models"): "uncertainty work in progress",
-    ("function-level import", "jaxmat.train._llpr -> jaxmat.train._per_atom"): "uncertainty work in progress",
-    ("function-level import", "jaxmat.train._llpr -> jaxmat.train._uq"): "uncertainty work in progress",
-    ("private import", "jaxmat.train._llpr -> jaxmat.models._llpr"): "uncertainty work in progress (_get, _set)",
-    ("private import", "jaxmat.train._llpr -> jaxmat.models._predict"): "uncertainty work in progress",
-    # jaxmat/train/_steps.py: under the training-throughput work
-    ("function-level import", "jaxmat.train._steps -> jaxmat.train._parallel"): "throughput work in progress",
-    # the SevenNet files: under the SevenNet work (nn/_irreps has no public face yet)
-    ("private import", "jaxmat.convert._sevenn -> jaxmat.models._bundle"): "SevenNet work in progress",
-    ("private import", "jaxmat.convert._sevenn -> jaxmat.models._model"): "SevenNet work in progress",
-    ("private import", "jaxmat.convert._sevenn -> jaxmat.nn._irreps"): "SevenNet work in progress",
-    ("private import", "jaxmat.models._sevennet -> jaxmat.nn._irreps"): "SevenNet work in progress",
-}
+KNOWN: dict = {}
 
 
 def _name(path: Path) -> str:

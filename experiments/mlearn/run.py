@@ -76,14 +76,14 @@ def zero_shot(spec: dict, record: dict, elements) -> None:
     (energies are not compared: Materials Project and mlearn PBE energies differ by a per-element offset)."""
     from jaxmat.data import read_frames
     from jaxmat.models import load_model
-    from jaxmat.train import error_metrics, predict
+    from jaxmat.train import error_metrics, predict_frames
 
     model = None
     for el in elements:
         if f"zeroshot/{el}/-" in record:
             continue
         model = model or load_model()
-        m = error_metrics(predict(model, model.params, read_frames(data_file(spec, el, "test"))))
+        m = error_metrics(predict_frames(model, model.params, read_frames(data_file(spec, el, "test"))))
         record[f"zeroshot/{el}/-"] = {"key": f"zeroshot/{el}/-", "test": m}
 
 

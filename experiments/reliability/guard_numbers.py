@@ -63,7 +63,7 @@ def blow_ups(model):
     for ensemble, dt in (("langevin", 10.0), ("nve", 4.0)):
         try:
             run_md(molecule("CH3CH2OH"), calc, MDSettings(timestep=dt, steps=20, ensemble=ensemble, log_every=1),
-                   trajectory=None, printer=lambda _: None)
+                   trajectory=None, log=lambda _: None)
             print(f"  {ensemble} {dt} fs: ran")
         except SimulationError as err:
             print(f"  {ensemble} {dt} fs: {str(err).split('. Likely')[0]}")

@@ -66,13 +66,13 @@ def jax_md(atoms, replicas, dtype, warmup, steps, chunk=50):
     eng = Engine(dtype=dtype)
     systems = [atoms] * replicas
     s = MDSettings(temperature=300.0, steps=1, log_every=1)
-    eng.md(systems, s, trajectory=None, printer=lambda line: None)
+    eng.md(systems, s, trajectory=None, log=lambda line: None)
     first = time.perf_counter() - t0
     eng.md(systems, MDSettings(temperature=300.0, steps=warmup, log_every=chunk), trajectory=None,
-           printer=lambda line: None)
+           log=lambda line: None)
     t = time.perf_counter()
     out = eng.md(systems, MDSettings(temperature=300.0, steps=steps, log_every=chunk), trajectory=None,
-                 printer=lambda line: None)
+                 log=lambda line: None)
     dt = (time.perf_counter() - t) / steps
     return first, dt, eng.n_compilations, out["n_rebuilds"]
 
@@ -159,7 +159,7 @@ def main():
         eng = Engine(dtype=args.dtype)
         t = time.perf_counter()
         out = eng.md([base], MDSettings(ensemble="nve", temperature=300.0, steps=steps, log_every=100),
-                     trajectory=None, printer=lambda line: None)
+                     trajectory=None, log=lambda line: None)
         etot = out["etotal"][:, 0] / len(base)
         drift = etot - etot[0]
         slope = np.polyfit(out["time_ps"], etot, 1)[0]
@@ -188,7 +188,7 @@ def main():
           f"{np.mean([r.steps for r in ase_records]):.0f} |", flush=True)
     eng = Engine(dtype=args.dtype)
     t = time.perf_counter()
-    jax_records = eng.relax(list(structures), settings, names=list(names), batch_size=32)
+    jax_records = eng.relax(list(structures), settings, names=list(names), graphs_per_batch=32)
     wall = time.perf_counter() - t
     print(f"| jaxmat batched (jax engine, 32 at a time) | {wall:.0f} | {60 * len(todo) / wall:.1f} | "
           f"{sum(r.converged for r in jax_records)}/{len(todo)} | {eng.n_compilations} | "

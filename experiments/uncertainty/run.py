@@ -85,10 +85,10 @@ def epoch_seconds(name: str) -> float:
 def md_threshold(model, name: str) -> float:
     """The largest per-frame max calibrated force std on the run's validation frames."""
     from jaxmat.train import config_frames, load_config
-    from jaxmat.train._uq import member_predict
+    from jaxmat.train import predict_members
 
     frames = config_frames(load_config(HERE / "configs" / f"{name}.json"), "valid")
-    pred = member_predict(model, frames)
+    pred = predict_members(model, frames)
     std = model.calibration["forces"] * np.std(pred["forces"], axis=0, ddof=1)  # (n_atoms_total, 3)
     sizes = np.cumsum([0] + [len(f.atoms) for f in frames])
     return float(max(std[a:b].max() for a, b in zip(sizes[:-1], sizes[1:])))

@@ -25,10 +25,8 @@ from pathlib import Path
 import numpy as np
 
 from jaxmat.errors import ConversionError
-from jaxmat.models import Model
-from jaxmat.models._bundle import check_params
-from jaxmat.models._model import expected_param_shapes
-from jaxmat.nn._irreps import parse_irreps, uvu_paths
+from jaxmat.models import Model, check_params, expected_param_shapes
+from jaxmat.nn import parse_irreps, uvu_paths
 
 #: sevenn's old (< 0.10) module names -> the current ones
 _OLD_NAMES = {"EdgeEmbedding": "edge_embedding", "reducing nn input to hidden": "reduce_input_to_hidden",

@@ -8,7 +8,15 @@ from jaxmat.errors import BundleError, UnknownElementError
 from jaxmat.models._bundle import check_params, check_weights, config_digest, read_bundle, save_bundle
 from jaxmat.models._ensemble import Ensemble, stack_members, warn_if_uncalibrated
 from jaxmat.models._grow import GROWABLE, grow_model
-from jaxmat.models._llpr import LLPRModel, default_layer, feature_rows, layer_size, llpr_outputs
+from jaxmat.models._llpr import (
+    LLPRModel,
+    default_layer,
+    feature_rows,
+    layer_param,
+    layer_size,
+    llpr_outputs,
+    with_layer_param,
+)
 from jaxmat.models._load import load_model
 from jaxmat.models._m3gnet import M3GNet
 from jaxmat.models._megnet import MEGNet
@@ -46,6 +54,7 @@ __all__ = [
     "fresh_params",
     "grow_model",
     "host_graph_totals",
+    "layer_param",
     "layer_size",
     "list_pretrained",
     "llpr_outputs",
@@ -57,4 +66,5 @@ __all__ = [
     "stack_members",
     "warn_if_uncalibrated",
     "warn_outside_domain",
+    "with_layer_param",
 ]

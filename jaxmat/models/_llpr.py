@@ -31,7 +31,10 @@ import jax.numpy as jnp
 import numpy as np
 
 from jaxmat.errors import BundleError, ConfigError
-from jaxmat.models._model import Model, resolved_hyperparameters
+from jaxmat.models._bundle import check_params, save_bundle
+from jaxmat.models._model import Model
+from jaxmat.models._registry import resolved_hyperparameters
+from jaxmat.potential import outputs_forces_stress, to_voigt
 
 SPREADS = ("energy", "forces", "stress")
 UNCALIBRATED = {"energy": None, "forces": None, "stress": None, "method": "none"}
@@ -47,7 +50,8 @@ def default_layer(model: Model) -> list[str]:
                       "(layer=['group/kernel', 'group/bias'])")
 
 
-def _get(params, path: str):
+def layer_param(params, path: str):
+    """The parameter array at ``path`` ("group/name"); ConfigError naming the groups if there is none."""
     group, name = path.split("/", 1)
     try:
         return params[group][name]
@@ -55,20 +59,21 @@ def _get(params, path: str):
         raise ConfigError(f"LLPR layer parameter {path!r} does not exist (groups: {sorted(params)})") from None
 
 
-def _set(params, path: str, value):
+def with_layer_param(params, path: str, value):
+    """A copy of ``params`` with the array at ``path`` ("group/name") replaced by ``value``."""
     group, name = path.split("/", 1)
     return {**params, group: {**params[group], name: value}}
 
 
 def layer_size(params, layer) -> int:
     """P: the number of last-layer parameters (= features)."""
-    return int(sum(np.size(_get(params, p)) for p in layer))
+    return int(sum(np.size(layer_param(params, p)) for p in layer))
 
 
 def feature_rows(model: Model, layer, params, graph, directions):
     """(1 + Q, N): per-atom energies, then the per-atom last-layer features projected on the Q
     columns of ``directions`` (P, Q): row 1 + q is (dE_i/dtheta) . directions[:, q] (eV)."""
-    parts = [_get(params, p) for p in layer]
+    parts = [layer_param(params, p) for p in layer]
     shapes = [np.shape(x) for x in parts]
     theta = jnp.concatenate([jnp.ravel(x) for x in parts])
 
@@ -76,7 +81,7 @@ def feature_rows(model: Model, layer, params, graph, directions):
         p, start = params, 0
         for path, shape in zip(layer, shapes):
             size = int(np.prod(shape))
-            p = _set(p, path, flat[start : start + size].reshape(shape))
+            p = with_layer_param(p, path, flat[start : start + size].reshape(shape))
             start += size
         return model.apply(p, graph)
 
@@ -88,8 +93,6 @@ def llpr_outputs(model: Model, layer, params, directions, graph, compute_stress:
                  mode: str = "vmap") -> dict:
     """``jaxmat.potential.outputs_forces_stress`` of ``feature_rows``: row 0 is the model's own
     energy/forces/stress, rows 1..n_grad-1 the gradients of the first feature projections."""
-    from jaxmat.potential import outputs_forces_stress
-
     return outputs_forces_stress(lambda p, g: feature_rows(model, layer, p["model"], g, p["directions"]),
                                  {"model": params, "directions": directions}, graph, compute_stress, n_grad, mode)
 
@@ -133,8 +136,6 @@ class LLPRModel(Model):
         """Calculator results of one structure (graph 0 of ``out``, its first ``n`` atoms):
         energy, forces, stress and the calibrated ``energy_std`` (eV), ``forces_std`` (n, 3),
         ``stress_std`` (6,), as an ensemble's (``JaxmatCalculator``)."""
-        from jaxmat.potential import to_voigt
-
         r = self.force_directions
         energies = np.asarray(out["energies"][:, :n], np.float64)  # (1 + P, n)
         energy = float(energies[0].sum())
@@ -154,8 +155,6 @@ class LLPRModel(Model):
                 "calibration": dict(self.calibration), "info": dict(self.info)}
 
     def save(self, path):
-        from jaxmat.models._bundle import save_bundle
-
         hyper = resolved_hyperparameters(self.family, self.hyperparameters)
         params = {**self.params, LLPR_GROUP: {"directions": np.asarray(self.directions, np.float64)}}
         return save_bundle(path, self.family, hyper, params, self.metadata, llpr=self.llpr_config())
@@ -185,8 +184,6 @@ def check_llpr_config(cfg, params, where: str) -> dict:
 
 def load_llpr(path, config, family, hyper, params, expected, metadata) -> LLPRModel:
     """An ``LLPRModel`` from a verified bundle with an ``llpr`` section (``load_model``)."""
-    from jaxmat.models._bundle import check_params
-
     arrays = params.pop(LLPR_GROUP, None)
     if not isinstance(arrays, dict) or "directions" not in arrays:
         raise BundleError(f"{path}: an LLPR bundle must hold the weights group '{LLPR_GROUP}' with 'directions'")

@@ -22,15 +22,7 @@ from jaxmat.errors import UnknownElementError
 from jaxmat.graph import DEFAULT_CHECKS, StructureChecks, atoms_to_graph, bucket_sizes, graph_sizes, pad_graph
 from jaxmat.models._bundle import save_bundle
 from jaxmat.models._predict import predict_structures
-# check_hyperparameters and default_hyperparameters: re-exported for modules that still import them
-# from here (jaxmat/train/_config.py, _setup.py); their home is _registry.py, their public name
-# jaxmat.models.<name>
-from jaxmat.models._registry import (  # noqa: F401
-    FAMILIES,
-    check_hyperparameters,
-    default_hyperparameters,
-    resolved_hyperparameters,
-)
+from jaxmat.models._registry import FAMILIES, resolved_hyperparameters
 
 
 @dataclasses.dataclass(frozen=True, eq=False)

@@ -27,7 +27,7 @@ import jax.numpy as jnp
 from jaxmat._checks import Rule, at_least, chemical_symbols_rule, one_of, positive
 from jaxmat.graph import AtomicGraph, edge_vectors, masked_norm
 from jaxmat.models._common import type_table
-from jaxmat.nn._irreps import (
+from jaxmat.nn import (
     IrrepsLinear,
     PathLinear,
     RadialMLP,

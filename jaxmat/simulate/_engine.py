@@ -19,6 +19,7 @@ replicas run through ``jaxmat.simulate._sharded``.
 
 from __future__ import annotations
 
+import warnings
 from collections import deque
 
 import jax
@@ -33,13 +34,13 @@ from jaxmat.guard import MDGuard
 from jaxmat.md import MDSettings, thermalize
 from jaxmat.models import DEFAULT_MODEL, load_model
 from jaxmat.potential import energy_forces_stress
-from jaxmat.relax import RelaxSettings, check_pressure_applies, finish
+from jaxmat.relax import RelaxSettings, check_pressure_applies, relax_record
 from jaxmat.simulate._constraints import masks_of
 from jaxmat.simulate._fire import FIRE_NODE, PADDING, FireState, fire, start
 from jaxmat.simulate._host import (MD_NODE, MDLog, MDRun, cast, dynamics_of, limits, md_state, replica_lists,
                                    start_pieces, thin_skin, voigt)
 from jaxmat.simulate._integrators import Dynamics, degrees_of_freedom, kinetic_energy
-from jaxmat.simulate._layout import join, make_batch, split
+from jaxmat.simulate._layout import join, pack_systems, unpack_systems
 from jaxmat.simulate._neighbors import build_lists, effective_graph, still_valid
 from jaxmat.simulate._sharded import run_md_sharded
 
@@ -145,17 +146,17 @@ class Engine:
         return state, status
 
     # ---------------------------------------------------------------- host side
-    def neighbor_lists(self, systems, printer=None):
+    def neighbor_lists(self, systems, log=None):
         """The candidate lists of ``systems`` (``ase.Atoms``) at the engine's capacity, grown when they
-        need more (``n_grown``; ``printer`` says so). A structure the checks refuse raises
+        need more (``n_grown``; ``log`` says so). A structure the checks refuse raises
         ``RefusedStructure`` with its index."""
         old = self.capacity
         lists, self.capacity, real = build_lists(systems, self.cutoff, self.tbc, self.skin, self.dtype, old,
                                                  self.headroom, self.growth, self.grow, self.checks)
         if old is not None and self.capacity != old:
             self.n_grown += 1
-            if printer:
-                printer(f"neighbour lists need {tuple(real)} (atoms, bonds, triplets, structures): capacity grown "
+            if log:
+                log(f"neighbour lists need {tuple(real)} (atoms, bonds, triplets, structures): capacity grown "
                         f"from {tuple(old)} to {tuple(self.capacity)} (one compilation)")
         return lists
 
@@ -166,7 +167,7 @@ class Engine:
         return self._params
 
     def md(self, structures, settings: MDSettings = MDSettings(), temperatures=None, seeds=None,
-           trajectory: str | None = "md.traj", printer=print, thermalize_momenta: bool = True,
+           trajectory: str | None = "md.traj", log=print, thermalize_momenta: bool = True,
            chunk_steps: int | None = None, progress: bool = False, devices: int = 1) -> dict:
         """Run MD of R structures at once (see ``jaxmat.md.MDSettings``; ``ensemble`` may also be
         "nose_hoover" or "npt" here).
@@ -215,7 +216,7 @@ class Engine:
         for g, a in zip(guards, systems):
             g.masses = a.get_masses()
         run = MDRun(systems, temps, seeds, guards, dynamics_of(s), s, int(chunk_steps or s.log_every), trajectory,
-                    printer, progress, masks, int(devices))
+                    log, progress, masks, int(devices))
         with jax.enable_x64(self.dtype == "float64"):
             return self._run_md(run) if devices == 1 else run_md_sharded(self, run)
 
@@ -224,14 +225,14 @@ class Engine:
         s, sizes = run.settings, [len(a) for a in run.systems]
         rebuilds_before = self.n_rebuilds
         params = self.device_params()
-        lists = replica_lists(self, run, list(range(len(sizes))), run.printer)
-        batch = make_batch(run.systems, self.capacity, self.dtype, run.seeds, run.temps, run.masks)
+        lists = replica_lists(self, run, list(range(len(sizes))), run.log)
+        batch = pack_systems(run.systems, self.capacity, self.dtype, run.seeds, run.temps, run.masks)
         state = md_state(start_pieces(run.systems, self.dtype), self.capacity)
         stops = limits(run, self.dtype)
-        with MDLog(run) as log:
+        with MDLog(run) as md_log:
             state, _, _, e0 = self._md(params, lists, state, batch, run.dyn, jnp.int32(0), jnp.asarray(True),
                                        jnp.zeros(self.capacity.n_graph, self.dtype), stops)
-            log.observe(split(state, sizes, MD_NODE), 0)
+            md_log.observe(unpack_systems(state, sizes, MD_NODE), 0)
             step, just_rebuilt = 0, False
             while step < s.steps:
                 n = min(run.chunk - step % run.chunk, s.steps - step)
@@ -239,7 +240,7 @@ class Engine:
                                                    jnp.asarray(False), e0, stops)
                 done, status = int(done), int(status)
                 step += done
-                log.advance(done)
+                md_log.advance(done)
                 if status == 1:  # stale lists: rebuild at the last good state and go on
                     if done == 0 and just_rebuilt:
                         raise ConfigError(thin_skin(self.skin, s.timestep, step))
@@ -248,27 +249,27 @@ class Engine:
                     just_rebuilt = True
                     continue
                 just_rebuilt = False
-                log.observe(split(state, sizes, MD_NODE), step, step % s.log_every == 0 or step == s.steps)
-            return log.result(split(state, sizes, MD_NODE), self.n_rebuilds - rebuilds_before)
+                md_log.observe(unpack_systems(state, sizes, MD_NODE), step, step % s.log_every == 0 or step == s.steps)
+            return md_log.result(unpack_systems(state, sizes, MD_NODE), self.n_rebuilds - rebuilds_before)
 
     def _rebuild_md(self, state, run: MDRun, batch):
-        pieces = split(state, [len(a) for a in run.systems], MD_NODE)
+        pieces = unpack_systems(state, [len(a) for a in run.systems], MD_NODE)
         for p, a in zip(pieces, run.systems):
             a.positions, a.cell = p["positions"], p["cell"]
-        lists = self.neighbor_lists(run.systems, run.printer)
+        lists = self.neighbor_lists(run.systems, run.log)
         state = md_state(pieces, self.capacity)
         if batch.graph_index.shape[0] != self.capacity.n_node or batch.kT.shape[0] != self.capacity.n_graph:
             host = jax.device_get(batch)
             seeds, temps = host.seeds[: len(run.systems)], host.kT[: len(run.systems)] / units.kB
-            batch = make_batch(run.systems, self.capacity, self.dtype, seeds, temps, run.masks)
+            batch = pack_systems(run.systems, self.capacity, self.dtype, seeds, temps, run.masks)
         return state, lists, batch
 
     # ---------------------------------------------------------------- relaxation
-    def relax(self, structures, settings: RelaxSettings = RelaxSettings(), names=None, batch_size: int = 32,
-              chunk_steps: int = 25, printer=None) -> list:
+    def relax(self, structures, settings: RelaxSettings = RelaxSettings(), names=None, graphs_per_batch: int = 32,
+              chunk_steps: int = 25, log=None, *, batch_size: int | None = None) -> list:
         """Relax structures with batched FIRE (positions and, unless ``fix_cell``, cells).
 
-        ``batch_size`` structures run at once; one that converges, fails or uses up ``settings.steps``
+        ``graphs_per_batch`` structures run at once (``batch_size``: its old name, deprecated); one that converges, fails or uses up ``settings.steps``
         leaves the batch and the next waiting one takes its place. Returns one
         ``jaxmat.relax.Relaxed`` per structure, in order; a structure that diverged or that the
         checks refuse has ``error`` set and no ``atoms``. The relaxed structures carry the true
@@ -280,7 +281,11 @@ class Engine:
         """
         if not isinstance(settings, RelaxSettings):
             raise TypeError(f"Engine.relax: settings must be a jaxmat.relax.RelaxSettings, got {type(settings).__name__}")
-        check_value("Engine.relax", "batch_size", batch_size, "int", at_least(1))
+        if batch_size is not None:
+            warnings.warn("Engine.relax(batch_size=...) is deprecated: the argument is now graphs_per_batch (the name "
+                          "Model.predict and training configs use)", DeprecationWarning, stacklevel=2)
+            graphs_per_batch = batch_size
+        check_value("Engine.relax", "graphs_per_batch", graphs_per_batch, "int", at_least(1))
         check_value("Engine.relax", "chunk_steps", chunk_steps, "int", at_least(1))
         names = names or [f"#{k}" for k in range(len(structures))]
         for a in structures:
@@ -288,10 +293,10 @@ class Engine:
         check_pressure_applies(structures, settings, names)
         masks = masks_of(structures, names)
         with jax.enable_x64(self.dtype == "float64"):
-            return self._run_relax(list(structures), settings, names, int(batch_size), int(chunk_steps), printer,
+            return self._run_relax(list(structures), settings, names, int(graphs_per_batch), int(chunk_steps), log,
                                    masks)
 
-    def _run_relax(self, structures, s: RelaxSettings, names, batch_size: int, chunk: int, printer, masks=None):
+    def _run_relax(self, structures, s: RelaxSettings, names, batch_size: int, chunk: int, log, masks=None):
         """Batches of ``batch_size`` structures, ``chunk`` FIRE steps per call; a structure leaves its slot
         when it is done and the next waiting one takes it."""
         params = self.device_params()
@@ -309,14 +314,14 @@ class Engine:
                     a.positions, a.cell = piece["positions"], piece["cell"]
                 systems.append(a)
             try:
-                lists = self.neighbor_lists(systems, printer)
+                lists = self.neighbor_lists(systems, log)
             except RefusedStructure as err:  # drop only that structure
                 k = slots[err.index][0]
-                results[k] = finish(names[k], structures[k], None, None, None, 0, False, None, float("nan"),
+                results[k] = relax_record(names[k], structures[k], None, None, None, 0, False, None, float("nan"),
                                     f"refused: {err.cause}")
                 slots.pop(err.index)
                 continue
-            batch = make_batch(systems, self.capacity, self.dtype,
+            batch = pack_systems(systems, self.capacity, self.dtype,
                                masks=None if masks is None else [masks[k] for k, _ in slots])
             pieces = [cast(p if p is not None else start(a), self.dtype) for (k, p), a in zip(slots, systems)]
             state = join(FireState, pieces, FIRE_NODE, self.capacity, PADDING)
@@ -325,13 +330,13 @@ class Engine:
             if int(status):
                 self.n_rebuilds += 1
             kept = []
-            for (k, _), piece in zip(slots, split(state, [len(a) for a in systems], FIRE_NODE)):
+            for (k, _), piece in zip(slots, unpack_systems(state, [len(a) for a in systems], FIRE_NODE)):
                 results[k] = _outcome(names[k], structures[k], piece, s)
                 if results[k] is None:
                     kept.append((k, piece))
             slots = kept
-            if printer:
-                printer(f"relaxed {sum(r is not None for r in results)}/{len(results)}")
+            if log:
+                log(f"relaxed {sum(r is not None for r in results)}/{len(results)}")
         return results
 
 
@@ -341,7 +346,7 @@ def _outcome(name: str, structure, piece: dict, s: RelaxSettings):
     steps = int(piece["steps"])
     converged = bool(piece["done"] or piece["fmax"] < s.fmax)
     if bool(piece["failed"]) or not np.isfinite(piece["energy"]):
-        return finish(name, structure, None, None, None, steps, False, None, float("nan"),
+        return relax_record(name, structure, None, None, None, steps, False, None, float("nan"),
                       f"diverged at step {steps}: the energy turned non-finite or the volume left [1/8, 8] x its "
                       "start")
     if not (converged or steps >= s.steps):
@@ -350,7 +355,7 @@ def _outcome(name: str, structure, piece: dict, s: RelaxSettings):
     final.positions, final.cell = piece["positions"], piece["cell"]
     v0 = abs(np.linalg.det(structure.cell.array)) if all(final.pbc) else float("nan")
     stress = voigt(piece["stress"]) if all(final.pbc) else None
-    return finish(name, final, float(piece["energy"]), piece["cartesian_forces"], stress, steps, converged,
+    return relax_record(name, final, float(piece["energy"]), piece["cartesian_forces"], stress, steps, converged,
                   float(piece["fmax"]), v0)
 
 

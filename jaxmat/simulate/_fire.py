@@ -11,7 +11,7 @@ cell = cell_0 D. The cell's generalised force is the exact -dH/dL of the enthalp
 H = E + P V, obtained from the stress through the derivative of the matrix exponential
 (``jax.vjp`` of ``expm``): dE/dD = D^-T V sigma. A structure is done when its largest force row
 (atoms, and the three cell rows) is below ``fmax``; done and failed structures stay frozen while the
-others go on. Coordinates a constraint fixes (``Batch.free``) get no generalised force, so they
+others go on. Coordinates a constraint fixes (``Systems.free``) get no generalised force, so they
 never move: with a fixed cell the atom stays where it is, bit for bit; with a relaxing cell it keeps
 its coordinates s, i.e. its fractional coordinates, as under ASE's filter. ``cartesian_forces`` stay
 the true -dE/dr. A structure whose energy turns non-finite or whose volume leaves

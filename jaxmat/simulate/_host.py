@@ -41,7 +41,7 @@ class MDRun(NamedTuple):
     systems: the replicas (``ase.Atoms`` copies with their starting momenta; the drivers move them
     to each rebuild's positions); temps (K) and seeds, one per replica; guards: one ``MDGuard`` per
     replica (with ``masses``); dyn: the integrator; settings; chunk: steps per jitted call;
-    trajectory (path or None); printer; progress (a tqdm bar); masks: per-replica free masks or None;
+    trajectory (path or None); log; progress (a tqdm bar); masks: per-replica free masks or None;
     devices: how many devices the replicas are split over.
     """
 
@@ -53,7 +53,7 @@ class MDRun(NamedTuple):
     settings: MDSettings
     chunk: int
     trajectory: str | None
-    printer: Callable
+    log: Callable
     progress: bool
     masks: list | None
     devices: int
@@ -94,11 +94,11 @@ def limits(run: MDRun, dtype) -> tuple:
             jnp.asarray(s.max_energy_drift, dtype), jnp.asarray(s.pressure_ev_a3, dtype))
 
 
-def replica_lists(engine, run: MDRun, replicas, printer):
+def replica_lists(engine, run: MDRun, replicas, log):
     """``engine.neighbor_lists`` of some replicas; a structure the checks refuse raises its own error
     naming the replica and its formula."""
     try:
-        return engine.neighbor_lists([run.systems[r] for r in replicas], printer)
+        return engine.neighbor_lists([run.systems[r] for r in replicas], log)
     except RefusedStructure as err:
         r = replicas[err.index]
         raise type(err.cause)(f"replica {r} ({run.systems[r].get_chemical_formula()}): {err.cause}") from err
@@ -195,7 +195,7 @@ class MDLog:
         for w, p, a in zip(self.writers, pieces, systems):
             w.write(atoms_of(p, a))
         rate = (time.perf_counter() - self.t_last) / max(self.since, 1)
-        self.run.printer(format_log(step, values["time_ps"], epot, ekin, temp, [len(a) for a in systems],
+        self.run.log(format_log(step, values["time_ps"], epot, ekin, temp, [len(a) for a in systems],
                                     values.get("volume"), values.get("pressure"),
                                     seconds_per_step=rate if self.since else None))
 

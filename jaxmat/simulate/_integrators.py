@@ -2,7 +2,7 @@
 
 Units are ASE's: positions A, momenta amu A / t_ase, masses amu, energies eV, time ``ase.units.fs``
 per fs. Every array is flat over the batch's atoms (N, ...) or per structure (G, ...), padding
-included; ``Batch`` says which atom belongs to which structure. Each factory returns
+included; ``Systems`` says which atom belongs to which structure. Each factory returns
 ``Integrator(init, step)``:
 
 * ``init(state, potential) -> state`` evaluates the forces of the starting state;
@@ -16,7 +16,7 @@ through ``jaxmat.potential.energy_forces_stress`` (the one place forces and stre
 Integrators: ``nve`` (velocity Verlet, step for step ASE's ``VelocityVerlet``), ``langevin`` (BAOAB,
 Leimkuhler & Matthews 2013), ``nose_hoover`` (one Nose-Hoover thermostat per structure, symmetric
 Trotter splitting) and ``npt_crescale`` (isotropic stochastic cell rescaling, Bernetti & Bussi 2020,
-with the Langevin thermostat). Constrained coordinates (``Batch.free``: ASE's ``FixAtoms`` /
+with the Langevin thermostat). Constrained coordinates (``Systems.free``: ASE's ``FixAtoms`` /
 ``FixScaled``) get no force, no noise and no momentum, so they never move (in NPT a fixed atom keeps
 its fractional coordinates while the cell scales). Random numbers depend only on (structure seed,
 step, atom index within the structure), so a structure's trajectory is the same alone or in any
@@ -32,7 +32,7 @@ import jax.numpy as jnp
 from ase import units
 
 
-class Batch(NamedTuple):
+class Systems(NamedTuple):
     """Which atoms form which structure (all padded; device arrays).
 
     graph_index (N,) int32; node_mask (N,) bool; local (N,) int32 atom index within its structure;
@@ -94,30 +94,30 @@ class Dynamics(NamedTuple):
         return npt_crescale(self.timestep, self.friction, pressure, self.tau_p, self.compressibility, batch)
 
 
-def per_structure(values, batch: Batch):
+def per_structure(values, batch: Systems):
     """Sum per-atom values (N,) over each structure -> (G,)."""
     return jax.ops.segment_sum(values, batch.graph_index, num_segments=batch.n_atoms.shape[0])
 
 
-def kinetic_energy(momenta, batch: Batch):
+def kinetic_energy(momenta, batch: Systems):
     """(G,) eV."""
     return per_structure(jnp.sum(momenta**2, axis=1) / (2.0 * batch.masses) * batch.node_mask, batch)
 
 
-def constrain(vectors, batch: Batch):
+def constrain(vectors, batch: Systems):
     """Per-atom vectors (N, 3) (forces, momenta) with the fixed coordinates zeroed (unchanged, and no
     operation at all, without constraints)."""
     return vectors if batch.free is None else vectors * batch.free
 
 
-def degrees_of_freedom(batch: Batch):
+def degrees_of_freedom(batch: Systems):
     """(G,) 3 N per structure, less the coordinates its constraints fix."""
     if batch.free is None:
         return 3.0 * batch.n_atoms
     return per_structure(jnp.sum(batch.free, axis=1), batch)
 
 
-def temperature(momenta, batch: Batch):
+def temperature(momenta, batch: Systems):
     """(G,) K, with 3 N degrees of freedom per structure less the fixed ones (as ASE's
     ``get_temperature``)."""
     return 2.0 * kinetic_energy(momenta, batch) / (jnp.maximum(degrees_of_freedom(batch), 1.0) * units.kB)
@@ -134,7 +134,7 @@ def _init(state: MDState, potential) -> MDState:
     return _evaluate(state, potential, state.positions)
 
 
-def gaussian(batch: Batch, step, dtype):
+def gaussian(batch: Systems, step, dtype):
     """Standard normal noise (N, 3), a function of (seed of the structure, step, atom index in it)."""
 
     def one(seed, local):
@@ -144,7 +144,7 @@ def gaussian(batch: Batch, step, dtype):
     return jax.vmap(one)(batch.seeds[batch.graph_index], batch.local) * batch.node_mask[:, None]
 
 
-def nve(dt_fs: float, batch: Batch) -> Integrator:
+def nve(dt_fs: float, batch: Systems) -> Integrator:
     """Velocity Verlet: p += dt/2 F; r += dt p/m; F = F(r); p += dt/2 F."""
     dt = dt_fs * units.fs
 
@@ -156,13 +156,13 @@ def nve(dt_fs: float, batch: Batch) -> Integrator:
     return Integrator(_init, step)
 
 
-def _ou(p, batch: Batch, c1, step):
+def _ou(p, batch: Systems, c1, step):
     """The O step of BAOAB: exact Ornstein-Uhlenbeck update of the momenta at temperature kT."""
     sigma = jnp.sqrt((1.0 - c1**2) * batch.masses * batch.kT[batch.graph_index])[:, None]
     return constrain(c1 * p + sigma * gaussian(batch, step, p.dtype), batch)
 
 
-def langevin(dt_fs: float, friction_per_fs: float, batch: Batch) -> Integrator:
+def langevin(dt_fs: float, friction_per_fs: float, batch: Systems) -> Integrator:
     """BAOAB Langevin dynamics (NVT) at ``batch.kT``; friction in 1/fs."""
     dt = dt_fs * units.fs
     c1 = jnp.exp(-friction_per_fs * dt_fs)
@@ -178,7 +178,7 @@ def langevin(dt_fs: float, friction_per_fs: float, batch: Batch) -> Integrator:
     return Integrator(_init, step)
 
 
-def nose_hoover(dt_fs: float, tau_fs: float, batch: Batch) -> Integrator:
+def nose_hoover(dt_fs: float, tau_fs: float, batch: Systems) -> Integrator:
     """Nose-Hoover NVT, one thermostat per structure with mass Q = g kT tau^2 (tau in fs; g = 3N less
     the fixed coordinates):
     thermostat half step, velocity Verlet, thermostat half step."""
@@ -205,7 +205,7 @@ def nose_hoover(dt_fs: float, tau_fs: float, batch: Batch) -> Integrator:
 
 
 def npt_crescale(dt_fs: float, friction_per_fs: float, pressure: float, tau_p_fs: float, compressibility: float,
-                 batch: Batch) -> Integrator:
+                 batch: Systems) -> Integrator:
     """Isotropic NPT: BAOAB Langevin thermostat plus stochastic cell rescaling (C-rescale) of
     every periodic structure towards ``pressure`` (eV/A^3), with relaxation time ``tau_p_fs`` and
     isothermal ``compressibility`` (A^3/eV). Needs stress from the potential."""

@@ -15,12 +15,12 @@ import numpy as np
 from ase import units
 
 from jaxmat.graph import PadSizes
-from jaxmat.simulate._integrators import Batch
+from jaxmat.simulate._integrators import Systems
 
 
-def make_batch(systems, capacity: PadSizes, dtype, seeds=None, temperatures=None, masks=None) -> Batch:
-    """The ``Batch`` of ``systems`` (``ase.Atoms``) padded to ``capacity``. ``masks``: None (no
-    constraints: ``Batch.free`` is None) or one (n, 3) free mask per system (None: all free; see
+def pack_systems(systems, capacity: PadSizes, dtype, seeds=None, temperatures=None, masks=None) -> Systems:
+    """The ``Systems`` of ``systems`` (``ase.Atoms``) padded to ``capacity``. ``masks``: None (no
+    constraints: ``Systems.free`` is None) or one (n, 3) free mask per system (None: all free; see
     ``jaxmat.simulate._constraints.free_mask``); padding atoms are fixed."""
     n = [len(a) for a in systems]
     N, G = capacity.n_node, capacity.n_graph
@@ -38,13 +38,13 @@ def make_batch(systems, capacity: PadSizes, dtype, seeds=None, temperatures=None
     if masks is not None:
         rows = [np.ones((k, 3)) if m is None else np.asarray(m, np.float64) for k, m in zip(n, masks)]
         free = jnp.asarray(np.concatenate(rows + [np.zeros((N - sum(n), 3))]), dtype)
-    return Batch(graph_index=jnp.asarray(gi), node_mask=jnp.asarray(np.arange(N) < sum(n)), local=jnp.asarray(local),
+    return Systems(graph_index=jnp.asarray(gi), node_mask=jnp.asarray(np.arange(N) < sum(n)), local=jnp.asarray(local),
                  masses=jnp.asarray(masses, dtype), n_atoms=jnp.asarray(n_atoms, dtype),
                  graph_mask=jnp.asarray(np.arange(G) < R), seeds=jnp.asarray(sd), kT=jnp.asarray(kt, dtype),
                  periodic=jnp.asarray(np.array([all(a.pbc) for a in systems] + [False] * (G - R))), free=free)
 
 
-def split(state, sizes: list[int], node_fields: tuple) -> list[dict]:
+def unpack_systems(state, sizes: list[int], node_fields: tuple) -> list[dict]:
     """Per-structure numpy copies (dicts) of a padded state NamedTuple: ``node_fields`` are per atom,
     the other array fields per structure, 0-d fields are copied into each piece."""
     host = jax.device_get(state)._asdict()

@@ -19,7 +19,7 @@ from jax.sharding import Mesh, NamedSharding, PartitionSpec
 
 from jaxmat.errors import ConfigError, SimulationError
 from jaxmat.simulate._host import MD_NODE, MDLog, MDRun, limits, md_state, replica_lists, start_pieces, thin_skin
-from jaxmat.simulate._layout import make_batch, split
+from jaxmat.simulate._layout import pack_systems, unpack_systems
 
 AXIS = "replicas"
 
@@ -50,14 +50,14 @@ class _Groups:
     def all_lists(self) -> list:
         while True:  # one common capacity: rebuild until no group grows it
             cap = self.engine.capacity
-            out = [replica_lists(self.engine, self.run, g, self.run.printer) for g in self.groups]
+            out = [replica_lists(self.engine, self.run, g, self.run.log) for g in self.groups]
             if self.engine.capacity == cap:
                 return out
 
     def batch(self):
-        """The stacked ``Batch`` of every group at the current capacity."""
+        """The stacked ``Systems`` of every group at the current capacity."""
         e, run = self.engine, self.run
-        return self.stack([make_batch([run.systems[r] for r in g], e.capacity, e.dtype, [run.seeds[r] for r in g],
+        return self.stack([pack_systems([run.systems[r] for r in g], e.capacity, e.dtype, [run.seeds[r] for r in g],
                                       [run.temps[r] for r in g], None if run.masks is None else
                                       [run.masks[r] for r in g]) for g in self.groups])
 
@@ -73,7 +73,7 @@ class _Groups:
         host = jax.device_get(state)
         out = [None] * len(self.run.systems)
         for g, grp in enumerate(self.groups):
-            for r, p in zip(grp, split(jax.tree_util.tree_map(lambda x: x[g], host), self.sizes[g], MD_NODE)):
+            for r, p in zip(grp, unpack_systems(jax.tree_util.tree_map(lambda x: x[g], host), self.sizes[g], MD_NODE)):
                 out[r] = p
         return out
 
@@ -85,7 +85,7 @@ class _Groups:
             a.positions, a.cell = p["positions"], p["cell"]
         cap, batch = self.engine.capacity, None
         for g in np.flatnonzero(stale):
-            self.lists[g] = replica_lists(self.engine, self.run, self.groups[g], self.run.printer)
+            self.lists[g] = replica_lists(self.engine, self.run, self.groups[g], self.run.log)
         if self.engine.capacity != cap:  # grown: every group to the new capacity
             self.lists = self.all_lists()
             batch = self.batch()
@@ -103,11 +103,11 @@ def run_md_sharded(engine, run: MDRun) -> dict:
     stops = limits(run, engine.dtype)
     fn = _chunk_fn(engine, grp.mesh, run.dyn)
     zeros = np.zeros(devices, np.int32)
-    with MDLog(run) as log:
+    with MDLog(run) as md_log:
         e0 = jax.device_put(np.zeros((devices, engine.capacity.n_graph)), grp.shard).astype(engine.dtype)
         state, _, _, e0 = fn(params, stacked_lists, state, batch, jax.device_put(zeros, grp.shard), jnp.asarray(True),
                              e0, stops)
-        log.observe(grp.pieces_of(state), 0)
+        md_log.observe(grp.pieces_of(state), 0)
         step = 0
         while step < s.steps:
             target = step + min(run.chunk - step % run.chunk, s.steps - step)
@@ -120,7 +120,7 @@ def run_md_sharded(engine, run: MDRun) -> dict:
                 reached += done
                 just_rebuilt &= done == 0
                 if np.any(status == 2):  # a blow-up: the guard names the replica and step
-                    log.observe(grp.pieces_of(state), int(np.max(reached)), write=False)
+                    md_log.observe(grp.pieces_of(state), int(np.max(reached)), write=False)
                     g = int(np.flatnonzero(status == 2)[0])
                     raise SimulationError(f"md: the device stopped replicas {grp.groups[g]} at step {int(reached[g])}: "
                                           "non-finite numbers, a runaway temperature or energy drift")
@@ -133,9 +133,9 @@ def run_md_sharded(engine, run: MDRun) -> dict:
                     batch = batch if grown is None else grown
             done_now = int(np.min(reached)) - step
             step += done_now
-            log.advance(done_now)
-            log.observe(grp.pieces_of(state), int(np.min(reached)), step % s.log_every == 0 or step == s.steps)
-        return log.result(grp.pieces_of(state), engine.n_rebuilds - rebuilds_before)
+            md_log.advance(done_now)
+            md_log.observe(grp.pieces_of(state), int(np.min(reached)), step % s.log_every == 0 or step == s.steps)
+        return md_log.result(grp.pieces_of(state), engine.n_rebuilds - rebuilds_before)
 
 
 def _chunk_fn(engine, mesh, dyn):

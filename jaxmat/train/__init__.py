@@ -11,7 +11,6 @@ from jaxmat.train._evaluate import (
     format_metrics,
     format_metrics_by_group,
     metrics_by_group,
-    predict,  # the former name of predict_frames (deprecated; experiments/_protocol.py, mlearn/run.py)
     predict_frames,
 )
 from jaxmat.train._llpr import fit_llpr, llpr_predict, llpr_report

@@ -77,8 +77,6 @@ def predict_frames(model, params, frames, graphs_per_batch: int = 4, dtype: str 
             else np.zeros(0) for k, q in names.items()}
 
 
-#: the former name of ``predict_frames`` (modules of the training loop still import it from here)
-predict = predict_frames
 
 
 def error_metrics(pred: dict) -> dict:

@@ -27,9 +27,20 @@ import numpy as np
 from jaxmat import uncertainty as uq
 from jaxmat.data import batch_budget, build_graphs, make_batch, pack
 from jaxmat.errors import ConfigError, DatasetError
-from jaxmat.graph import DEFAULT_CHECKS
-from jaxmat.models._llpr import LLPRModel, _get, _set, default_layer, feature_rows, layer_size, llpr_outputs
-from jaxmat.models._predict import host_graph_totals
+from jaxmat.graph import DEFAULT_CHECKS, atoms_to_graph, bucket_sizes, cast_floats, graph_sizes, pad_graph
+from jaxmat.models import (
+    Ensemble,
+    LLPRModel,
+    default_layer,
+    feature_rows,
+    host_graph_totals,
+    layer_param,
+    layer_size,
+    llpr_outputs,
+    with_layer_param,
+)
+from jaxmat.train._per_atom import atom_report
+from jaxmat.train._uq import REPORT_UNITS
 
 #: regularizers tried, relative to the mean eigenvalue of the training covariance
 REG_GRID = tuple(10.0**k for k in range(-9, 1))
@@ -110,8 +121,6 @@ def fit_llpr(model, train_frames, valid_frames, force_directions: int = 8, layer
     P; P is exact); ``layer``: the last layer's parameter paths (default ``default_layer``);
     ``regularizer``: reg in (eV/atom)^2-feature units, fixed instead of chosen on the validation
     frames from ``REG_GRID`` x the mean eigenvalue of C."""
-    from jaxmat.models import Ensemble
-
     if isinstance(model, (Ensemble, LLPRModel)) or model.output_kind != "atoms":
         raise ConfigError(f"LLPR needs a single potential (per-atom energies), got {type(model).__name__} {model.name}")
     if not train_frames or not valid_frames:
@@ -173,8 +182,6 @@ def _candidate(lam, reg, val, r) -> dict:
 def check_linear(model, layer, frame, checks=DEFAULT_CHECKS) -> None:
     """ConfigError unless the energy of ``frame`` is linear in the ``layer`` parameters (float64):
     E(theta + d) = E(theta) + Phi . d for a random d, as LLPR assumes of the last layer."""
-    from jaxmat.graph import atoms_to_graph, bucket_sizes, cast_floats, graph_sizes, pad_graph
-
     g = atoms_to_graph(frame.atoms, model.cutoff, model.three_body_cutoff, checks)
     g = cast_floats(pad_graph(g, bucket_sizes(graph_sizes(g))), "float64")
     P = layer_size(model.params, layer)
@@ -186,8 +193,8 @@ def check_linear(model, layer, frame, checks=DEFAULT_CHECKS) -> None:
         e0, f1 = float(jnp.sum(rows[0])), float(jnp.sum(rows[1]))
         moved, start = params, 0
         for path in layer:
-            x = _get(params, path)
-            moved = _set(moved, path, x + jnp.asarray(d[start : start + x.size]).reshape(x.shape))
+            x = layer_param(params, path)
+            moved = with_layer_param(moved, path, x + jnp.asarray(d[start : start + x.size]).reshape(x.shape))
             start += x.size
         e1 = float(jnp.sum(model.apply(moved, gj)))
     if not abs(e1 - e0 - f1) <= 1e-8 * (1 + abs(e0) + abs(e1)):
@@ -218,9 +225,6 @@ def llpr_predict(model: LLPRModel, frames, graphs_per_batch: int = 4, dtype: str
 def llpr_report(model: LLPRModel, pred: dict) -> dict:
     """``jaxmat.train._uq.uncertainty_report`` of an LLPR model's ``llpr_predict`` (same keys and
     units, for ``format_report``), plus "atoms": the per-atom force report (``_per_atom``)."""
-    from jaxmat.train._per_atom import atom_report
-    from jaxmat.train._uq import REPORT_UNITS
-
     report = {}
     for q in ("energy", "forces", "stress"):
         if q not in pred:

@@ -11,10 +11,10 @@ import numpy as np
 from jaxmat.graph import StructureChecks
 from jaxmat.models import Ensemble, load_model
 from jaxmat.train._checkpoint import replace_dir
-from jaxmat.train._evaluate import error_metrics, predict
+from jaxmat.train._evaluate import error_metrics, predict_frames
 from jaxmat.train._plots import learning_curves, parity_plots
 from jaxmat.train._report import finite_json, summary, write_json
-from jaxmat.train._uq import fit_calibration, format_scales, member_predict, uncertainty_plots, uncertainty_report
+from jaxmat.train._uq import fit_calibration, format_scales, predict_members, uncertainty_plots, uncertainty_report
 
 
 def save_best(workdir, model, params, metrics):
@@ -40,7 +40,7 @@ def _calibrate(ens, graphs_per_batch, workdir, model, frame_sets, masks, dtype, 
         if method != "none":
             log("no validation frames: the ensemble's spreads are left uncalibrated (scale 1)")
         return model
-    pred = member_predict(model, frames, graphs_per_batch, dtype, checks)
+    pred = predict_members(model, frames, graphs_per_batch, dtype, checks)
     seen = masks > 0 if oos else None
     model = model.with_calibration(fit_calibration(model, pred, method, seen, warn=lambda msg: log(f"warning: {msg}")))
     model.save(workdir / "best_model.tmp")
@@ -51,7 +51,7 @@ def _calibrate(ens, graphs_per_batch, workdir, model, frame_sets, masks, dtype, 
     return model
 
 
-def finish(dcfg, ens, workdir, dtype, frame_sets, masks, log, ended) -> dict:
+def write_results(dcfg, ens, workdir, dtype, frame_sets, masks, log, ended) -> dict:
     """After training: calibrate an ensemble's spreads, evaluate the best model on the validation and
     test frames (metrics, parity and uncertainty plots), draw the learning curves and write
     results.json (with ``ended``: why training stopped). Returns the results ({} without a best model).
@@ -75,11 +75,11 @@ def finish(dcfg, ens, workdir, dtype, frame_sets, masks, log, ended) -> dict:
     if test_frames:
         sets.append(("test", test_frames))
     for name, frames in sets:
-        pred = predict(model, model.params, frames, dcfg.graphs_per_batch, dtype, checks=checks)
+        pred = predict_frames(model, model.params, frames, dcfg.graphs_per_batch, dtype, checks=checks)
         results[name] = error_metrics(pred)
         parity_plots(pred, workdir / f"parity_{name}.png", title=name)
         if isinstance(model, Ensemble):  # the spreads on this set, raw and calibrated
-            members = member_predict(model, frames, dcfg.graphs_per_batch, dtype, checks)
+            members = predict_members(model, frames, dcfg.graphs_per_batch, dtype, checks)
             results[name]["uncertainty"] = uncertainty_report(model, members)
             uncertainty_plots(model, members, workdir / f"uncertainty_{name}")
     learning_curves(workdir / "metrics.csv", workdir / "learning_curves.png")

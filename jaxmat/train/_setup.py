@@ -11,7 +11,7 @@ from ase.data import atomic_numbers
 from jaxmat.data import read_frames, split
 from jaxmat.errors import ConfigError, DatasetError
 from jaxmat.models import FAMILIES, Ensemble, Model, default_hyperparameters, grow_model, load_model
-from jaxmat.train._evaluate import predict
+from jaxmat.train._evaluate import predict_frames
 from jaxmat.train._refs import fit_element_refs
 from jaxmat.train._steps import init_seed
 
@@ -127,7 +127,7 @@ def prepare_params(cfg, model, params, frames, graphs):
     params = {**params, "energy_scale": scale}
     if cfg.model.refit_element_refs:
         tmp = Model(model.family, model.hyperparameters, params, model.metadata)
-        pred = predict(tmp, params, frames, cfg.data.graphs_per_batch, cfg.run.dtype, graphs=graphs)
+        pred = predict_frames(tmp, params, frames, cfg.data.graphs_per_batch, cfg.run.dtype, graphs=graphs)
         n = np.array([len(f.atoms) for f in frames if f.energy is not None])
         e_model = pred["e_pred"] * n
         refs = fit_element_refs([f for f in frames if f.energy is not None], model.element_types,

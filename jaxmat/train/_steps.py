@@ -23,6 +23,7 @@ from jaxmat.errors import ConfigError
 from jaxmat.models import Ensemble, Model
 from jaxmat.train._guards import all_finite
 from jaxmat.train._loss import loss_and_metrics, potential_terms
+from jaxmat.train._parallel import stacked_loss
 
 #: variance floor of the shallow objective: sigma >= 1e-4 (eV/atom, eV/A)
 SIGMA_FLOOR = 1e-4
@@ -185,8 +186,6 @@ def build_steps(cfg, model, tx, kind: str, mesh=None, layout: str = "single"):
     step = _step(loss_fn, tx, cfg.optim.ema_decay)
     if ecfg.kind == "none":
         if layout == "data":  # the same step on the stacked global batch; every output replicated
-            from jaxmat.train._parallel import stacked_loss
-
             rep = NamedSharding(mesh, PartitionSpec())
             return (jax.jit(_step(stacked_loss(apply, lcfg, kind, mesh), tx, cfg.optim.ema_decay), out_shardings=rep),
                     jax.jit(lambda p, b: loss_fn(p, b)[1]))

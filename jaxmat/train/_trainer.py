@@ -25,7 +25,7 @@ from jaxmat.train._checkpoint import CHECKPOINT_FILE, save_checkpoint
 from jaxmat.train._config import check_config
 from jaxmat.train._guards import divergence, healthy, remove_orphans, saved_state
 from jaxmat.train._loss import METRIC_KEYS, summarize
-from jaxmat.train._results import finish, save_best
+from jaxmat.train._results import save_best, write_results
 from jaxmat.train._setup import read_labelled
 from jaxmat.train._state import CSV_FIELDS, Run, TrainState, create_train_state, zero_sums
 
@@ -196,15 +196,15 @@ def _checkpoint(run: Run, state: TrainState) -> None:
 
 
 def _results(cfg, run: Run, state: TrainState, ended: str) -> dict:
-    """Evaluate the best model and write results.json (``finish``); in a multi-host run process 0
+    """Evaluate the best model and write results.json (``write_results``); in a multi-host run process 0
     does it while the others wait (leaving early would end the job under srun)."""
     test_frames = read_labelled(cfg.data, cfg.data.test, run.kind) if cfg.data.test else []
     frames = (run.train_frames, run.valid_frames, test_frames)
     if jax.process_count() == 1:
-        return finish(cfg.data, cfg.ensemble, run.workdir, cfg.run.dtype, frames, run.masks, run.log, ended)
+        return write_results(cfg.data, cfg.ensemble, run.workdir, cfg.run.dtype, frames, run.masks, run.log, ended)
     # every process must hold the parameters process 0 wrote
     multihost_utils.assert_equal(jax.device_get(state.params), "the processes ended training with different parameters")
-    results = finish(cfg.data, cfg.ensemble, run.workdir, cfg.run.dtype, frames, run.masks, run.log, ended) \
+    results = write_results(cfg.data, cfg.ensemble, run.workdir, cfg.run.dtype, frames, run.masks, run.log, ended) \
         if run.writer else {}
     multihost_utils.sync_global_devices("jaxmat train: results written")
     return results

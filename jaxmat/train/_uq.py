@@ -48,10 +48,6 @@ def predict_members(ens: Ensemble, frames, graphs_per_batch: int = 4, dtype: str
             "forces_frame": np.concatenate(out["forces_frame"]) if out["forces_frame"] else np.zeros(0, int)}
 
 
-#: the former name of ``predict_members`` (modules of the training loop still import it from here)
-member_predict = predict_members
-
-
 def errors_and_sigmas(pred: dict) -> dict:
     """{quantity: (ref, err of the mean, raw sigma)} flat (the members' ddof=1 std, uncalibrated)."""
     out = {}
