@@ -91,7 +91,8 @@ def ensemble_prediction(tmp, data):
 
 def md(tmp, data):
     """Six Langevin replicas (rattled Si8 cells and one NaCl8, own seeds and temperatures) on 4
-    devices and on 1, with a thin skin so that lists go stale and are rebuilt group by group."""
+    devices and on 1, with a thin skin so that lists go stale and are rebuilt group by group.
+    ``data``: "-" (the default model) or a pretrained model's name (e.g. "SevenNet-0")."""
     from ase.build import bulk
 
     from jaxmat.md import MDSettings
@@ -108,7 +109,7 @@ def md(tmp, data):
     out = {}
     runs = {}
     for n in (1, 4):
-        eng = Engine(dtype="float64", skin=0.15)
+        eng = Engine(**({} if data == "-" else {"model": data}), dtype="float64", skin=0.15)
         runs[n] = eng.md(systems, settings, temperatures=temps, trajectory=None, log=lambda *a: None, devices=n)
         out[f"rebuilds_{n}"] = int(runs[n]["n_rebuilds"])
         out[f"compilations_{n}"] = eng.n_compilations

@@ -64,6 +64,16 @@ def test_sharded_batched_md_equals_one_device(tmp_path):
     assert r["epot"] < 1e-8, r
 
 
+@pytest.mark.slow  # compiles SevenNet-0's MD step for 1 and 4 devices (~1 min CPU)
+def test_sharded_sevennet_md_equals_one_device(tmp_path):
+    """The same replicas with SevenNet-0 (no triplets, e3nn-style irreps) on 4 devices and on 1."""
+    r = run_case("md", tmp_path, "SevenNet-0")
+    assert r["steps"] == [0, 10, 20, 30, 40, 50, 60] and r["compilations_4"] == 1
+    assert r["temperature_spread"] > 50
+    assert r["positions"] < 1e-8, r
+    assert r["epot"] < 1e-8, r
+
+
 def free_port():
     with socket.socket() as s:
         s.bind(("127.0.0.1", 0))

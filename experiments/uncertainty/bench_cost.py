@@ -31,7 +31,7 @@ def variants(K: int):
 
     from jaxmat import load_model
     from jaxmat.models import stack_members
-    from jaxmat.models._llpr import LLPRModel, default_layer, layer_size
+    from jaxmat.models import LLPRModel, default_layer, layer_size
     from jaxmat.potential import energy_forces_stress, outputs_forces_stress
 
     model = load_model()

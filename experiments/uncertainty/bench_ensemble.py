@@ -90,7 +90,7 @@ def prediction_table(K, repeats):
 
 def training_table(K, repeats):
     from jaxmat.data import batch_budget, build_graphs, epoch_groups, make_batch, read_frames
-    from jaxmat.train._config import config_from_dict
+    from jaxmat.train import config_from_dict
     from jaxmat.train._optim import make_optimizer
     from jaxmat.train._steps import build_steps, ensemble_template, member_batch, stack
     from jaxmat.train._setup import make_model

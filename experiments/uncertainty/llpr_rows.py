@@ -55,8 +55,8 @@ def group_energy_table(frames, pred_e, err_e, sigma_e) -> dict:
 def llpr_run(name: str, train) -> dict:
     from jaxmat import load_model
     from jaxmat.train import config_frames, load_config
-    from jaxmat.train._llpr import fit_llpr, llpr_predict, llpr_report
-    from jaxmat.models._llpr import default_layer, layer_size
+    from jaxmat.train import fit_llpr, llpr_predict, llpr_report
+    from jaxmat.models import default_layer, layer_size
 
     path = HERE / "runs" / name / "llpr.json"
     if path.is_file():
@@ -92,7 +92,7 @@ def ensemble_atoms(name: str) -> dict | None:
     (None when its weights are not on this machine)."""
     from jaxmat import load_model
     from jaxmat.train import config_frames, load_config
-    from jaxmat.train._per_atom import atom_report
+    from jaxmat.train import atom_report
     from jaxmat.train import predict_members
     from jaxmat.uncertainty import member_stats
 
@@ -233,9 +233,9 @@ def shift_volume_table(name: str = "shift_llpr") -> dict:
     frames, split by mlearn group and by whether the frame's volume per atom lies inside the range
     of the training frames (A^3/atom); meV/atom, calibrated sigma. Writes runs/<name>/volume.json."""
     from jaxmat import load_model
-    from jaxmat.models._llpr import default_layer, layer_size
+    from jaxmat.models import default_layer, layer_size
     from jaxmat.train import config_frames, load_config
-    from jaxmat.train._llpr import fit_llpr, llpr_predict
+    from jaxmat.train import fit_llpr, llpr_predict
 
     path = HERE / "runs" / name / "volume.json"
     if path.is_file():

@@ -89,7 +89,10 @@ def md_threshold(model, name: str) -> float:
 
     frames = config_frames(load_config(HERE / "configs" / f"{name}.json"), "valid")
     pred = predict_members(model, frames)
-    std = model.calibration["forces"] * np.std(pred["forces"], axis=0, ddof=1)  # (n_atoms_total, 3)
+    scale = model.calibration.get("forces")
+    if scale is None:  # stored as null: the run's validation frames had no force labels
+        raise SystemExit(f"{name}: the ensemble's forces spread is not calibrated; the MD threshold needs it")
+    std = scale * np.std(pred["forces"], axis=0, ddof=1)  # (n_atoms_total, 3)
     sizes = np.cumsum([0] + [len(f.atoms) for f in frames])
     return float(max(std[a:b].max() for a, b in zip(sizes[:-1], sizes[1:])))
 
