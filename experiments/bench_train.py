@@ -57,7 +57,10 @@ def jaxmat_worker(gpb: int, epochs: int) -> dict:
 
     from jaxmat import data
     from jaxmat.models import Model
-    from jaxmat.models import default_hyperparameters
+    try:
+        from jaxmat.models import default_hyperparameters
+    except ImportError:  # --baseline: a tree from before the registry had a public name
+        from jaxmat.models._model import default_hyperparameters
     from jaxmat.train import config_from_dict
     from jaxmat.train._optim import make_optimizer
     from jaxmat.train._steps import build_steps

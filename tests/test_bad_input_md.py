@@ -123,6 +123,11 @@ def test_counts_below_one_are_clear_errors(capsys):
     si = bulk("Si", "diamond", 5.43, cubic=True)
     with pytest.raises(ConfigError, match=r"Engine.relax.graphs_per_batch = 0 \(int\): expected >= 1"):
         engine.relax([si], RelaxSettings(), graphs_per_batch=0)
+    with pytest.warns(DeprecationWarning, match="now graphs_per_batch"), \
+            pytest.raises(ConfigError, match=r"Engine.relax.graphs_per_batch = 0 \(int\)"):
+        engine.relax([si], RelaxSettings(), batch_size=0)  # the old name still reaches the same check
+    with pytest.raises(TypeError, match="not both"):
+        engine.relax([si], RelaxSettings(), graphs_per_batch=2, batch_size=2)
     with pytest.raises(ConfigError, match=r"Engine.relax.chunk_steps = -1"):
         engine.relax([si], RelaxSettings(), chunk_steps=-1)
     with pytest.raises(ConfigError, match=r"Engine.md.chunk_steps = 0"):

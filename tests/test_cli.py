@@ -133,9 +133,14 @@ def test_train_cli_ctrl_c_keeps_the_checkpoint_and_prints_the_resume_command(tmp
     deadline = time.time() + 240
     while not (run / "checkpoint.msgpack").is_file() and proc.poll() is None and time.time() < deadline:
         time.sleep(0.05)
-    assert proc.poll() is None, proc.communicate()
-    proc.send_signal(signal.SIGINT)
-    out, err = proc.communicate(timeout=120)
+    try:
+        assert proc.poll() is None, proc.communicate()
+        proc.send_signal(signal.SIGINT)
+        out, err = proc.communicate(timeout=120)
+    finally:  # never leave the endless run behind
+        if proc.poll() is None:
+            proc.kill()
+            proc.communicate()
     assert proc.returncode == 130, (out[-2000:], err)
     assert "Traceback" not in err and "KeyboardInterrupt" not in err, err
     said = re.search(r"The last checkpoint is kept: (\S+) \(step (\d+): ", err)

@@ -177,6 +177,7 @@ class Engine:
           temperatures: per-replica target temperatures (K); default ``settings.temperature``.
           seeds: per-replica seeds (initial velocities, noise); default ``settings.seed + r``.
           trajectory: ASE trajectory path; with R > 1 replica r goes to ``<stem>_r<r><suffix>``.
+          log: called with each printed line (the MD log lines, capacity growth); ``print`` by default.
           thermalize_momenta: draw Maxwell-Boltzmann momenta (with ``numpy.random.default_rng(seed)``
             as ``jaxmat md --engine ase``); False keeps the structures' momenta.
           chunk_steps: steps per jitted call (default ``settings.log_every``).
@@ -265,12 +266,13 @@ class Engine:
         return state, lists, batch
 
     # ---------------------------------------------------------------- relaxation
-    def relax(self, structures, settings: RelaxSettings = RelaxSettings(), names=None, graphs_per_batch: int = 32,
+    def relax(self, structures, settings: RelaxSettings = RelaxSettings(), names=None, graphs_per_batch: int | None = None,
               chunk_steps: int = 25, log=None, *, batch_size: int | None = None) -> list:
         """Relax structures with batched FIRE (positions and, unless ``fix_cell``, cells).
 
-        ``graphs_per_batch`` structures run at once (``batch_size``: its old name, deprecated); one that converges, fails or uses up ``settings.steps``
-        leaves the batch and the next waiting one takes its place. Returns one
+        ``graphs_per_batch`` structures (default 32; ``batch_size``: its old name, deprecated) run at
+        once; one that converges, fails or uses up ``settings.steps`` leaves the batch and the next
+        waiting one takes its place. ``log``: called with progress lines (None: silent). Returns one
         ``jaxmat.relax.Relaxed`` per structure, in order; a structure that diverged or that the
         checks refuse has ``error`` set and no ``atoms``. The relaxed structures carry the true
         (unconstrained) forces.
@@ -282,9 +284,12 @@ class Engine:
         if not isinstance(settings, RelaxSettings):
             raise TypeError(f"Engine.relax: settings must be a jaxmat.relax.RelaxSettings, got {type(settings).__name__}")
         if batch_size is not None:
+            if graphs_per_batch is not None:
+                raise TypeError("Engine.relax: give graphs_per_batch or its old name batch_size, not both")
             warnings.warn("Engine.relax(batch_size=...) is deprecated: the argument is now graphs_per_batch (the name "
                           "Model.predict and training configs use)", DeprecationWarning, stacklevel=2)
             graphs_per_batch = batch_size
+        graphs_per_batch = 32 if graphs_per_batch is None else graphs_per_batch
         check_value("Engine.relax", "graphs_per_batch", graphs_per_batch, "int", at_least(1))
         check_value("Engine.relax", "chunk_steps", chunk_steps, "int", at_least(1))
         names = names or [f"#{k}" for k in range(len(structures))]
@@ -296,8 +301,8 @@ class Engine:
             return self._run_relax(list(structures), settings, names, int(graphs_per_batch), int(chunk_steps), log,
                                    masks)
 
-    def _run_relax(self, structures, s: RelaxSettings, names, batch_size: int, chunk: int, log, masks=None):
-        """Batches of ``batch_size`` structures, ``chunk`` FIRE steps per call; a structure leaves its slot
+    def _run_relax(self, structures, s: RelaxSettings, names, graphs_per_batch: int, chunk: int, log, masks=None):
+        """Batches of ``graphs_per_batch`` structures, ``chunk`` FIRE steps per call; a structure leaves its slot
         when it is done and the next waiting one takes it."""
         params = self.device_params()
         pressure = jnp.asarray(s.pressure_ev_a3, self.dtype)
@@ -305,7 +310,7 @@ class Engine:
         results = [None] * len(structures)
         waiting, slots = deque(range(len(structures))), []  # slots: (index, piece or None)
         while waiting or slots:
-            while waiting and len(slots) < batch_size:
+            while waiting and len(slots) < graphs_per_batch:
                 slots.append((waiting.popleft(), None))
             systems = []
             for k, piece in slots:

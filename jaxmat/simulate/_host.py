@@ -4,7 +4,7 @@
 settings and where the output goes); ``start_pieces``, ``md_state`` and ``limits`` set up the
 device state; ``MDLog`` owns everything a run writes (the returned log, the trajectory files, the
 progress bar, the printed lines) and checks each replica's ``MDGuard`` on the pieces a driver hands
-it. Pieces are per-replica numpy dicts (``jaxmat.simulate._layout.split``).
+it. Pieces are per-replica numpy dicts (``jaxmat.simulate._layout.unpack_systems``).
 """
 
 from __future__ import annotations

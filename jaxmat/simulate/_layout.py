@@ -2,7 +2,7 @@
 
 The batch's atoms are the structures' atoms one after another, then padding atoms (they belong to
 the first padding structure), exactly as ``jaxmat.graph.pad_graph`` lays out the graph. A state is a
-NamedTuple whose leaves are per atom (N, ...), per structure (G, ...) or scalars; ``split`` cuts one
+NamedTuple whose leaves are per atom (N, ...), per structure (G, ...) or scalars; ``unpack_systems`` cuts one
 into per-structure numpy pieces and ``join`` pads such pieces back (to a possibly larger capacity),
 so structures can leave or join a batch between chunks.
 """
