@@ -4,6 +4,7 @@ import subprocess
 import sys
 
 import ase.io
+import pytest
 
 
 def test_md_cli(tmp_path):
@@ -75,6 +76,7 @@ def _strict_json(path):
     return json.loads(open(path).read(), parse_constant=refuse)
 
 
+@pytest.mark.slow  # (default suite under 15 min on 2 cores; run with -m slow)
 def test_train_cli_epochs_override_summary_and_resume_position(tmp_path, labelled_file, capsys):
     """--epochs shortens a run; the run ends with a short summary (best epoch, errors with units, where
     the model is), results.json is strict JSON, and a resume says where it continues, epochs counted

@@ -28,6 +28,7 @@ def run_case(case, tmp_path, data):
     return json.loads(out.stdout.strip().splitlines()[-1])
 
 
+@pytest.mark.slow  # (default suite under 15 min on 2 cores; run with -m slow)
 def test_data_parallel_training_equals_one_device_and_resumes_across_device_counts(tmp_path, labelled_file):
     r = run_case("training", tmp_path, labelled_file)
     assert r["devices"] == 4 and r["steps"] == [20, 20]

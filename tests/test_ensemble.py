@@ -304,6 +304,7 @@ def test_musil_needs_4_members_in_the_cli_as_in_the_config(tiny_members, few_fra
     assert cal["method"] == "musil" and all(cal[q] > 0 and cal[q] != 1.0 for q in ("energy", "forces", "stress"))
 
 
+@pytest.mark.slow  # (default suite under 15 min on 2 cores; run with -m slow)
 def test_calibrating_on_energies_only_leaves_forces_and_stress_not_calibrated(tiny_members, few_frames, si_rattled,
                                                                               tmp_path, capsys):
     from jaxmat.md import MDSettings, run_md

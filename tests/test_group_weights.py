@@ -42,6 +42,7 @@ def _config(path, **over):
     return tiny_train_config(path, _BASE, **over)
 
 
+@pytest.mark.slow  # (default suite under 15 min on 2 cores; run with -m slow)
 def test_loss_is_linear_in_the_frame_weights(model, grouped_file):
     frames = read_frames(grouped_file)[:3]
     graphs = build_graphs(frames, model)

@@ -41,6 +41,7 @@ def probe(mode):
     return json.loads(out.stdout.strip().splitlines()[-1])
 
 
+@pytest.mark.slow  # (default suite under 15 min on 2 cores; run with -m slow)
 @pytest.mark.skipif(not sys.platform.startswith("linux"), reason="glibc allocator settings (Linux only)")
 def test_retained_host_memory_stops_per_call_page_faults():
     default, retained = probe("default"), probe("retain")

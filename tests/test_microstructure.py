@@ -57,6 +57,7 @@ def test_cnn_shapes_and_periodic_shift_invariance():
     np.testing.assert_allclose(model.apply(v, shifted), y, rtol=1e-5, atol=1e-6)
 
 
+@pytest.mark.slow  # (default suite under 15 min on 2 cores; run with -m slow)
 def test_cnn_driver_smoke(tmp_path):
     cfg = json.loads((ROOT / "experiments" / "cnn" / "config.json").read_text())
     cfg["data"].update(size=32, steps=[100, 300])

@@ -48,6 +48,7 @@ def engine64():
     return Engine(model="SevenNet-0", dtype="float64", skin=0.5, headroom=0.5)
 
 
+@pytest.mark.slow  # (default suite under 15 min on 2 cores; run with -m slow)
 def test_jax_md_equals_ase_and_batches(engine64, calc64):
     """NVE: the on-device engine follows ASE's VelocityVerlet on the calculator; two structures
     batched give each one's own trajectory."""

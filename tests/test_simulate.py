@@ -157,7 +157,7 @@ def test_bad_structures_are_named():
                     trajectory=None)
 
 
-@pytest.mark.parametrize("steps", [150, pytest.param(1000, marks=pytest.mark.slow)])
+@pytest.mark.parametrize("steps", [pytest.param(150, marks=pytest.mark.slow), pytest.param(1000, marks=pytest.mark.slow)])
 def test_ge_at_1000K_compiles_at_most_3_times(steps):
     """Sizes come from the skinned lists, so Ge's second shell on the three-body cutoff does not
     recompile the jax engine either."""

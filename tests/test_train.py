@@ -290,6 +290,7 @@ def test_freeze_keeps_parameters_fixed(tmp_path, labelled_file, model):
     assert best.name == tmp_path.name and best.metadata["init_from"] == "M3GNet-MP-2021.2.8-PES"
 
 
+@pytest.mark.slow  # (default suite under 15 min on 2 cores; run with -m slow)
 def test_fine_tuning_from_an_ensemble_starts_from_the_chosen_member(tmp_path, labelled_file):
     """model.init_from an ensemble bundle needs model.init_member (one line saying so); member 1 is
     then the starting point (zero learning rate: the first checkpoint holds its weights exactly)."""
