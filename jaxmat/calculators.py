@@ -11,8 +11,6 @@ not calibrated: ``model.is_calibrated(q)``), and the members' own ``energies_mem
 
 from __future__ import annotations
 
-import math
-
 import jax
 import numpy as np
 import vesin
@@ -21,16 +19,14 @@ from ase.calculators.calculator import Calculator, PropertyNotImplementedError, 
 from jaxmat._checks import at_least, check_value, non_negative, one_of
 from jaxmat.errors import ConfigError
 from jaxmat.graph import (
-    grow_sizes,
     CUTOFF_TOLERANCE,
     DEFAULT_CHECKS,
     PadSizes,
     StructureChecks,
     atoms_to_graph,
-    bucket_sizes,
     cast_floats,
-    fits,
     graph_sizes,
+    grow_sizes,
     pad_graph,
     sizing_triplets,
 )
@@ -145,9 +141,8 @@ class JaxmatCalculator(Calculator):
         real = graph_sizes(graph)
         if self.model.three_body_cutoff is not None and self.sizing_margin > 0:
             hint = sizing_triplets(graph, self.model.three_body_cutoff, self.sizing_margin)
-            self.sizes = grow_sizes(real._replace(n_triplet=max(real.n_triplet, hint)), self.sizes, self.headroom, self.growth)
-        else:
-            self.sizes = grow_sizes(real, self.sizes, self.headroom, self.growth)
+            real = real._replace(n_triplet=max(real.n_triplet, hint))
+        self.sizes = grow_sizes(real, self.sizes, self.headroom, self.growth)
         graph = cast_floats(pad_graph(graph, self.sizes), self.dtype)
         with jax.enable_x64(self.dtype == "float64"):
             if self._params is None:

@@ -21,7 +21,6 @@ from __future__ import annotations
 from typing import ClassVar, Sequence
 
 import flax.linen as nn
-import jax
 import jax.numpy as jnp
 
 from jaxmat._checks import Rule, at_least, chemical_symbols_rule, one_of, positive

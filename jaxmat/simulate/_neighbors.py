@@ -21,26 +21,23 @@ translations that the graph builder's wrapping applied.
 
 from __future__ import annotations
 
-import math
 from typing import NamedTuple
 
 import jax
 import jax.numpy as jnp
 import numpy as np
 
-from jaxmat.errors import NeighborOverflowError, RefusedStructure, StructureError
+from jaxmat.errors import RefusedStructure, StructureError
 from jaxmat.graph import (
-    grow_sizes,
     CUTOFF_TOLERANCE,
     DEFAULT_CHECKS,
     AtomicGraph,
     PadSizes,
     atoms_to_graph,
     batch_graphs,
-    bucket_sizes,
     cast_floats,
-    fits,
     graph_sizes,
+    grow_sizes,
     lattice_basis,
     pad_graph,
 )

@@ -77,8 +77,6 @@ def predict_frames(model, params, frames, graphs_per_batch: int = 4, dtype: str 
             else np.zeros(0) for k, q in names.items()}
 
 
-
-
 def error_metrics(pred: dict) -> dict:
     """MAE/RMSE: energy meV/atom, forces eV/A (per component), stress GPa (per component)."""
     out = {}
