@@ -115,7 +115,8 @@ def _llpr_table(model, frames, args) -> None:
 
     report = llpr_report(model, llpr_predict(model, frames, args.graphs_per_batch, args.dtype))
     atoms = report.pop("atoms", None)
-    print(f"uncertainty (LLPR, {model.force_directions} force directions, calibration {model.calibration['method']}; "
+    how = f"{model.force_directions} force directions" if model.force_directions else "local force spreads"
+    print(f"uncertainty (LLPR, {how}, calibration {model.calibration['method']}; "
           "entries with zero reference excluded; MAE, RMS sigma and NLL in each row's unit):")
     print(format_report(report))
     if atoms is not None:
@@ -175,7 +176,8 @@ def run_llpr(args) -> int:
     print(f"wrote {args.out}: LLPR of {model.name} ({info['n_features']} last-layer features, {len(train)} training "
           f"frames, regularizer {info['regularizer']:.3g}); {format_scales(llpr.calibration)} fit on {len(valid)} frames "
           f"of {args.calibrate_on}; force/stress spreads from "
-          f"{llpr.force_directions} feature-gradient directions"
+          + (f"{llpr.force_directions} feature-gradient directions" if llpr.force_directions
+             else "each atom's energy variance (local; stress from the energy's, per volume)")
           + (f" ({100 * info['captured_force_variance']:.1f} % of the force variance there)"
              if info.get("captured_force_variance") is not None else ""))
     return 0

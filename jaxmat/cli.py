@@ -321,7 +321,8 @@ def build_parser() -> argparse.ArgumentParser:
                     "regularizer and the energy/force/stress scales there")
     ll.add_argument("--out", required=True, help="folder of the LLPR bundle")
     ll.add_argument("--force-directions", type=int, default=8, help="feature-gradient directions behind the force and "
-                    "stress spreads (cost: one backward cotangent each; all features = exact; default 8)")
+                    "stress spreads (cost: one backward cotangent each; all features = exact; default 8); 0 = local: "
+                    "each atom's force spread from its energy variance, at one model's cost")
     ll.add_argument("--dtype", choices=("float32", "float64"), default="float32")
     ll.add_argument("--graphs-per-batch", type=int, default=4)
     ll.add_argument("--force", action="store_true", help="write over the output if it exists")

@@ -114,6 +114,51 @@ def test_llpr_variances_equal_a_direct_computation(tiny, exact, direct, probe):
     assert want_f.min() > 0 and exact.info["captured_force_variance"] == pytest.approx(1.0)
 
 
+def _local_features(model, layer, atoms):
+    """dE_i/dtheta (n, P) of each atom's energy by jax.jacrev (float64), unpadded rows."""
+    from jaxmat.graph import atoms_to_graph, bucket_sizes, cast_floats, graph_sizes, pad_graph
+
+    g = atoms_to_graph(atoms, model.cutoff, model.three_body_cutoff)
+    (gk, nk), (_, nb) = [path.split("/") for path in layer]
+    with jax.enable_x64(True):
+        g = jax.tree_util.tree_map(jnp.asarray, cast_floats(pad_graph(g, bucket_sizes(graph_sizes(g))), "float64"))
+        p = jax.tree_util.tree_map(lambda x: jnp.asarray(x, jnp.float64), model.params)
+        shapes = (p[gk][nk].shape, p[gk][nb].shape)
+        theta = jnp.concatenate([p[gk][nk].ravel(), p[gk][nb].ravel()])
+
+        def energies(t):
+            k, b = t[: np.prod(shapes[0])].reshape(shapes[0]), t[np.prod(shapes[0]):].reshape(shapes[1])
+            return model.apply({**p, gk: {**p[gk], nk: k, nb: b}}, g)
+
+        return np.asarray(jax.jacrev(energies)(theta))[: len(atoms)]
+
+
+def test_local_llpr_spreads_equal_a_direct_computation(tiny, frames, exact, direct, probe, tmp_path):
+    """force_directions=0: sigma_i^2 = phi_i^T Sigma phi_i per atom (forces: alpha_F sigma_i / sqrt 3
+    on each component), the stress spread alpha_S sigma_E / V, the energy spread as the exact one's."""
+    local = fit_llpr(tiny, *frames, force_directions=0, dtype="float64", regularizer=exact.info["regularizer"])
+    F, f, _, _ = direct
+    inv = np.linalg.inv(F.T @ F + exact.info["regularizer"] * np.eye(F.shape[1]))
+    phi = _local_features(tiny, default_layer(tiny), probe)  # (n, P)
+    np.testing.assert_allclose(phi.sum(axis=0), f, rtol=1e-9, atol=1e-12)  # they sum to the structure's features
+    cal = local.calibration
+    sigma_i = np.sqrt(np.einsum("np,pq,nq->n", phi, inv, phi))
+    got = _results(local, probe)
+    np.testing.assert_allclose(got["forces_std"], np.repeat(cal["forces"] * sigma_i[:, None] / np.sqrt(3), 3, axis=1),
+                               rtol=1e-7)
+    sigma_e = np.sqrt(f @ inv @ f)
+    assert got["energy_std"] == pytest.approx(cal["energy"] * sigma_e, rel=1e-7)
+    np.testing.assert_allclose(got["stress_std"], cal["stress"] * sigma_e / probe.get_volume() * np.ones(6), rtol=1e-7)
+    assert cal["energy"] == pytest.approx(exact.calibration["energy"], rel=1e-9)  # same Sigma, same energy fit
+    assert local.force_directions == 0 and sigma_i.min() > 0
+    np.testing.assert_allclose(got["forces"], _results(exact, probe)["forces"], atol=1e-10)
+    local.save(tmp_path / "local")  # the bundle keeps r = 0
+    again = load_model(tmp_path / "local")
+    assert again.force_directions == 0
+    for k, v in _results(again, probe).items():
+        np.testing.assert_array_equal(v, got[k])
+
+
 @pytest.mark.slow  # a second fit (~15 s of CPU)
 def test_fewer_directions_keep_the_leading_part_of_the_force_variance(tiny, frames, exact, probe):
     few = fit_llpr(tiny, *frames, force_directions=3, dtype="float64", regularizer=exact.info["regularizer"])
@@ -163,7 +208,7 @@ def test_bad_llpr_input_is_refused(tiny, frames):
     with pytest.raises(ConfigError, match="not linear"):
         fit_llpr(tiny, *frames, layer=["readout/layers_0_kernel"], force_directions=1)
     with pytest.raises(ConfigError, match="force_directions"):
-        fit_llpr(tiny, *frames, force_directions=0)
+        fit_llpr(tiny, *frames, force_directions=-1)
     ens = stack_members([tiny, tiny.with_params(jax.tree_util.tree_map(lambda x: x * 1.1, tiny.params))])
     with pytest.raises(ConfigError, match="single potential"):
         fit_llpr(ens, *frames)

@@ -1,5 +1,5 @@
 """Cost of uncertainty with force and stress spreads vs one model: shallow ensembles in one pass,
-deep ensembles, LLPR with r feature-gradient directions.
+deep ensembles, LLPR with r feature-gradient directions (r = 0: local).
 
     python experiments/uncertainty/bench_cost.py [--members 8] [--rounds 9] [--cells Si64 Cu108]
 
@@ -45,10 +45,10 @@ def variants(K: int):
                lambda q, gg: model.apply(q, gg)[None], p, g, True), model.params),
            f"shallow K={K} one pass": (lambda p, g: shallow.member_results(p, g, True, "vmap"), shallow.params),
            f"deep K={K} sequential": (lambda p, g: deep.member_results(p, g, True, "sequential"), deep.params)}
-    for r in (1, 2, 4, 8):
+    for r in (0, 1, 2, 4, 8):  # 0: local (the force spread from each atom's energy variance, no gradient rows)
         llpr = LLPRModel(model.family, model.hyperparameters, model.params, {}, layer=tuple(layer), directions=A,
                          force_directions=r)
-        out[f"LLPR r={r}"] = (lambda p, g, m=llpr: m.outputs(p, g, True), model.params)
+        out[f"LLPR r={r}" + (" (local)" if r == 0 else "")] = (lambda p, g, m=llpr: m.outputs(p, g, True), model.params)
     return out
 
 

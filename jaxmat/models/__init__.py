@@ -15,6 +15,7 @@ from jaxmat.models._llpr import (
     layer_param,
     layer_size,
     llpr_outputs,
+    local_sigma,
     with_layer_param,
 )
 from jaxmat.models._load import load_model
@@ -59,6 +60,7 @@ __all__ = [
     "list_pretrained",
     "llpr_outputs",
     "load_model",
+    "local_sigma",
     "read_bundle",
     "resolved_hyperparameters",
     "run_batches",

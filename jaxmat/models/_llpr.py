@@ -16,6 +16,14 @@ covariance is Sigma = (C + reg I)^-1. Then (calibration scales alpha fitted on v
   backward pass as the energy (``jaxmat.potential.outputs_forces_stress``): the cost is one model
   plus r cotangents. With r = P the variances are exact; ``captured_force_variance`` in the
   bundle says what fraction r kept on the calibration frames.
+* r = 0, "local": no gradient rows, so the cost is one model's (the feature projections come
+  from the forward pass). The force spread of atom i comes from its local energy variance
+  sigma_i^2 = phi_i^T Sigma phi_i (phi_i = dE_i/dtheta; the local prediction rigidity of Chong et
+  al., J. Chem. Theory Comput. 19, 8020 (2023)): alpha_F sigma_i / sqrt(3) on each component, so
+  the atom's std vector has norm alpha_F sigma_i. The stress spread is alpha_S sigma_E / V on each
+  component. Both are proxies, not propagated variances: alpha_F and alpha_S are fit on the
+  validation forces and stresses like every scale, and the experiment reports how they rank and
+  cover (``experiments/uncertainty``).
 
 An ``LLPRModel`` is a ``Model`` (``apply`` is the single model's), so everything that evaluates a
 model uses it unchanged; ``JaxmatCalculator`` adds ``energy_std``, ``forces_std``, ``stress_std``.
@@ -89,6 +97,12 @@ def feature_rows(model: Model, layer, params, graph, directions):
     return jnp.concatenate([e[None], jax.vmap(tangent)(directions.T.astype(theta.dtype))])
 
 
+def local_sigma(projections):
+    """sigma_i (n,) = sqrt(sum_q rows[q, i]^2) of per-atom feature projections (Q, n) on the columns
+    of A (A A^T = Sigma): the local energy std of each atom (eV), before calibration."""
+    return np.sqrt(np.sum(np.asarray(projections, np.float64) ** 2, axis=0))
+
+
 def llpr_outputs(model: Model, layer, params, directions, graph, compute_stress: bool = True, n_grad: int = 1,
                  mode: str = "vmap") -> dict:
     """``jaxmat.potential.outputs_forces_stress`` of ``feature_rows``: row 0 is the model's own
@@ -104,7 +118,8 @@ class LLPRModel(Model):
     Extra attributes:
       layer: parameter paths of the last linear layer ("group/name").
       directions: (P, P) float64, A with A A^T = (C + reg I)^-1, columns by force variance carried.
-      force_directions: r, the columns of A whose gradients give the force and stress spreads.
+      force_directions: r, the columns of A whose gradients give the force and stress spreads
+        (0: "local", from the per-atom energy variances, at one model's cost).
       calibration: scales alpha of the energy, force and stress spreads (None: not calibrated) and
         the method that fit them.
       info: how it was built (regularizer, training frames, captured force variance, ...).
@@ -128,9 +143,11 @@ class LLPRModel(Model):
         return 1.0 if s is None else float(s)
 
     def outputs(self, params, graph, compute_stress: bool = True, mode: str = "vmap") -> dict:
-        """Row 0: energy/forces/stress; rows 1..r: feature-projection gradients (jit-able)."""
-        return llpr_outputs(self, self.layer, params, jnp.asarray(self.directions), graph, compute_stress,
-                            1 + self.force_directions, mode)
+        """Row 0: energy/forces/stress; rows 1..r: feature-projection gradients (jit-able); with r = 0
+        also ``cell`` (G, 3, 3), for the local stress spread's volume."""
+        out = llpr_outputs(self, self.layer, params, jnp.asarray(self.directions), graph, compute_stress,
+                           1 + self.force_directions, mode)
+        return out if self.force_directions else {**out, "cell": graph.graph.globals["cell"]}
 
     def results(self, out, n: int, periodic: bool, graph_index=None) -> dict:
         """Calculator results of one structure (graph 0 of ``out``, its first ``n`` atoms):
@@ -139,15 +156,19 @@ class LLPRModel(Model):
         r = self.force_directions
         energies = np.asarray(out["energies"][:, :n], np.float64)  # (1 + P, n)
         energy = float(energies[0].sum())
-        e_var = float(np.sum(energies[1:].sum(axis=1) ** 2))
-        f_var = np.sum(np.asarray(out["forces"][1 : 1 + r, :n], np.float64) ** 2, axis=0)
+        e_std = float(np.sqrt(np.sum(energies[1:].sum(axis=1) ** 2)))
+        if r:
+            f_std = np.sqrt(np.sum(np.asarray(out["forces"][1 : 1 + r, :n], np.float64) ** 2, axis=0))
+        else:  # local: |phi_i|_Sigma / sqrt(3) on each component
+            f_std = np.repeat(local_sigma(energies[1:])[:, None] / np.sqrt(3.0), 3, axis=1)
         res = {"energy": energy, "free_energy": energy, "energies": energies[0],
                "forces": np.asarray(out["forces"][0, :n], np.float64),
-               "energy_std": self.spread_scale("energy") * float(np.sqrt(e_var)),
-               "forces_std": self.spread_scale("forces") * np.sqrt(f_var)}
+               "energy_std": self.spread_scale("energy") * e_std, "forces_std": self.spread_scale("forces") * f_std}
         if periodic:
             stress = np.asarray(to_voigt(out["stress"][:, 0]), np.float64)  # (1 + r, 6)
-            res.update(stress=stress[0], stress_std=self.spread_scale("stress") * np.sqrt(np.sum(stress[1:] ** 2, axis=0)))
+            s_std = (np.sqrt(np.sum(stress[1:] ** 2, axis=0)) if r
+                     else np.full(6, e_std / abs(float(np.linalg.det(np.asarray(out["cell"][0], np.float64))))))
+            res.update(stress=stress[0], stress_std=self.spread_scale("stress") * s_std)
         return res
 
     def llpr_config(self) -> dict:
@@ -172,8 +193,8 @@ def check_llpr_config(cfg, params, where: str) -> dict:
     if not isinstance(layer, list) or not layer or not all(isinstance(p, str) and "/" in p for p in layer):
         raise ConfigError(f"{where}: llpr 'layer' must be a non-empty list of 'group/name' parameter paths")
     P = layer_size(params, layer)
-    if type(r) is not int or not 1 <= r <= P:
-        raise ConfigError(f"{where}: llpr force_directions {r!r}: expected an integer from 1 to {P}")
+    if type(r) is not int or not 0 <= r <= P:
+        raise ConfigError(f"{where}: llpr force_directions {r!r}: expected an integer from 0 (local) to {P}")
     cal = {**UNCALIBRATED, **(cfg.get("calibration") or {})}
     for key in SPREADS:
         v = cal[key]

@@ -37,6 +37,7 @@ from jaxmat.models import (
     layer_param,
     layer_size,
     llpr_outputs,
+    local_sigma,
     with_layer_param,
 )
 from jaxmat.train._per_atom import atom_report
@@ -73,8 +74,12 @@ def training_covariance(model, layer, frames, graphs_per_batch=4, dtype="float32
 def projected(model, layer, directions, frames, n_grad, graphs_per_batch=4, dtype="float32", checks=DEFAULT_CHECKS):
     """Per labelled entry of ``frames``: the model's prediction and reference, and the projections
     on the columns of ``directions`` (P, Q) of the features (energies: all Q, per structure) and
-    of their gradients (forces and stress: the first n_grad - 1 columns). Energies per atom."""
-    out = {k: [] for k in ("e", "e_ref", "e_proj", "f", "f_ref", "f_grad", "s", "s_ref", "s_grad", "n_atoms", "f_frame")}
+    of their gradients (forces and stress: the first n_grad - 1 columns). Energies per atom. For the
+    local spreads (r = 0) also ``f_local`` (n, Q): each force-labelled atom's own energy projections
+    (eV), and ``s_eproj`` (Q,) / ``s_vol``: the structure's energy projections (eV) and volume (A^3)."""
+    keys = ("e", "e_ref", "e_proj", "f", "f_ref", "f_grad", "f_local", "s", "s_ref", "s_grad", "s_eproj", "s_vol",
+            "n_atoms", "f_frame")
+    out = {k: [] for k in keys}
     with jax.enable_x64(dtype == "float64"):
         params = jax.tree_util.tree_map(lambda x: jnp.asarray(x, dtype), model.params)
         A = jnp.asarray(directions, dtype)
@@ -95,13 +100,16 @@ def projected(model, layer, directions, frames, n_grad, graphs_per_batch=4, dtyp
                     out["f"].append(res["forces"][0, start : start + n])
                     out["f_ref"].append(f.forces)
                     out["f_grad"].append(np.moveaxis(res["forces"][1:, start : start + n], 0, -1))  # (n, 3, Q)
+                    out["f_local"].append(np.asarray(res["energies"][1:, start : start + n]).T)  # (n, Q)
                     out["f_frame"].append(np.full(n, i))
                 if f.stress is not None:
                     out["s"].append(res["stress"][0, k])
                     out["s_ref"].append(f.stress)
                     out["s_grad"].append(np.moveaxis(res["stress"][1:, k], 0, -1))  # (3, 3, Q)
+                    out["s_eproj"].append(totals[1:, k])
+                    out["s_vol"].append(abs(float(np.linalg.det(np.asarray(f.atoms.cell, np.float64)))))
                 start += n
-    return {k: np.concatenate(v) if k in ("f", "f_ref", "f_grad", "f_frame") and v else np.asarray(v, np.float64)
+    return {k: np.concatenate(v) if k in ("f", "f_ref", "f_grad", "f_local", "f_frame") and v else np.asarray(v, np.float64)
             for k, v in out.items()}
 
 
@@ -118,7 +126,8 @@ def fit_llpr(model, train_frames, valid_frames, force_directions: int = 8, layer
     """An ``LLPRModel`` of the single potential ``model`` (see the module docstring).
 
     ``force_directions``: r, the feature-gradient directions of the force and stress spreads (1 to
-    P; P is exact); ``layer``: the last layer's parameter paths (default ``default_layer``);
+    P; P is exact; 0: "local", from each atom's energy variance at one model's cost, see
+    ``jaxmat.models._llpr``); ``layer``: the last layer's parameter paths (default ``default_layer``);
     ``regularizer``: reg in (eV/atom)^2-feature units, fixed instead of chosen on the validation
     frames from ``REG_GRID`` x the mean eigenvalue of C."""
     if isinstance(model, (Ensemble, LLPRModel)) or model.output_kind != "atoms":
@@ -130,8 +139,8 @@ def fit_llpr(model, train_frames, valid_frames, force_directions: int = 8, layer
         raise ConfigError(f"llpr regularizer = {regularizer!r}: expected a finite number > 0 (or None: chosen on validation)")
     layer = list(layer or default_layer(model))
     P = layer_size(model.params, layer)
-    if type(force_directions) is not int or not 1 <= force_directions <= P:
-        raise ConfigError(f"llpr force_directions = {force_directions!r}: expected an integer from 1 to {P} "
+    if type(force_directions) is not int or not 0 <= force_directions <= P:
+        raise ConfigError(f"llpr force_directions = {force_directions!r}: expected an integer from 0 (local) to {P} "
                           f"(the last layer has {P} parameters)")
     check_linear(model, layer, train_frames[0], checks)
     C = training_covariance(model, layer, train_frames, graphs_per_batch, dtype, checks)
@@ -165,7 +174,10 @@ def _candidate(lam, reg, val, r) -> dict:
     sig_e = np.sqrt((val["e_proj"] ** 2) @ w) if val["e_ref"].size else np.zeros(0)
     out["scale_energy"], out["nll_energy"] = _usable_nll(val["e_ref"], val["e"] - val["e_ref"], sig_e)
     out["scale_forces"] = out["nll_forces"] = out["scale_stress"] = None
-    if val["f_ref"].size:
+    if val["f_ref"].size and r == 0:  # local: the atom's energy std, split evenly over its components
+        sig_f = np.repeat(np.sqrt((val["f_local"] ** 2) @ w) / np.sqrt(3.0), 3)
+        out["scale_forces"], out["nll_forces"] = _usable_nll(val["f_ref"], val["f"] - val["f_ref"], sig_f)
+    elif val["f_ref"].size:
         gz = val["f_grad"].reshape(-1, lam.size) * np.sqrt(w)  # whitened gradients, one row per component
         evals, Q = np.linalg.eigh(gz.T @ gz)
         out["Q"] = Q[:, ::-1]  # directions carrying the most force variance first
@@ -174,8 +186,12 @@ def _candidate(lam, reg, val, r) -> dict:
         sig_f = np.sqrt(np.sum(proj**2, axis=1))
         out["scale_forces"], out["nll_forces"] = _usable_nll(val["f_ref"], val["f"] - val["f_ref"], sig_f)
     if val["s_ref"].size:
-        sz = val["s_grad"].reshape(-1, lam.size) * np.sqrt(w) @ out["Q"][:, :r]
-        out["scale_stress"], _ = _usable_nll(val["s_ref"], val["s"] - val["s_ref"], np.sqrt(np.sum(sz**2, axis=1)))
+        if r == 0:  # local: sigma_E / V on every component
+            sig_s = np.repeat(np.sqrt((val["s_eproj"] ** 2) @ w) / val["s_vol"], 9)
+        else:
+            sz = val["s_grad"].reshape(-1, lam.size) * np.sqrt(w) @ out["Q"][:, :r]
+            sig_s = np.sqrt(np.sum(sz**2, axis=1))
+        out["scale_stress"], _ = _usable_nll(val["s_ref"], val["s"] - val["s_ref"], sig_s)
     return out
 
 
@@ -213,11 +229,13 @@ def llpr_predict(model: LLPRModel, frames, graphs_per_batch: int = 4, dtype: str
     if val["e_ref"].size:
         out["energy"] = (val["e_ref"], val["e"] - val["e_ref"], np.sqrt(np.sum(val["e_proj"] ** 2, axis=1)))
     if val["f_ref"].size:
-        sig = np.sqrt(np.sum(val["f_grad"] ** 2, axis=-1))  # (n, 3)
+        sig = (np.sqrt(np.sum(val["f_grad"] ** 2, axis=-1)) if r  # (n, 3)
+               else np.repeat(local_sigma(val["f_local"].T)[:, None] / np.sqrt(3.0), 3, axis=1))
         out["forces"] = (val["f_ref"].ravel(), (val["f"] - val["f_ref"]).ravel(), sig.ravel())
         out["forces_frame"] = val["f_frame"]
     if val["s_ref"].size:
-        sig = np.sqrt(np.sum(val["s_grad"] ** 2, axis=-1))
+        sig = (np.sqrt(np.sum(val["s_grad"] ** 2, axis=-1)) if r
+               else np.repeat(local_sigma(val["s_eproj"].T) / val["s_vol"], 9).reshape(val["s_ref"].shape))
         out["stress"] = (val["s_ref"].ravel(), (val["s"] - val["s_ref"]).ravel(), sig.ravel())
     return out
 
