@@ -21,7 +21,7 @@ import numpy as np
 
 HERE = Path(__file__).resolve().parent
 LLPR_RUNS = {"si_llpr": "si_single", "shift_llpr": "shift_single"}
-DIRECTIONS = (1, 2, 4, 8, None)  # None: all of them (exact)
+DIRECTIONS = (0, 1, 2, 4, 8, None)  # 0: local (per-atom energy variance, no gradients); None: all of them (exact)
 
 
 def model_dir(base: str, train) -> Path:
@@ -59,17 +59,25 @@ def llpr_run(name: str, train) -> dict:
     from jaxmat.models import default_layer, layer_size
 
     path = HERE / "runs" / name / "llpr.json"
-    if path.is_file():
-        return json.loads(path.read_text())
+    out = json.loads(path.read_text()) if path.is_file() else None
+    if out is not None and all(str(out["n_features"] if r is None else r) in out["rows"] for r in DIRECTIONS):
+        return out
     base = LLPR_RUNS[name]
     cfg = load_config(HERE / "configs" / f"{base}.json")
-    model = load_model(model_dir(base, train))
+    best = model_dir(base, train)
+    model = load_model(best)
+    weights = json.loads((best / "config.json").read_text())["params_sha256"]
     frames = {w: config_frames(cfg, w) for w in ("train", "valid", "test")}
     P = layer_size(model.params, default_layer(model))
-    out = {"base": base, "n_features": P, "rows": {}}
-    for r in DIRECTIONS:
-        llpr = fit_llpr(model, frames["train"], frames["valid"], force_directions=r or P)
-        row = {"r": r or P, "calibration": llpr.calibration, "info": llpr.info}
+    if out is not None and out.get("params_sha256") != weights:  # another (retrained) model: every row again
+        out = None
+    out = out or {"base": base, "n_features": P, "rows": {}}
+    out["params_sha256"] = weights
+    for r in (P if r is None else r for r in DIRECTIONS):  # only the rows not yet recorded (same model, same fit)
+        if str(r) in out["rows"]:
+            continue
+        llpr = fit_llpr(model, frames["train"], frames["valid"], force_directions=r)
+        row = {"r": r, "calibration": llpr.calibration, "info": llpr.info}
         for split in ("valid", "test"):
             pred = llpr_predict(llpr, frames[split])
             rep = llpr_report(llpr, pred)
@@ -78,8 +86,9 @@ def llpr_run(name: str, train) -> dict:
                 ref, err, sig = pred["energy"]
                 labelled = [f for f in frames[split] if f.energy is not None]
                 row["energy_by_group"] = group_energy_table(labelled, None, err, llpr.spread_scale("energy") * sig)
-        out["rows"][str(r or P)] = row
-        print(f"{name} r={r or P}: test F Spearman {row['test']['forces']['raw']['spearman']:.3f}, per-atom Spearman "
+        out["rows"][str(r)] = row
+        out["rows"] = dict(sorted(out["rows"].items(), key=lambda kv: int(kv[0])))
+        print(f"{name} r={r}: test F Spearman {row['test']['forces']['raw']['spearman']:.3f}, per-atom Spearman "
               f"{row['test']['atoms']['raw']['spearman']:.3f}, AUROC {row['test']['atoms']['raw']['auroc_worst10']:.3f}",
               flush=True)
     (HERE / "runs" / name).mkdir(parents=True, exist_ok=True)
@@ -87,21 +96,19 @@ def llpr_run(name: str, train) -> dict:
     return out
 
 
-def ensemble_atoms(name: str) -> dict | None:
-    """Per-atom force metrics and the energy-by-group table of an ensemble run whose model is here
-    (None when its weights are not on this machine)."""
+def ensemble_atoms(name: str, train) -> dict:
+    """Per-atom force metrics and the energy-by-group table of an ensemble run, from its best model
+    (retrained into runs/<name>_model by ``model_dir`` when its weights are not on this machine)."""
     from jaxmat import load_model
     from jaxmat.train import config_frames, load_config
     from jaxmat.train import atom_report
     from jaxmat.train import predict_members
     from jaxmat.uncertainty import member_stats
 
-    best = HERE / "runs" / name / "best_model"
-    if not best.is_dir():
-        return None
     path = HERE / "runs" / name / "atoms.json"
     if path.is_file():
         return json.loads(path.read_text())
+    best = model_dir(name, train)
     ens = load_model(best)
     frames = config_frames(load_config(HERE / "configs" / f"{name}.json"), "test")
     pred = predict_members(ens, frames)
@@ -116,8 +123,9 @@ def ensemble_atoms(name: str) -> dict | None:
     return out
 
 
-def goals_lines(llpr: dict, res: dict) -> list[str]:
-    """The issue-49 goal table: deep and shallow (committed results), LLPR of the single model."""
+def goals_lines(llpr: dict, res: dict, atoms: dict) -> list[str]:
+    """The issue-49 goal table: deep and shallow (committed results; their per-atom rows from
+    ``atoms.json``, see ``ensemble_atoms``), LLPR of the single model."""
     def get(d, *keys):
         for k in keys:
             if not isinstance(d, dict) or k not in d or d[k] is None:
@@ -128,8 +136,14 @@ def goals_lines(llpr: dict, res: dict) -> list[str]:
     def fmt(v, f=".2f"):
         return "-" if v is None else format(v, f)
 
-    cols = {"deep K=5": (res.get("si_deep", {}).get("test"), res.get("shift_deep", {}).get("test")),
-            "shallow K=5": (res.get("si_shallow", {}).get("test"), res.get("shift_shallow", {}).get("test"))}
+    def with_atoms(name):
+        test = res.get(name, {}).get("test")
+        if test is None or not atoms.get(name):
+            return test
+        return {**test, "uncertainty": {**test.get("uncertainty", {}), "atoms": atoms[name]["atoms"]}}
+
+    cols = {"deep K=5": (with_atoms("si_deep"), with_atoms("shift_deep")),
+            "shallow K=5": (with_atoms("si_shallow"), with_atoms("shift_shallow"))}
     for n, key in (("si_llpr", "in"), ("shift_llpr", "shift")):
         for r, row in llpr.get(n, {}).get("rows", {}).items():
             label = f"LLPR r={r}"
@@ -153,21 +167,30 @@ def goals_lines(llpr: dict, res: dict) -> list[str]:
              "| measure | " + " | ".join(cols) + " | goal |", "|---|" + "---|" * (len(cols) + 1)]
     for label, fn, goal in rows:
         lines.append(f"| {label} | " + " | ".join(fn(i, s) for i, s in cols.values()) + f" | {goal} |")
-    return lines + ["", "Per-atom rows of the ensembles need their models (runs/<run>/best_model, not kept in git): "
-                    "`run.py --part llpr` adds them where the models are on the machine. Cost: `bench_cost.md`.", ""]
+    return lines + ["", "The ensembles' per-atom numbers come from the same configurations retrained into "
+                    "runs/<run>_model (their first weights were not kept; see section 5's note). Cost: `bench_cost.md`.", ""]
+
+
+def spearman_note(old: dict, new: dict) -> str:
+    """", force-component Spearman <new> vs <old>" for ensembles (an empty string for single models)."""
+    try:
+        o, n = (x["uncertainty"]["forces"]["raw"]["spearman"] for x in (old, new))
+    except (KeyError, TypeError):
+        return ""
+    return f", force-component Spearman {n:.3f} vs {o:.3f}"
 
 
 def report_lines(llpr: dict, atoms: dict) -> list[str]:
     """The markdown sections of the LLPR rows, the per-atom table and the energy-by-group table."""
     notes = []
-    for base in LLPR_RUNS.values():
+    for base in (*LLPR_RUNS.values(), "si_deep", "si_shallow", "shift_deep", "shift_shallow"):
         old, new = HERE / "runs" / base / "results.json", HERE / "runs" / f"{base}_model" / "results.json"
         if old.is_file() and new.is_file():
             o, n = (json.loads(x.read_text())["test"] for x in (old, new))
             notes.append(f"{base} was retrained into runs/{base}_model (its weights are not kept in git; same config and "
                          f"seed, not bit-identical): test E MAE {n['e_mae']:.2f} vs {o['e_mae']:.2f} meV/atom, F MAE "
-                         f"{n['f_mae']:.4f} vs {o['f_mae']:.4f} eV/A.")
-    lines = ["## 5. LLPR on the single model (r = feature-gradient directions of the force spread)", "",
+                         f"{n['f_mae']:.4f} vs {o['f_mae']:.4f} eV/A" + spearman_note(o, n) + ".")
+    lines = ["## 5. LLPR on the single model (r = feature-gradient directions of the force spread; r = 0: local, each atom's force spread from its energy variance)", "",
              "Covariance over the run's training frames, regularizer and scales fit on its validation frames (force NLL), "
              "scored on its test frames. " + " ".join(notes), "",
              "| run | r | captured F var (valid) | F Spearman | F AUROC10 | F cov 68 / 95 % (cal) | F mis. area (cal) | "
@@ -179,7 +202,9 @@ def report_lines(llpr: dict, atoms: dict) -> list[str]:
             f, fc, a, ac = t["forces"]["raw"], t["forces"]["calibrated"], t["atoms"]["raw"], t["atoms"]["calibrated"]
             e, ec = t["energy"]["raw"], t["energy"]["calibrated"]
             cal = row["calibration"]
-            lines.append(f"| {name} | {r} | {row['info']['captured_force_variance']:.2f} | {f['spearman']:.3f} | "
+            captured = row["info"]["captured_force_variance"]
+            captured = "- (local)" if captured is None else f"{captured:.2f}"
+            lines.append(f"| {name} | {r} | {captured} | {f['spearman']:.3f} | "
                          f"{f['auroc_worst10']:.3f} | {fc['coverage_68']:.2f} / {fc['coverage_95']:.2f} | "
                          f"{fc['miscalibration_area']:.3f} | {a['spearman']:.3f} | {a['auroc_worst10']:.3f} | "
                          f"{ac['coverage_68']:.2f} / {ac['coverage_95']:.2f} | {e['spearman']:.2f} | "
@@ -238,11 +263,13 @@ def shift_volume_table(name: str = "shift_llpr") -> dict:
     from jaxmat.train import fit_llpr, llpr_predict
 
     path = HERE / "runs" / name / "volume.json"
-    if path.is_file():
-        return json.loads(path.read_text())
     base = LLPR_RUNS[name]
+    best = model_dir(base, None)
+    weights = json.loads((best / "config.json").read_text())["params_sha256"]
+    if path.is_file() and json.loads(path.read_text()).get("params_sha256") == weights:
+        return json.loads(path.read_text())
     cfg = load_config(HERE / "configs" / f"{base}.json")
-    model = load_model(model_dir(base, None))
+    model = load_model(best)
     frames = {w: config_frames(cfg, w) for w in ("train", "valid", "test")}
     llpr = fit_llpr(model, frames["train"], frames["valid"], force_directions=layer_size(model.params, default_layer(model)))
     _, err, sig = llpr_predict(llpr, frames["test"])["energy"]
@@ -263,6 +290,6 @@ def shift_volume_table(name: str = "shift_llpr") -> dict:
                                         "cov95": float(np.mean(np.abs(err[m]) <= 2 * sig[m])),
                                         "vol_range": [float(vol[m].min()), float(vol[m].max())],
                                         "corr_err_vol": float(np.corrcoef(err[m], vol[m])[0, 1]) if m.sum() > 2 else None}
-    out = {"train_vol_range": [lo, hi], "rows": rows}
+    out = {"params_sha256": weights, "train_vol_range": [lo, hi], "rows": rows}
     path.write_text(json.dumps(out, indent=1) + "\n")
     return out

@@ -20,9 +20,11 @@ Protocol (fixed before any test number was seen; written into results.md):
 * Shift: train on the AIMD-NVT and Elastic groups of Si_train only; score on every Surface and
   Vacancy frame of Si_train and Si_test (none was trained or validated on).
 * MD: 64-atom Si (cubic 2x2x2), Langevin (1 fs, friction 0.01/fs), temperature ramped linearly from
-  300 K to 3000 K over ``MD_STEPS`` steps, with each in-distribution ensemble. The threshold that
-  "trips" is the largest per-frame maximum calibrated force std of that ensemble on its validation
-  frames: the most uncertain in-distribution frame it has seen.
+  300 K to 3000 K over ``MD_STEPS`` steps, with each in-distribution ensemble. Watched, as
+  ``jaxmat md --max-force-std`` watches it: the largest per-atom calibrated force std (the norm of
+  an atom's std vector). The threshold that "trips" is the largest such value of that ensemble on
+  its validation frames: the most uncertain in-distribution atom it has seen. (Until 2026-12-06
+  the experiment watched the largest component instead; the ensembles were retrained for it.)
 
 Runs are resumable (``jaxmat train --resume`` semantics; finished runs are skipped). Writes
 ``results.md`` and the plots under ``plots/``; run folders under ``runs/`` (git-ignored models).
@@ -43,6 +45,7 @@ HERE = Path(__file__).resolve().parent
 MLEARN = HERE.parents[1].parent / "shared" / "data" / "mlearn"
 RUNS = ("si_single", "si_deep", "si_shallow", "shift_deep", "shift_shallow")
 MD_STEPS, MD_T0, MD_T1, MD_LOG = 2000, 300.0, 3000.0, 10
+MD_MEASURE = "largest per-atom norm of the calibrated force std vector"  # what jaxmat md --max-force-std watches
 
 
 def prepare_shift_data() -> None:
@@ -83,7 +86,8 @@ def epoch_seconds(name: str) -> float:
 
 
 def md_threshold(model, name: str) -> float:
-    """The largest per-frame max calibrated force std on the run's validation frames."""
+    """The largest per-atom calibrated force std (norm of the atom's std vector, as the MD watch
+    ``--max-force-std`` reads it) over the run's validation frames, eV/A."""
     from jaxmat.train import config_frames, load_config
     from jaxmat.train import predict_members
 
@@ -93,12 +97,11 @@ def md_threshold(model, name: str) -> float:
     if scale is None:  # stored as null: the run's validation frames had no force labels
         raise SystemExit(f"{name}: the ensemble's forces spread is not calibrated; the MD threshold needs it")
     std = scale * np.std(pred["forces"], axis=0, ddof=1)  # (n_atoms_total, 3)
-    sizes = np.cumsum([0] + [len(f.atoms) for f in frames])
-    return float(max(std[a:b].max() for a, b in zip(sizes[:-1], sizes[1:])))
+    return float(np.linalg.norm(std, axis=-1).max())
 
 
 def md_ramp(name: str) -> dict:
-    """Langevin MD of Si64 from MD_T0 to MD_T1; the max force std per logged step."""
+    """Langevin MD of Si64 from MD_T0 to MD_T1; the largest per-atom force std norm per logged step."""
     from ase import units
     from ase.build import bulk
     from ase.md.langevin import Langevin
@@ -107,10 +110,12 @@ def md_ramp(name: str) -> dict:
     from jaxmat.calculators import JaxmatCalculator
     from jaxmat.md import thermalize
 
+    from llpr_rows import model_dir
+
     path = HERE / "runs" / name / "md_ramp.json"
-    if path.is_file():
+    if path.is_file() and json.loads(path.read_text()).get("measure") == MD_MEASURE:
         return json.loads(path.read_text())
-    model = load_model(HERE / "runs" / name / "best_model")
+    model = load_model(model_dir(name, train))
     threshold = md_threshold(model, name)
     atoms = bulk("Si", "diamond", 5.43, cubic=True).repeat((2, 2, 2))
     calc = JaxmatCalculator(model)
@@ -126,11 +131,11 @@ def md_ramp(name: str) -> dict:
         if step:
             dyn.run(MD_LOG)
         atoms.get_forces()
-        for k, v in zip(log, (step, target, atoms.get_temperature(), float(np.max(calc.results["forces_std"])))):
+        for k, v in zip(log, (step, target, atoms.get_temperature(), float(np.linalg.norm(calc.results["forces_std"], axis=-1).max()))):
             log[k].append(v)
     seconds = time.perf_counter() - t0
     trips = [s for s, v in zip(log["step"], log["max_force_std"]) if v > threshold]
-    out = {**log, "threshold": threshold, "trip_step": trips[0] if trips else None,
+    out = {**log, "measure": MD_MEASURE, "threshold": threshold, "trip_step": trips[0] if trips else None,
            "trip_target_K": log["target_K"][log["step"].index(trips[0])] if trips else None,
            "ms_per_step": 1000 * seconds / MD_STEPS}
     path.write_text(json.dumps(out) + "\n")
@@ -226,7 +231,7 @@ def report(md: dict) -> str:
     if llpr or atoms:
         from llpr_rows import goals_lines
 
-        lines.extend(goals_lines(llpr, res))
+        lines.extend(goals_lines(llpr, res, atoms))
         lines.extend(report_lines(llpr, atoms))
     return "\n".join(lines)
 
@@ -246,12 +251,13 @@ def main(argv=None) -> None:
             md[name] = md_ramp(name)
         md_plot(md)
     if args.part in ("llpr", "all"):  # LLPR rows, per-atom metrics, energy under shift (llpr_rows.py)
-        from llpr_rows import LLPR_RUNS, ensemble_atoms, llpr_run
+        from llpr_rows import LLPR_RUNS, ensemble_atoms, llpr_run, shift_volume_table
 
         for name in LLPR_RUNS:
             llpr_run(name, train)
+        shift_volume_table()
         for name in RUNS[1:]:
-            ensemble_atoms(name)
+            ensemble_atoms(name, train)
     if args.part in ("report", "all"):
         for name in ("si_deep", "si_shallow"):
             path = HERE / "runs" / name / "md_ramp.json"
