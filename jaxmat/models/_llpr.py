@@ -117,7 +117,8 @@ class LLPRModel(Model):
 
     Extra attributes:
       layer: parameter paths of the last linear layer ("group/name").
-      directions: (P, P) float64, A with A A^T = (C + reg I)^-1, columns by force variance carried.
+      directions: (P, P) float64, A with A A^T = (C + reg I)^-1, columns by force variance carried
+        (r = 0: by C's eigenvalues; the columns' order then means nothing for the forces).
       force_directions: r, the columns of A whose gradients give the force and stress spreads
         (0: "local", from the per-atom energy variances, at one model's cost).
       calibration: scales alpha of the energy, force and stress spreads (None: not calibrated) and

@@ -11,7 +11,9 @@
    force directions are rotated so that the first r carry the most force variance on these frames
    (eigenvectors of the whitened gradients' second moment); the force scale alpha_F is the NLL
    optimum (``jaxmat.uncertainty.nll_scale``) and reg the one with the lowest calibrated force NLL
-   (energy NLL without force labels), as Bigi et al. tune (alpha, reg) on validation;
+   (energy NLL without force labels), as Bigi et al. tune (alpha, reg) on validation; with r = 0
+   (local) there are no gradients: the force spread of an atom is its energy std split evenly over
+   its components, the stress spread the structure's energy std per volume, and A = V diag(sqrt w);
 4. alpha_E, alpha_F, alpha_S: NLL-optimal scales on the validation frames (method "nll").
 
 ``llpr_predict`` gives (ref, err, raw sigma) per quantity on any frames, for
@@ -107,7 +109,9 @@ def projected(model, layer, directions, frames, n_grad, graphs_per_batch=4, dtyp
                     out["s_ref"].append(f.stress)
                     out["s_grad"].append(np.moveaxis(res["stress"][1:, k], 0, -1))  # (3, 3, Q)
                     out["s_eproj"].append(totals[1:, k])
-                    out["s_vol"].append(abs(float(np.linalg.det(np.asarray(f.atoms.cell, np.float64)))))
+                    periodic = bool(np.all(f.atoms.pbc))  # else the model's stress is 0: a local sigma of 0 drops it
+                    out["s_vol"].append(abs(float(np.linalg.det(np.asarray(f.atoms.cell, np.float64)))) if periodic
+                                        else np.inf)
                 start += n
     return {k: np.concatenate(v) if k in ("f", "f_ref", "f_grad", "f_local", "f_frame") and v else np.asarray(v, np.float64)
             for k, v in out.items()}
@@ -146,7 +150,8 @@ def fit_llpr(model, train_frames, valid_frames, force_directions: int = 8, layer
     C = training_covariance(model, layer, train_frames, graphs_per_batch, dtype, checks)
     lam, V = np.linalg.eigh(C)
     lam = np.clip(lam, 0.0, None)
-    val = projected(model, layer, V, valid_frames, 1 + P, graphs_per_batch, dtype, checks)
+    n_grad = 1 if force_directions == 0 else 1 + P  # local (r = 0) needs no feature gradients
+    val = projected(model, layer, V, valid_frames, n_grad, graphs_per_batch, dtype, checks)
     if not val["e_ref"].size and not val["f_ref"].size:
         raise DatasetError("cannot calibrate the LLPR: the validation frames have no energy or force labels")
     best = None
