@@ -107,7 +107,11 @@ def ensemble_atoms(name: str, train) -> dict:
 
     path = HERE / "runs" / name / "atoms.json"
     if path.is_file():
-        return json.loads(path.read_text())
+        out = json.loads(path.read_text())
+        if "atoms_local" not in out:
+            out["atoms_local"] = local_atoms(load_model(model_dir(name, train)), name)
+            path.write_text(json.dumps(out, indent=1, default=float) + "\n")
+        return out
     best = model_dir(name, train)
     ens = load_model(best)
     frames = config_frames(load_config(HERE / "configs" / f"{name}.json"), "test")
@@ -119,8 +123,41 @@ def ensemble_atoms(name: str, train) -> dict:
     labelled = [f for f in frames if f.energy is not None]
     out["energy_by_group"] = group_energy_table(labelled, None, e_mean - pred["energy_ref"],
                                                 ens.spread_scale("energy") * e_std)
+    out["atoms_local"] = local_atoms(ens, name)
     path.write_text(json.dumps(out, indent=1, default=float) + "\n")
     return out
+
+
+def local_atoms(ens, name: str) -> dict:
+    """Would the members' spread of each atom's own energy (no force spreads needed, so one forward
+    pass) rank the atoms' force errors as well as their force spread does? Raw per-atom metrics of
+    both on the run's test frames (``_per_atom.atom_metrics``; the local sigma split evenly over
+    the three components, as the LLPR's r = 0)."""
+    import jax
+    import jax.numpy as jnp
+
+    from jaxmat.graph import atoms_to_graph, bucket_sizes, cast_floats, graph_sizes, pad_graph
+    from jaxmat.train import config_frames, load_config
+    from jaxmat.train._per_atom import atom_metrics, atom_norms
+
+    fn = jax.jit(lambda p, g: ens.member_results(p, g, True, "vmap"))
+    params = jax.tree_util.tree_map(lambda x: jnp.asarray(x, jnp.float32), ens.params)
+    ref, err, s_force, s_local = [], [], [], []
+    for f in config_frames(load_config(HERE / "configs" / f"{name}.json"), "test"):
+        if f.forces is None:
+            continue
+        n = len(f.atoms)
+        g = atoms_to_graph(f.atoms, ens.cutoff, ens.three_body_cutoff)
+        g = jax.tree_util.tree_map(jnp.asarray, cast_floats(pad_graph(g, bucket_sizes(graph_sizes(g))), "float32"))
+        res = jax.device_get(fn(params, g))
+        forces, energies = (np.asarray(res[k][:, :n], np.float64) for k in ("forces", "energies"))
+        ref.append(f.forces)
+        err.append(forces.mean(axis=0) - f.forces)
+        s_force.append(forces.std(axis=0, ddof=1))
+        s_local.append(np.repeat(energies.std(axis=0, ddof=1)[:, None] / np.sqrt(3.0), 3, axis=1))
+    ref, err = np.concatenate(ref), np.concatenate(err)
+    return {tag: atom_metrics(*atom_norms(ref, err, np.concatenate(s)))
+            for tag, s in (("force_std", s_force), ("local_energy_std", s_local))}
 
 
 def goals_lines(llpr: dict, res: dict, atoms: dict) -> list[str]:
