@@ -246,6 +246,17 @@ def report_lines(llpr: dict, atoms: dict) -> list[str]:
                          f"{fc['miscalibration_area']:.3f} | {a['spearman']:.3f} | {a['auroc_worst10']:.3f} | "
                          f"{ac['coverage_68']:.2f} / {ac['coverage_95']:.2f} | {e['spearman']:.2f} | "
                          f"{ec['coverage_68']:.2f} / {ec['coverage_95']:.2f} | {cal['energy']:.3g} / {cal['forces']:.3g} |")
+    local = {n: a["atoms_local"] for n, a in atoms.items() if a and "atoms_local" in a}
+    if local:
+        lines += ["", "Per atom, the ensembles' own spreads, test frames (raw; `atoms_local` of runs/<run>/atoms.json): "
+                  "the members' spread of each atom's force vector against their spread of its local energy, which "
+                  "needs no force spreads (one forward pass; what the LLPR's r = 0 uses).", "",
+                  "| run | atoms | Spearman: force spread / local energy spread | AUROC worst 10 %: force / local |",
+                  "|---|---|---|---|"]
+        for n, a in local.items():
+            f, e = a["force_std"], a["local_energy_std"]
+            lines.append(f"| {n} | {f['n']} | {f['spearman']:.3f} / {e['spearman']:.3f} | "
+                         f"{f['auroc_worst10']:.3f} / {e['auroc_worst10']:.3f} |")
     lines += ["", "## 6. Energy under shift, by group of the scored frames (meV/atom; calibrated sigma)", "",
               "| run | group | n | mean error | RMSE | RMS sigma | cov 68 / 95 % | cov 68 / 95 % without the group's "
               "mean error |", "|---|---|---|---|---|---|---|---|"]
