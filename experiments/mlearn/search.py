@@ -1,6 +1,6 @@
 """The validation-only recipe search on mlearn (plan: search.md; configurations: search_spec.json).
 
-    python experiments/mlearn/search.py [--lanes 2] [--minutes M] [--only NAME ...] [--spec FILE] [--root DIR]
+    python experiments/mlearn/search.py [--lanes 2] [--minutes M] [--only NAME ...] [--spec FILE] [--root DIR] [--report]
 
 Trains every (configuration, element, seed) of the spec that search_record.json does not hold yet, on
 the seeded validation split of the official *training* file, through the shared protocol driver
@@ -142,9 +142,13 @@ def main(argv=None):
     p.add_argument("--only", nargs="*", default=None, help="configuration names (or key prefixes, e.g. base/Si)")
     p.add_argument("--spec", type=Path, default=HERE / "search_spec.json")
     p.add_argument("--root", type=Path, default=HERE, help="where search_runs/, search_record.json and search.md go")
+    p.add_argument("--report", action="store_true", help="only redraw search.md's table from search_record.json")
     args = p.parse_args(argv)
     spec = json.loads(args.spec.read_text())
     spec["data"] = str((args.spec.parent / spec["data"]).resolve())  # relative to the spec file
+    if args.report:
+        print(write_report(spec, load_record(args.root / "search_record.json"), args.root / "search.md"))
+        return
     first, second = plan(spec, args.root)
     pick = lambda runs: [r for r in runs if not args.only or any(r.key.split("/")[0] == o or r.key.startswith(o)  # noqa: E731
                                                                for o in args.only)]
