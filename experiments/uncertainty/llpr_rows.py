@@ -103,6 +103,7 @@ def ensemble_atoms(name: str, train) -> dict:
     from jaxmat.train import config_frames, load_config
     from jaxmat.train import atom_report
     from jaxmat.train import predict_members
+    from jaxmat.train._per_atom import atom_norms
     from jaxmat.uncertainty import member_stats
 
     path = HERE / "runs" / name / "atoms.json"
@@ -110,6 +111,9 @@ def ensemble_atoms(name: str, train) -> dict:
         out = json.loads(path.read_text())
         if "atoms_local" not in out:
             out["atoms_local"] = local_atoms(load_model(model_dir(name, train)), name)
+            path.write_text(json.dumps(out, indent=1, default=float) + "\n")
+        if "spearman_ceiling" not in out["atoms"]:
+            out["atoms"]["spearman_ceiling"] = spearman_ceiling(load_model(model_dir(name, train)), name)
             path.write_text(json.dumps(out, indent=1, default=float) + "\n")
         return out
     best = model_dir(name, train)
@@ -119,6 +123,7 @@ def ensemble_atoms(name: str, train) -> dict:
     mean, std = member_stats(pred["forces"])
     scale = ens.spread_scale("forces") if ens.is_calibrated("forces") else None
     out = {"atoms": atom_report(pred["forces_ref"], mean - pred["forces_ref"], std, scale)}
+    out["atoms"]["spearman_ceiling"] = _ceiling(*atom_norms(pred["forces_ref"], mean - pred["forces_ref"], std))
     e_mean, e_std = member_stats(pred["energy"])
     labelled = [f for f in frames if f.energy is not None]
     out["energy_by_group"] = group_energy_table(labelled, None, e_mean - pred["energy_ref"],
@@ -126,6 +131,29 @@ def ensemble_atoms(name: str, train) -> dict:
     out["atoms_local"] = local_atoms(ens, name)
     path.write_text(json.dumps(out, indent=1, default=float) + "\n")
     return out
+
+
+def _ceiling(err_a, sigma_a, draws: int = 200) -> dict:
+    """The per-atom Spearman(|error|, |sigma|) if every atom's error were drawn from exactly its
+    predicted distribution (isotropic Gaussian components of variance |sigma|^2 / 3): |error| is
+    random given sigma, so even perfect sigmas rank below 1, the less the sigmas vary the lower."""
+    from scipy import stats
+
+    rng = np.random.default_rng(0)
+    rho = [stats.spearmanr(np.linalg.norm(rng.normal(size=(sigma_a.size, 3)), axis=1) * sigma_a, sigma_a).correlation
+           for _ in range(draws)]
+    return {"mean": float(np.mean(rho)), "std": float(np.std(rho)), "draws": draws}
+
+
+def spearman_ceiling(ens, name: str) -> dict:
+    """``_ceiling`` of an ensemble's per-atom force sigmas on the run's test frames."""
+    from jaxmat.train import config_frames, load_config, predict_members
+    from jaxmat.train._per_atom import atom_norms
+    from jaxmat.uncertainty import member_stats
+
+    pred = predict_members(ens, config_frames(load_config(HERE / "configs" / f"{name}.json"), "test"))
+    mean, std = member_stats(pred["forces"])
+    return _ceiling(*atom_norms(pred["forces_ref"], mean - pred["forces_ref"], std))
 
 
 def local_atoms(ens, name: str) -> dict:
@@ -251,12 +279,18 @@ def report_lines(llpr: dict, atoms: dict) -> list[str]:
         lines += ["", "Per atom, the ensembles' own spreads, test frames (raw; `atoms_local` of runs/<run>/atoms.json): "
                   "the members' spread of each atom's force vector against their spread of its local energy, which "
                   "needs no force spreads (one forward pass; what the LLPR's r = 0 uses).", "",
-                  "| run | atoms | Spearman: force spread / local energy spread | AUROC worst 10 %: force / local |",
-                  "|---|---|---|---|"]
+                  "| run | atoms | Spearman: force spread / local energy spread | AUROC worst 10 %: force / local | "
+                  "Spearman if the errors followed the force spreads exactly |", "|---|---|---|---|---|"]
         for n, a in local.items():
             f, e = a["force_std"], a["local_energy_std"]
+            c = atoms[n]["atoms"].get("spearman_ceiling")
+            ceiling = "-" if c is None else f"{c['mean']:.3f} +- {c['std']:.3f}"
             lines.append(f"| {n} | {f['n']} | {f['spearman']:.3f} / {e['spearman']:.3f} | "
-                         f"{f['auroc_worst10']:.3f} / {e['auroc_worst10']:.3f} |")
+                         f"{f['auroc_worst10']:.3f} / {e['auroc_worst10']:.3f} | {ceiling} |")
+        lines += ["", "The last column is the ceiling of the per-atom Spearman for these sigmas: an atom's |error| is "
+                  "random even when its sigma is exact (chi with 3 degrees of freedom), so ranking errors by sigma "
+                  "can only reach it, the less the sigmas vary the lower (200 draws of errors from the predicted "
+                  "distributions, seed 0)."]
     lines += ["", "## 6. Energy under shift, by group of the scored frames (meV/atom; calibrated sigma)", "",
               "| run | group | n | mean error | RMSE | RMS sigma | cov 68 / 95 % | cov 68 / 95 % without the group's "
               "mean error |", "|---|---|---|---|---|---|---|---|"]
