@@ -100,3 +100,6 @@ def test_search_driver_smoke(tmp_path):
     again = subprocess.run(cmd, capture_output=True, text=True, timeout=600)
     assert again.returncode == 0 and "2 of 2 runs finished; 0 to go" in again.stdout, again.stderr[-2000:]
     assert json.loads((tmp_path / "search_record.json").read_text()) == record
+    report = subprocess.run(cmd + ["--report"], capture_output=True, text=True, timeout=300)  # redraws, trains nothing
+    assert report.returncode == 0 and "| base | the base recipe | X | 1 |" in report.stdout, report.stderr[-2000:]
+    assert "runs finished" not in report.stdout and (tmp_path / "search.md").read_text() == md
