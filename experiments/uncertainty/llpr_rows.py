@@ -108,14 +108,7 @@ def ensemble_atoms(name: str, train) -> dict:
 
     path = HERE / "runs" / name / "atoms.json"
     if path.is_file():
-        out = json.loads(path.read_text())
-        if "atoms_local" not in out:
-            out["atoms_local"] = local_atoms(load_model(model_dir(name, train)), name)
-            path.write_text(json.dumps(out, indent=1, default=float) + "\n")
-        if "spearman_ceiling" not in out["atoms"]:
-            out["atoms"]["spearman_ceiling"] = spearman_ceiling(load_model(model_dir(name, train)), name)
-            path.write_text(json.dumps(out, indent=1, default=float) + "\n")
-        return out
+        return json.loads(path.read_text())
     best = model_dir(name, train)
     ens = load_model(best)
     frames = config_frames(load_config(HERE / "configs" / f"{name}.json"), "test")
@@ -143,17 +136,6 @@ def _ceiling(err_a, sigma_a, draws: int = 200) -> dict:
     rho = [stats.spearmanr(np.linalg.norm(rng.normal(size=(sigma_a.size, 3)), axis=1) * sigma_a, sigma_a).correlation
            for _ in range(draws)]
     return {"mean": float(np.mean(rho)), "std": float(np.std(rho)), "draws": draws}
-
-
-def spearman_ceiling(ens, name: str) -> dict:
-    """``_ceiling`` of an ensemble's per-atom force sigmas on the run's test frames."""
-    from jaxmat.train import config_frames, load_config, predict_members
-    from jaxmat.train._per_atom import atom_norms
-    from jaxmat.uncertainty import member_stats
-
-    pred = predict_members(ens, config_frames(load_config(HERE / "configs" / f"{name}.json"), "test"))
-    mean, std = member_stats(pred["forces"])
-    return _ceiling(*atom_norms(pred["forces_ref"], mean - pred["forces_ref"], std))
 
 
 def local_atoms(ens, name: str) -> dict:

@@ -113,8 +113,9 @@ def md_ramp(name: str) -> dict:
     from llpr_rows import model_dir
 
     path = HERE / "runs" / name / "md_ramp.json"
-    if path.is_file() and json.loads(path.read_text()).get("measure") == MD_MEASURE:
-        return json.loads(path.read_text())
+    done = json.loads(path.read_text()) if path.is_file() else {}
+    if done.get("measure") == MD_MEASURE:
+        return done
     model = load_model(model_dir(name, train))
     threshold = md_threshold(model, name)
     atoms = bulk("Si", "diamond", 5.43, cubic=True).repeat((2, 2, 2))

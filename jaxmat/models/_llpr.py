@@ -103,6 +103,12 @@ def local_sigma(projections):
     return np.sqrt(np.sum(np.asarray(projections, np.float64) ** 2, axis=0))
 
 
+def isotropic(sigma):
+    """(n, 3): a per-atom std sigma (n,) split evenly over the three components (sigma / sqrt 3 each,
+    so the atom's std vector has norm sigma): the local mode's force spread."""
+    return np.repeat(np.asarray(sigma, np.float64)[:, None] / np.sqrt(3.0), 3, axis=1)
+
+
 def llpr_outputs(model: Model, layer, params, directions, graph, compute_stress: bool = True, n_grad: int = 1,
                  mode: str = "vmap") -> dict:
     """``jaxmat.potential.outputs_forces_stress`` of ``feature_rows``: row 0 is the model's own
@@ -161,7 +167,7 @@ class LLPRModel(Model):
         if r:
             f_std = np.sqrt(np.sum(np.asarray(out["forces"][1 : 1 + r, :n], np.float64) ** 2, axis=0))
         else:  # local: |phi_i|_Sigma / sqrt(3) on each component
-            f_std = np.repeat(local_sigma(energies[1:])[:, None] / np.sqrt(3.0), 3, axis=1)
+            f_std = isotropic(local_sigma(energies[1:]))
         res = {"energy": energy, "free_energy": energy, "energies": energies[0],
                "forces": np.asarray(out["forces"][0, :n], np.float64),
                "energy_std": self.spread_scale("energy") * e_std, "forces_std": self.spread_scale("forces") * f_std}

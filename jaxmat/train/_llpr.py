@@ -36,6 +36,7 @@ from jaxmat.models import (
     default_layer,
     feature_rows,
     host_graph_totals,
+    isotropic,
     layer_param,
     layer_size,
     llpr_outputs,
@@ -180,7 +181,7 @@ def _candidate(lam, reg, val, r) -> dict:
     out["scale_energy"], out["nll_energy"] = _usable_nll(val["e_ref"], val["e"] - val["e_ref"], sig_e)
     out["scale_forces"] = out["nll_forces"] = out["scale_stress"] = None
     if val["f_ref"].size and r == 0:  # local: the atom's energy std, split evenly over its components
-        sig_f = np.repeat(np.sqrt((val["f_local"] ** 2) @ w) / np.sqrt(3.0), 3)
+        sig_f = isotropic(np.sqrt((val["f_local"] ** 2) @ w)).ravel()
         out["scale_forces"], out["nll_forces"] = _usable_nll(val["f_ref"], val["f"] - val["f_ref"], sig_f)
     elif val["f_ref"].size:
         gz = val["f_grad"].reshape(-1, lam.size) * np.sqrt(w)  # whitened gradients, one row per component
@@ -235,7 +236,7 @@ def llpr_predict(model: LLPRModel, frames, graphs_per_batch: int = 4, dtype: str
         out["energy"] = (val["e_ref"], val["e"] - val["e_ref"], np.sqrt(np.sum(val["e_proj"] ** 2, axis=1)))
     if val["f_ref"].size:
         sig = (np.sqrt(np.sum(val["f_grad"] ** 2, axis=-1)) if r  # (n, 3)
-               else np.repeat(local_sigma(val["f_local"].T)[:, None] / np.sqrt(3.0), 3, axis=1))
+               else isotropic(local_sigma(val["f_local"].T)))
         out["forces"] = (val["f_ref"].ravel(), (val["f"] - val["f_ref"]).ravel(), sig.ravel())
         out["forces_frame"] = val["f_frame"]
     if val["s_ref"].size:
