@@ -238,17 +238,43 @@ def one(workdir: Path, core: int | None, minutes: float | None) -> None:
             limits = [m for m in (minutes, _remaining(workdir, spec)) if m is not None]
             cfg = config_from_dict(merge(spec["config"], {"run": {"max_wall_minutes": min(limits) if limits else None,
                                                                    "progress": False}}))
-            t0, c0 = time.perf_counter(), time.process_time()
-            try:
+            with _metered(workdir):
                 train_and_evaluate(cfg, workdir, resume=True)
-            finally:  # the minutes of every call, partial epochs included (wall time; CPU time alongside)
-                for name, used in (("minutes.json", time.perf_counter() - t0), ("cpu_minutes.json", time.process_time() - c0)):
-                    spent = json.loads((workdir / name).read_text()) if (workdir / name).is_file() else []
-                    (workdir / name).write_text(json.dumps(spent + [used / 60]) + "\n")
         if status(workdir) == "trained":
             if spec.get("test") and not (workdir / "test.json").is_file():  # evaluated once: a kill after it keeps it
                 evaluate_test(workdir, spec)
             _write_summary(workdir, spec)
+
+
+@contextlib.contextmanager
+def _metered(workdir: Path, every: float = 15.0):
+    """Count this call's minutes in minutes.json (wall) and cpu_minutes.json (CPU), partial epochs
+    included: the call's entry is rewritten every ``every`` seconds and at the end, so a call ended by
+    a kill (SIGTERM or SIGKILL) under-counts by at most ``every`` seconds instead of losing them all."""
+    t0, c0 = time.perf_counter(), time.process_time()
+    before = {n: json.loads((workdir / n).read_text()) if (workdir / n).is_file() else []
+              for n in ("minutes.json", "cpu_minutes.json")}
+
+    def write():
+        for name, used in (("minutes.json", time.perf_counter() - t0), ("cpu_minutes.json", time.process_time() - c0)):
+            tmp = workdir / (name + ".tmp")
+            tmp.write_text(json.dumps(before[name] + [used / 60]) + "\n")
+            tmp.replace(workdir / name)
+
+    done = threading.Event()
+
+    def beat():
+        while not done.wait(every):
+            write()
+
+    thread = threading.Thread(target=beat, daemon=True)
+    thread.start()
+    try:
+        yield
+    finally:
+        done.set()
+        thread.join()
+        write()
 
 
 def _remaining(workdir: Path, spec: dict) -> float | None:

@@ -4,6 +4,7 @@ import copy
 import json
 import subprocess
 import sys
+import time
 from pathlib import Path
 
 import ase.io
@@ -147,6 +148,22 @@ def test_mlearn_protocol_driver(tmp_path):
         prepare(Run("finetune/X/0", {"data": {"train": "other.extxyz"}}, str(tmp_path / "X_test.extxyz"), wd))
     with pytest.raises(ValueError, match="must not name the test file"):
         prepare(Run("k", {"data": {"train": "a", "test": "b"}}, "b", tmp_path / "new"))
+
+
+def test_protocol_minutes_survive_a_kill(tmp_path):
+    """A call's minutes are on disk while it runs (rewritten every few seconds), so a call killed
+    before its end still counts toward the run's cap; earlier calls' entries are kept."""
+    protocol = import_experiment("_protocol.py")
+    (tmp_path / "minutes.json").write_text("[2.5]\n")
+    with protocol._metered(tmp_path, every=0.05):
+        t = time.perf_counter()
+        while time.perf_counter() - t < 0.3:  # busy, so CPU time accrues too
+            pass
+        mid = json.loads((tmp_path / "minutes.json").read_text())
+        assert len(mid) == 2 and mid[0] == 2.5 and 0.1 / 60 < mid[1] < 0.3 / 60
+        assert json.loads((tmp_path / "cpu_minutes.json").read_text())[0] > 0
+    end = json.loads((tmp_path / "minutes.json").read_text())
+    assert len(end) == 2 and end[1] >= 0.3 / 60 and protocol.spent_minutes(tmp_path) == pytest.approx(sum(end))
 
 
 @pytest.mark.slow  # minutes on 2 cores: outside the default suite (-m slow)
