@@ -103,3 +103,37 @@ def test_search_driver_smoke(tmp_path):
     report = subprocess.run(cmd + ["--report"], capture_output=True, text=True, timeout=300)  # redraws, trains nothing
     assert report.returncode == 0 and "| base | the base recipe | X | 1 |" in report.stdout, report.stderr[-2000:]
     assert "runs finished" not in report.stdout and (tmp_path / "search.md").read_text() == md
+
+
+def test_round_one_rule_and_round_two():
+    """search.md's rule on a made-up record of the committed spec: a change wins its dimension only by
+    more than the base's seed-to-seed std, the better of two winners is kept, no verdict before the
+    base has its seeds, and round 2 combines the winners (dated, once) and gives the best one 3 seeds."""
+    search = import_experiment("mlearn/search.py")
+    spec = json.loads((ROOT / "experiments" / "mlearn" / "search_spec.json").read_text())
+    assert "round_two" not in spec  # round 2 is written only from a complete round 1
+
+    def runs(name, seed, x):  # a run scoring x on every element: MAEs x times the scale
+        return {f"{name}/{el}/{seed}": {"valid": {"e_mae": x * e, "f_mae": x * f}} for el, (e, f) in spec["scale"].items()}
+
+    record = {**runs("base", 0, 2.0), **runs("base", 1, 2.1)}
+    assert search.verdicts(spec, record)[1] is None
+    record.update(runs("base", 2, 1.9))  # mean 2.0, std 0.1
+    record.update({**runs("lr1e-3", 0, 1.85), **runs("lr2e-3", 0, 1.8), **runs("E10", 0, 1.95), **runs("stage2", 0, 1.5)})
+    lines, winners = search.verdicts(spec, record)
+    assert winners is None and "| learning rate | lr2.5e-4 | not run yet | | |" in lines
+    assert "| energy weight | E10 | 1.950 | +0.050 | no |" in lines and "| learning rate | lr2e-3 | 1.800 | +0.200 | wins |" in lines
+    with pytest.raises(ValueError, match="not complete"):
+        search.round_two(spec, record, "2026-12-31")
+    for name in sum(spec["dimensions"].values(), []):
+        record.update({k: v for k, v in runs(name, 0, 2.0).items() if k not in record})
+    winners = search.verdicts(spec, record)[1]
+    assert {d: w for d, w in winners.items() if w} == {"learning rate": "lr2e-3", "second stage": "stage2"}
+    new = json.loads(search.dump_spec(search.round_two(spec, record, "2026-12-31")))
+    confs = {c["name"]: c for c in new["configs"]}
+    assert confs["combined"]["over"] == {"optim": {"learning_rate": 2e-3}} and confs["combined"]["seeds"] == [0, 1, 2]
+    assert confs["combined"]["stage_two"] == confs["stage2"]["stage_two"] and confs["stage2"]["seeds"] == [0, 1, 2]
+    assert "2026-12-31" in new["round_two"] and "lr2e-3, stage2" in new["round_two"]
+    assert {k: v for k, v in new.items() if k not in ("configs", "round_two")} == {k: v for k, v in spec.items() if k != "configs"}
+    with pytest.raises(ValueError, match="already has its round 2"):
+        search.round_two(new, record, "2027-01-01")

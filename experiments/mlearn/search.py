@@ -1,6 +1,7 @@
 """The validation-only recipe search on mlearn (plan: search.md; configurations: search_spec.json).
 
     python experiments/mlearn/search.py [--lanes 2] [--minutes M] [--only NAME ...] [--spec FILE] [--root DIR] [--report]
+    python experiments/mlearn/search.py --round-two YYYY-MM-DD   (once round 1 is complete)
 
 Trains every (configuration, element, seed) of the spec that search_record.json does not hold yet, on
 the seeded validation split of the official *training* file, through the shared protocol driver
@@ -10,7 +11,9 @@ one: the record holds validation numbers only. A configuration with a ``stage_tw
 energy weight raised near the end) trains in two runs: stage one gets ``1 - fraction`` of the cap and
 of the epochs, then stage two starts from stage one's kept (best-validation EMA) model with the
 stage-two overrides for the rest. Afterwards the table of every configuration's validation numbers
-is written into search.md (below its plan). search_record.json is committed; search_runs/ stays local.
+is written into search.md (below its plan), with round 1's verdicts by the plan's rule once the base
+has its seeds; ``--round-two`` then writes round 2 into the spec, dated, before any of its runs.
+search_record.json is committed; search_runs/ stays local.
 """
 
 from __future__ import annotations
@@ -123,6 +126,79 @@ def table(spec: dict, record: dict) -> list[str]:
     return lines
 
 
+def _overall(spec: dict, record: dict, name: str) -> dict[int, float]:
+    """seed -> the mean over the spec's elements of that seed's run score, for seeds run on every element."""
+    seeds = next(c for c in spec["configs"] if c["name"] == name).get("seeds", spec["seeds"])
+    return {s: statistics.mean(score(spec, record[f"{name}/{el}/{s}"]["valid"], el) for el in spec["elements"])
+            for s in seeds if all(f"{name}/{el}/{s}" in record for el in spec["elements"])}
+
+
+def verdicts(spec: dict, record: dict) -> tuple[list[str], dict | None]:
+    """Round 1's rule (search.md): a change wins its dimension when its overall score beats the base's
+    mean by more than the base's seed-to-seed std; of two winning values the better score is kept.
+    Returns the report lines and {dimension: winning configuration or None (the base's value stays)},
+    the latter None until the base has every seed and every change its runs."""
+    base = _overall(spec, record, "base")
+    want = next(c for c in spec["configs"] if c["name"] == "base")["seeds"]
+    if len(base) < len(want):
+        return [f"Round 1 verdicts wait for the base's seeds ({len(base)} of {len(want)} complete on every element)."], None
+    mean, std = statistics.mean(base.values()), statistics.stdev(base.values())
+    lines = [f"Round 1 verdicts: the base's overall score is {mean:.3f} ± {std:.3f} (seeds {', '.join(map(str, base))}); "
+             f"a change wins when its score is below {mean - std:.3f}.", "",
+             "| dimension | configuration | overall score | base - score | verdict |", "|---|---|---|---|---|"]
+    winners, complete = {}, True
+    for dim, names in spec.get("dimensions", {}).items():
+        best = None
+        for name in names:
+            got = _overall(spec, record, name)
+            if not got:
+                complete = False
+                lines.append(f"| {dim} | {name} | not run yet | | |")
+                continue
+            value = statistics.mean(got.values())
+            wins = mean - value > std
+            lines.append(f"| {dim} | {name} | {value:.3f} | {mean - value:+.3f} | {'wins' if wins else 'no'} |")
+            if wins and (best is None or value < best[1]):
+                best = (name, value)
+        winners[dim] = best[0] if best else None
+    picked = [f"{d}: {w}" for d, w in winners.items() if w]
+    lines += ["", "Winners so far: " + ("; ".join(picked) if picked else "none (the base's values stay)") + "."]
+    return lines, winners if complete else None
+
+
+def round_two(spec: dict, record: dict, date: str) -> dict:
+    """The spec with round 2 added (search.md): the winning changes of round 1 combined into "combined"
+    (the base's seeds) when two or more dimensions won, and the best single change given the base's
+    seeds. Refuses an incomplete round 1 and a spec that already has its round 2."""
+    if "round_two" in spec:
+        raise ValueError(f"the spec already has its round 2 ({spec['round_two']})")
+    _, winners = verdicts(spec, record)
+    if winners is None:
+        raise ValueError("round 1 is not complete: every configuration and the base's seeds need their runs")
+    spec = json.loads(json.dumps(spec))
+    confs = {c["name"]: c for c in spec["configs"]}
+    won = [confs[w] for w in winners.values() if w]
+    seeds = confs["base"]["seeds"]
+    if len(won) >= 2:
+        over, two = {}, {}
+        for conf in won:
+            over, two = merge(over, conf.get("over", {})), conf.get("stage_two", two)
+        spec["configs"].append({"name": "combined", "change": "; ".join(c["change"] for c in won), "seeds": seeds,
+                                "over": over, **({"stage_two": two} if two else {})})
+    if won:
+        min(won, key=lambda c: statistics.mean(_overall(spec, record, c["name"]).values()))["seeds"] = seeds
+    spec["round_two"] = (f"Added {date} by search.py --round-two from round 1's verdicts (search.md), before any "
+                         f"round-2 run: winners {', '.join(c['name'] for c in won) or 'none (the base is the recipe)'}.")
+    return spec
+
+
+def dump_spec(spec: dict) -> str:
+    """The spec as JSON with one line per top-level key and per configuration (a readable diff)."""
+    rows = [f' "{k}": ' + (json.dumps(v) if k != "configs" else "[\n" + ",\n".join("  " + json.dumps(c) for c in v) + "\n ]")
+            for k, v in spec.items()]
+    return "{\n" + ",\n".join(rows) + "\n}\n"
+
+
 def write_report(spec: dict, record: dict, md: Path) -> str:
     """Replace everything below MARK in search.md (the plan above it stays as written) with the table."""
     head = md.read_text().split(MARK)[0].rstrip() if md.is_file() else "# mlearn recipe search"
@@ -130,7 +206,7 @@ def write_report(spec: dict, record: dict, md: Path) -> str:
                       f"From `search_record.json` ({sum(1 for k in record if not k.endswith('/stage1'))} finished "
                       "configuration runs); mean ± sample std over seeds. The score is the mean of the validation "
                       "energy and force MAE as multiples of MTP's test MAE (a fixed scale).", "",
-                      *table(spec, record), ""])
+                      *table(spec, record), "", *verdicts(spec, record)[0], ""])
     md.write_text(text)
     return text
 
@@ -143,8 +219,14 @@ def main(argv=None):
     p.add_argument("--spec", type=Path, default=HERE / "search_spec.json")
     p.add_argument("--root", type=Path, default=HERE, help="where search_runs/, search_record.json and search.md go")
     p.add_argument("--report", action="store_true", help="only redraw search.md's table from search_record.json")
+    p.add_argument("--round-two", metavar="DATE", help="add round 2 (from round 1's verdicts) to the spec, dated; train nothing")
     args = p.parse_args(argv)
     spec = json.loads(args.spec.read_text())
+    if args.round_two:
+        spec = round_two(spec, load_record(args.root / "search_record.json"), args.round_two)
+        args.spec.write_text(dump_spec(spec))
+        print(spec["round_two"])
+        return
     spec["data"] = str((args.spec.parent / spec["data"]).resolve())  # relative to the spec file
     if args.report:
         print(write_report(spec, load_record(args.root / "search_record.json"), args.root / "search.md"))
