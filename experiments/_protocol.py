@@ -265,7 +265,10 @@ def _metered(workdir: Path, every: float = 15.0):
 
     def beat():
         while not done.wait(every):
-            write()
+            try:
+                write()
+            except OSError:  # a full disk, say: the next beat and the final write try again
+                pass
 
     thread = threading.Thread(target=beat, daemon=True)
     thread.start()

@@ -107,33 +107,55 @@ def test_search_driver_smoke(tmp_path):
 
 def test_round_one_rule_and_round_two():
     """search.md's rule on a made-up record of the committed spec: a change wins its dimension only by
-    more than the base's seed-to-seed std, the better of two winners is kept, no verdict before the
-    base has its seeds, and round 2 combines the winners (dated, once) and gives the best one 3 seeds."""
+    more than the base's mean minus its sample std over seeds, scored on every element; the better of
+    two winners is kept; no verdict before the base has its seeds; round 2 combines two or more winners
+    (dated, once), gives the best one 3 seeds, and its seeds do not move round 1's verdicts."""
     search = import_experiment("mlearn/search.py")
     spec = json.loads((ROOT / "experiments" / "mlearn" / "search_spec.json").read_text())
-    assert "round_two" not in spec  # round 2 is written only from a complete round 1
+    assert "round_two" not in spec and spec["elements"] == ["Si", "Mo"]  # round 2 only from a complete round 1
 
-    def runs(name, seed, x):  # a run scoring x on every element: MAEs x times the scale
-        return {f"{name}/{el}/{seed}": {"valid": {"e_mae": x * e, "f_mae": x * f}} for el, (e, f) in spec["scale"].items()}
+    def runs(name, seed, si, mo=None):  # runs scoring si on Si and mo on Mo: MAEs that many times the scale
+        mo = si if mo is None else mo
+        return {f"{name}/{el}/{seed}": {"valid": {"e_mae": x * spec["scale"][el][0], "f_mae": x * spec["scale"][el][1]}}
+                for el, x in (("Si", si), ("Mo", mo))}
 
-    record = {**runs("base", 0, 2.0), **runs("base", 1, 2.1)}
+    # the base per seed: 2.2, 1.9, 1.9 -> mean 2.0, sample std 0.173 (population 0.141, std/sqrt(3) 0.1)
+    record = {**runs("base", 0, 2.3, 2.1), **runs("base", 1, 1.8, 2.0)}
     assert search.verdicts(spec, record)[1] is None
-    record.update(runs("base", 2, 1.9))  # mean 2.0, std 0.1
-    record.update({**runs("lr1e-3", 0, 1.85), **runs("lr2e-3", 0, 1.8), **runs("E10", 0, 1.95), **runs("stage2", 0, 1.5)})
+    record.update(runs("base", 2, 1.9))
+    record.update({**runs("lr1e-3", 0, 1.7), **runs("lr2e-3", 0, 1.8),  # both win; the better is not the last
+                   **runs("E10", 0, 1.85),  # wins only with a population std or std/sqrt(3)
+                   **runs("ema0", 0, 1.95),  # wins only against the base's seed 0
+                   **runs("batch8", 0, 1.5, 2.5),  # wins only on Si alone
+                   **runs("stage2", 0, 1.2, 1.8)})
     lines, winners = search.verdicts(spec, record)
     assert winners is None and "| learning rate | lr2.5e-4 | not run yet | | |" in lines
-    assert "| energy weight | E10 | 1.950 | +0.050 | no |" in lines and "| learning rate | lr2e-3 | 1.800 | +0.200 | wins |" in lines
+    assert "| loss weights | E10 | 1.850 | +0.150 | no |" in lines and "| learning rate | lr2e-3 | 1.800 | +0.200 | wins |" in lines
     with pytest.raises(ValueError, match="not complete"):
         search.round_two(spec, record, "2026-12-31")
-    for name in sum(spec["dimensions"].values(), []):
-        record.update({k: v for k, v in runs(name, 0, 2.0).items() if k not in record})
-    winners = search.verdicts(spec, record)[1]
-    assert {d: w for d, w in winners.items() if w} == {"learning rate": "lr2e-3", "second stage": "stage2"}
-    new = json.loads(search.dump_spec(search.round_two(spec, record, "2026-12-31")))
+    rest = {k: v for name in sum(spec["dimensions"].values(), []) for k, v in runs(name, 0, 2.0).items() if k not in record}
+    lines, winners = search.verdicts(spec, {**record, **rest})
+    assert {d: w for d, w in winners.items() if w} == {"learning rate": "lr1e-3", "second stage": "stage2"}, lines
+    new = json.loads(search.dump_spec(search.round_two(spec, {**record, **rest}, "2026-12-31")))
     confs = {c["name"]: c for c in new["configs"]}
-    assert confs["combined"]["over"] == {"optim": {"learning_rate": 2e-3}} and confs["combined"]["seeds"] == [0, 1, 2]
+    assert confs["combined"]["over"] == {"optim": {"learning_rate": 1e-3}} and confs["combined"]["seeds"] == [0, 1, 2]
     assert confs["combined"]["stage_two"] == confs["stage2"]["stage_two"] and confs["stage2"]["seeds"] == [0, 1, 2]
-    assert "2026-12-31" in new["round_two"] and "lr2e-3, stage2" in new["round_two"]
+    assert "seeds" not in confs["lr1e-3"] and "seeds" not in confs["lr2e-3"]
+    assert "2026-12-31" in new["round_two"] and "stage2, lr1e-3" in new["round_two"]
     assert {k: v for k, v in new.items() if k not in ("configs", "round_two")} == {k: v for k, v in spec.items() if k != "configs"}
     with pytest.raises(ValueError, match="already has its round 2"):
         search.round_two(new, record, "2027-01-01")
+    # round 2's seeds of stage2 (worse than its seed 0) leave round 1's verdicts as they were
+    later = {**record, **rest, **runs("stage2", 1, 2.1), **runs("stage2", 2, 2.1)}
+    assert search.verdicts(new, later) == search.verdicts(spec, {**record, **rest})
+
+    # one winner: no "combined", that change gets the seeds; none: the base is the recipe
+    flat = {**{k: v for k, v in record.items() if k.startswith("base/")},
+            **{k: v for name in sum(spec["dimensions"].values(), []) for k, v in runs(name, 0, 2.0).items()}}
+    one = json.loads(search.dump_spec(search.round_two(spec, {**flat, **runs("batch2", 0, 1.6)}, "d")))
+    assert [c["name"] for c in one["configs"]] == [c["name"] for c in spec["configs"]]
+    assert {c["name"] for c in one["configs"] if "seeds" in c} == {"base", "batch2"}
+    none = search.round_two(spec, flat, "d")
+    assert none["configs"] == spec["configs"] and "none (the base is the recipe)" in none["round_two"]
+    with pytest.raises(ValueError, match="exactly one dimension"):
+        search.verdicts({**spec, "dimensions": {"lr": ["lr1e-3"]}}, flat)

@@ -126,32 +126,47 @@ def table(spec: dict, record: dict) -> list[str]:
     return lines
 
 
-def _overall(spec: dict, record: dict, name: str) -> dict[int, float]:
-    """seed -> the mean over the spec's elements of that seed's run score, for seeds run on every element."""
-    seeds = next(c for c in spec["configs"] if c["name"] == name).get("seeds", spec["seeds"])
+def _overall(spec: dict, record: dict, name: str, seeds) -> dict[int, float]:
+    """seed -> the mean over the spec's elements of that seed's run score, for those of ``seeds`` run on
+    every element."""
     return {s: statistics.mean(score(spec, record[f"{name}/{el}/{s}"]["valid"], el) for el in spec["elements"])
             for s in seeds if all(f"{name}/{el}/{s}" in record for el in spec["elements"])}
 
 
+def _dimensions(spec: dict) -> dict[str, list[str]]:
+    """The spec's dimensions, checked: every configuration but the base in exactly one of them."""
+    dims, names = spec.get("dimensions", {}), [c["name"] for c in spec["configs"]]
+    listed = sum(dims.values(), [])
+    round_one = [n for n in names if n not in ("base", "combined")]
+    if sorted(listed) != sorted(round_one):
+        raise ValueError(f"search spec: each round-1 configuration must be in exactly one dimension; "
+                         f"dimensions list {sorted(listed)}, configurations are {sorted(round_one)}")
+    return dims
+
+
 def verdicts(spec: dict, record: dict) -> tuple[list[str], dict | None]:
     """Round 1's rule (search.md): a change wins its dimension when its overall score beats the base's
-    mean by more than the base's seed-to-seed std; of two winning values the better score is kept.
-    Returns the report lines and {dimension: winning configuration or None (the base's value stays)},
-    the latter None until the base has every seed and every change its runs."""
-    base = _overall(spec, record, "base")
+    mean by more than the base's seed-to-seed (sample) std; of two winning values the better score is
+    kept. Changes are judged on round 1's seeds (``spec["seeds"]``), so seeds added in round 2 do not
+    move a verdict. Returns the report lines and {dimension: winning configuration or None (the base's
+    value stays)}, the latter None until the base has its seeds and every change its runs."""
     want = next(c for c in spec["configs"] if c["name"] == "base")["seeds"]
+    if len(want) < 2:
+        raise ValueError("search spec: the base needs at least 2 seeds for its seed-to-seed std")
+    base = _overall(spec, record, "base", want)
     if len(base) < len(want):
         return [f"Round 1 verdicts wait for the base's seeds ({len(base)} of {len(want)} complete on every element)."], None
     mean, std = statistics.mean(base.values()), statistics.stdev(base.values())
     lines = [f"Round 1 verdicts: the base's overall score is {mean:.3f} ± {std:.3f} (seeds {', '.join(map(str, base))}); "
-             f"a change wins when its score is below {mean - std:.3f}.", "",
+             f"a change wins when its score is below {mean - std:.3f}. Dimensions: the plan's table rows "
+             "(`dimensions` in search_spec.json); at most one value of each is kept.", "",
              "| dimension | configuration | overall score | base - score | verdict |", "|---|---|---|---|---|"]
     winners, complete = {}, True
-    for dim, names in spec.get("dimensions", {}).items():
+    for dim, names in _dimensions(spec).items():
         best = None
         for name in names:
-            got = _overall(spec, record, name)
-            if not got:
+            got = _overall(spec, record, name, spec["seeds"])
+            if len(got) < len(spec["seeds"]):
                 complete = False
                 lines.append(f"| {dim} | {name} | not run yet | | |")
                 continue
@@ -160,7 +175,7 @@ def verdicts(spec: dict, record: dict) -> tuple[list[str], dict | None]:
             lines.append(f"| {dim} | {name} | {value:.3f} | {mean - value:+.3f} | {'wins' if wins else 'no'} |")
             if wins and (best is None or value < best[1]):
                 best = (name, value)
-        winners[dim] = best[0] if best else None
+        winners[dim] = best and best[0]
     picked = [f"{d}: {w}" for d, w in winners.items() if w]
     lines += ["", "Winners so far: " + ("; ".join(picked) if picked else "none (the base's values stay)") + "."]
     return lines, winners if complete else None
@@ -180,13 +195,15 @@ def round_two(spec: dict, record: dict, date: str) -> dict:
     won = [confs[w] for w in winners.values() if w]
     seeds = confs["base"]["seeds"]
     if len(won) >= 2:
-        over, two = {}, {}
+        over, two = {}, [c["stage_two"] for c in won if "stage_two" in c]
+        if len(two) > 1:
+            raise ValueError("two winning configurations have a stage two: say how they combine")
         for conf in won:
-            over, two = merge(over, conf.get("over", {})), conf.get("stage_two", two)
+            over = merge(over, conf.get("over", {}))
         spec["configs"].append({"name": "combined", "change": "; ".join(c["change"] for c in won), "seeds": seeds,
-                                "over": over, **({"stage_two": two} if two else {})})
+                                "over": over, **({"stage_two": two[0]} if two else {})})
     if won:
-        min(won, key=lambda c: statistics.mean(_overall(spec, record, c["name"]).values()))["seeds"] = seeds
+        min(won, key=lambda c: statistics.mean(_overall(spec, record, c["name"], spec["seeds"]).values()))["seeds"] = seeds
     spec["round_two"] = (f"Added {date} by search.py --round-two from round 1's verdicts (search.md), before any "
                          f"round-2 run: winners {', '.join(c['name'] for c in won) or 'none (the base is the recipe)'}.")
     return spec
@@ -194,7 +211,7 @@ def round_two(spec: dict, record: dict, date: str) -> dict:
 
 def dump_spec(spec: dict) -> str:
     """The spec as JSON with one line per top-level key and per configuration (a readable diff)."""
-    rows = [f' "{k}": ' + (json.dumps(v) if k != "configs" else "[\n" + ",\n".join("  " + json.dumps(c) for c in v) + "\n ]")
+    rows = [f" {json.dumps(k)}: " + (json.dumps(v) if k != "configs" else "[\n" + ",\n".join("  " + json.dumps(c) for c in v) + "\n ]")
             for k, v in spec.items()]
     return "{\n" + ",\n".join(rows) + "\n}\n"
 
