@@ -129,8 +129,9 @@ def test_round_one_rule_and_round_two():
                    **runs("batch8", 0, 1.5, 2.5),  # wins only on Si alone
                    **runs("stage2", 0, 1.2, 1.8)})
     lines, winners = search.verdicts(spec, record)
-    assert winners is None and "| learning rate | lr2.5e-4 | not run yet | | |" in lines
-    assert "| loss weights | E10 | 1.850 | +0.150 | no |" in lines and "| learning rate | lr2e-3 | 1.800 | +0.200 | wins |" in lines
+    assert winners is None and "| learning rate | lr2.5e-4 | not run yet | | | |" in lines
+    assert "| loss weights | E10 | 1.850 | +0.150 | no | +0.350 |" in lines  # paired with the base's seed 0 (2.2)
+    assert "| learning rate | lr2e-3 | 1.800 | +0.200 | wins | +0.400 |" in lines
     with pytest.raises(ValueError, match="not complete"):
         search.round_two(spec, record, "2026-12-31")
     rest = {k: v for name in sum(spec["dimensions"].values(), []) for k, v in runs(name, 0, 2.0).items() if k not in record}

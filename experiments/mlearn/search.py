@@ -160,7 +160,8 @@ def verdicts(spec: dict, record: dict) -> tuple[list[str], dict | None]:
     lines = [f"Round 1 verdicts: the base's overall score is {mean:.3f} ± {std:.3f} (seeds {', '.join(map(str, base))}); "
              f"a change wins when its score is below {mean - std:.3f}. Dimensions: the plan's table rows "
              "(`dimensions` in search_spec.json); at most one value of each is kept.", "",
-             "| dimension | configuration | overall score | base - score | verdict |", "|---|---|---|---|---|"]
+             "| dimension | configuration | overall score | base - score | verdict | paired: base on the same seed - score "
+             "(information, not the rule) |", "|---|---|---|---|---|---|"]
     winners, complete = {}, True
     for dim, names in _dimensions(spec).items():
         best = None
@@ -168,11 +169,12 @@ def verdicts(spec: dict, record: dict) -> tuple[list[str], dict | None]:
             got = _overall(spec, record, name, spec["seeds"])
             if len(got) < len(spec["seeds"]):
                 complete = False
-                lines.append(f"| {dim} | {name} | not run yet | | |")
+                lines.append(f"| {dim} | {name} | not run yet | | | |")
                 continue
             value = statistics.mean(got.values())
             wins = mean - value > std
-            lines.append(f"| {dim} | {name} | {value:.3f} | {mean - value:+.3f} | {'wins' if wins else 'no'} |")
+            paired = statistics.mean(base[k] - v for k, v in got.items())
+            lines.append(f"| {dim} | {name} | {value:.3f} | {mean - value:+.3f} | {'wins' if wins else 'no'} | {paired:+.3f} |")
             if wins and (best is None or value < best[1]):
                 best = (name, value)
         winners[dim] = best and best[0]
