@@ -53,6 +53,46 @@ class Run(NamedTuple):
     workdir: Path
     cap_minutes: float | None = None  #: budget in one-core minutes, summed over every call (None: none)
 
+    @property
+    def spec(self) -> dict:
+        """What the run trains and tests (its workdir's protocol.json)."""
+        return {"key": self.key, "config": self.config, "test": self.test,
+                **({} if self.cap_minutes is None else {"cap_minutes": self.cap_minutes})}
+
+
+def spec_sha256(run: Run) -> str:
+    """The fingerprint a record keeps of each run's spec (config, test file, cap), with absolute paths
+    cut to their last two parts, so that a record made here still matches in a clone elsewhere."""
+    import hashlib
+
+    def short(v):
+        if isinstance(v, dict):
+            return {k: short(x) for k, x in v.items()}
+        if isinstance(v, list):
+            return [short(x) for x in v]
+        return "/".join(Path(v).parts[-2:]) if isinstance(v, str) and v.startswith("/") else v
+
+    return hashlib.sha256(json.dumps(short(run.spec), sort_keys=True).encode()).hexdigest()
+
+
+def staged(run: Run, stage_two: dict) -> tuple[Run, Run]:
+    """A run in two stages (MACE-style: the energy weight raised near the end). Stage one, keyed
+    ``<key>/stage1`` in ``<workdir>_stage1``, trains with ``run.config`` for ``1 - fraction`` of its
+    epochs and cap and is never tested; stage two (``run.key``, ``run.workdir``, ``run.test``) starts
+    from stage one's kept (best-validation EMA) model, no element-reference refit, with
+    ``stage_two["over"]`` merged in, for the rest. ``stage_two``: {"fraction": f, "over": {...}}."""
+    f, epochs = stage_two["fraction"], run.config["optim"]["epochs"]
+    if not 0 < f < 1:
+        raise ValueError(f"{run.key}: stage_two.fraction = {f}: expected a fraction between 0 and 1")
+    part = lambda share: None if run.cap_minutes is None else run.cap_minutes * share  # noqa: E731
+    dir_one = run.workdir.with_name(run.workdir.name + "_stage1")
+    one = Run(run.key + "/stage1", merge(run.config, {"optim": {"epochs": max(1, round((1 - f) * epochs))}}), None,
+              dir_one, part(1 - f))
+    two = Run(run.key, merge(merge(run.config, stage_two["over"]), {
+        "model": {"init_from": str(dir_one / "best_model"), "refit_element_refs": False},
+        "optim": {"epochs": max(1, round(f * epochs))}}), run.test, run.workdir, part(f))
+    return one, two
+
 
 def merge(base: dict, over: dict) -> dict:
     """``base`` with ``over`` merged in, nested dicts key by key (neither is modified)."""
@@ -125,9 +165,7 @@ def prepare(run: Run) -> None:
     if "test" in run.config.get("data", {}):
         raise ValueError(f"{run.key}: the training config must not name the test file (the driver evaluates it once)")
     run.workdir.mkdir(parents=True, exist_ok=True)
-    spec = {"key": run.key, "config": run.config, "test": run.test}
-    if run.cap_minutes is not None:
-        spec["cap_minutes"] = run.cap_minutes
+    spec = run.spec
     path = run.workdir / "protocol.json"
     if path.is_file():
         old = json.loads(path.read_text())
@@ -164,14 +202,33 @@ def _add_to_record(record: Path, summary: dict) -> None:
         tmp.replace(record)
 
 
+def check_record(runs: list[Run], done: dict, record: Path, accept_unstamped: bool = False) -> None:
+    """Refuse a record whose entry for one of ``runs`` was made under another spec (its ``spec_sha256``
+    differs): skipping that run would report another protocol's number as this one's. Entries recorded
+    before fingerprints existed are refused too unless ``accept_unstamped`` (a driver whose spec has
+    only grown since, as git shows)."""
+    for r in runs:
+        if r.key not in done:
+            continue
+        got = done[r.key].get("spec_sha256")
+        if got is None and not accept_unstamped:
+            raise ValueError(f"{record}: {r.key} was recorded without its spec's fingerprint (an older protocol), so "
+                             f"it cannot be matched to this one: move {record.name} aside (git keeps it) and train anew")
+        if got is not None and got != spec_sha256(r):
+            raise ValueError(f"{record}: {r.key} was trained with another config, test file or cap than this protocol "
+                             f"names; a changed protocol needs a new record: move {record.name} aside (git keeps it)")
+
+
 def run_all(runs: list[Run], record: Path, lanes: int = 2, minutes: float | None = None,
-            log=print) -> tuple[dict, list[str], list[str]]:
+            log=print, accept_unstamped: bool = False) -> tuple[dict, list[str], list[str]]:
     """Train every run not yet in ``record`` and evaluate its test split, ``lanes`` subprocesses at a
     time, each pinned to one of this process's cores; each finished run's summary is added to ``record``
-    as it ends. ``minutes``: wall-time cap per call (the run resumes on the next call). Returns the
-    record, the runs that failed (reported, never recorded: fix the cause and call again) and the runs
-    left unfinished by ``minutes``."""
+    as it ends, with its spec's fingerprint (``spec_sha256``; a run recorded under another spec is an
+    error, ``check_record``). ``minutes``: wall-time cap per call (the run resumes on the next call).
+    Returns the record, the runs that failed (reported, never recorded: fix the cause and call again)
+    and the runs left unfinished by ``minutes``."""
     done = load_record(record)
+    check_record(runs, done, record, accept_unstamped)
     todo = [r for r in runs if r.key not in done]
     for r in todo:
         prepare(r)
@@ -193,7 +250,7 @@ def run_all(runs: list[Run], record: Path, lanes: int = 2, minutes: float | None
             if rc:
                 failed.append(f"{run.key} (exit {rc}; {run.workdir / 'train.log'})")
             elif state == "done":
-                summary = json.loads((run.workdir / "summary.json").read_text())
+                summary = {**json.loads((run.workdir / "summary.json").read_text()), "spec_sha256": spec_sha256(run)}
                 with lock:
                     _add_to_record(record, summary)
                     done[run.key] = summary
@@ -208,6 +265,20 @@ def run_all(runs: list[Run], record: Path, lanes: int = 2, minutes: float | None
     with ThreadPoolExecutor(len(cores)) as pool:
         list(pool.map(work, todo))
     return done, failed, unfinished
+
+
+def run_staged(first: list[Run], second: list[Run], record: Path, lanes: int = 2, minutes: float | None = None,
+               accept_unstamped: bool = False) -> tuple[dict, list[str], list[str]]:
+    """``run_all`` on the single-stage runs and stage ones (``first``), then on the stage twos (``second``,
+    from ``staged``) whose stage one is recorded; a stage two still waiting is reported unfinished."""
+    done, failed, unfinished = run_all(first, record, lanes=lanes, minutes=minutes, accept_unstamped=accept_unstamped)
+    check_record(second, done, record, accept_unstamped)
+    ready = [r for r in second if r.key + "/stage1" in done]
+    unfinished += [f"{r.key} (waits for its stage one)" for r in second if r.key + "/stage1" not in done]
+    if ready:
+        _, failed2, unfinished2 = run_all(ready, record, lanes=lanes, minutes=minutes, accept_unstamped=accept_unstamped)
+        failed, unfinished = failed + failed2, unfinished + unfinished2
+    return load_record(record), failed, unfinished
 
 
 def report_unfinished(failed: list[str], unfinished: list[str]) -> None:

@@ -186,3 +186,68 @@ def test_ablation_driver_smoke(tmp_path):
     assert (tmp_path / "ablation.png").stat().st_size > 1000 and (tmp_path / "curves.png").is_file()
 
 
+
+
+def test_record_fingerprints_match_the_committed_protocols(tmp_path):
+    """Every committed run record was made under its committed spec (so editing a protocol without moving
+    its record aside fails here, and the driver would refuse it); a fingerprint ignores where the data
+    lies; a record entry made under another spec, or without a fingerprint, is refused by name."""
+    protocol = import_experiment("_protocol.py")
+    mlearn, ablations = import_experiment("mlearn/run.py"), import_experiment("ablations/run.py")
+    Run, check_record, spec_sha256 = protocol.Run, protocol.check_record, protocol.spec_sha256
+
+    spec = json.loads((ROOT / "experiments" / "mlearn" / "protocol.json").read_text())
+    spec["data"] = str((ROOT / "experiments" / "mlearn" / spec["data"]).resolve())
+    first, second = mlearn.plan(spec, ROOT / "experiments" / "mlearn")
+    aspec = json.loads((ROOT / "experiments" / "ablations" / "ablations.json").read_text())
+    for runs, record in ((first + second, ROOT / "experiments" / "mlearn" / "runs.json"),
+                         (ablations.plan(aspec, ROOT / "experiments" / "ablations", ROOT / "experiments" / "ablations"),
+                          ROOT / "experiments" / "ablations" / "runs.json")):
+        done = json.loads(record.read_text())
+        check_record(runs, done, record)
+        assert sum(r.key in done for r in runs) >= 21
+
+    run = first[0]
+    moved = run._replace(config=protocol.merge(run.config, {"data": {"train": "/elsewhere" + run.config["data"]["train"]}}))
+    assert spec_sha256(moved) == spec_sha256(run)  # a clone in another folder matches its record
+    other = run._replace(config=protocol.merge(run.config, {"optim": {"learning_rate": 1.0}}))
+    assert spec_sha256(other) != spec_sha256(run) != spec_sha256(run._replace(cap_minutes=45.0))
+    with pytest.raises(ValueError, match="another config, test file or cap"):
+        check_record([other], {run.key: {"spec_sha256": spec_sha256(run)}}, tmp_path / "runs.json")
+    with pytest.raises(ValueError, match="without its spec's fingerprint"):
+        check_record([run], {run.key: {}}, tmp_path / "runs.json")
+    check_record([run], {run.key: {}}, tmp_path / "runs.json", accept_unstamped=True)
+
+
+def test_mlearn_plan_two_stages_and_the_mtp_bar():
+    """A setup with a stage two: stage one untested with 1 - fraction of the cap and epochs, stage two
+    tested from stage one's kept model; the MTP bar reads means over seeds, energies <= MTP's and forces
+    < MTP's + 0.005, and says a setup meets it only on all five elements."""
+    mlearn = import_experiment("mlearn/run.py")
+    spec = {"data": "/d/{element}_{split}.extxyz", "seeds": [0, 1], "base": {"data": {"valid_fraction": 0.1}},
+            "setups": {"recipe": {"label": "recipe", "epochs": {"Si": 100}, "cap_minutes": 40.0,
+                                  "config": {"model": {"init_from": "M3GNet-MP-2021.2.8-PES"}},
+                                  "stage_two": {"fraction": 0.25, "over": {"loss": {"energy_weight": 100.0}}}}}}
+    first, second = mlearn.plan(spec, Path("/root"))
+    assert [r.key for r in first] == ["recipe/Si/0/stage1", "recipe/Si/1/stage1"] and [r.key for r in second] == [
+        "recipe/Si/0", "recipe/Si/1"]
+    one, two = first[0], second[0]
+    assert one.test is None and two.test == "/d/Si_test.extxyz" and "test" not in two.config["data"]
+    assert (one.cap_minutes, two.cap_minutes) == (30.0, 10.0)
+    assert (one.config["optim"]["epochs"], two.config["optim"]["epochs"]) == (75, 25)
+    assert two.config["model"]["init_from"] == str(one.workdir / "best_model") and two.config["loss"]["energy_weight"] == 100
+    assert "energy_weight" not in one.config.get("loss", {})
+
+    mtp = mlearn.MTP
+    spec["setups"]["recipe"]["epochs"] = dict.fromkeys(mtp, 10)
+    record = {}
+    for el, (e, f) in mtp.items():
+        for s, (de, df) in enumerate(((-0.1, 0.004), (0.09, 0.0059))):  # means: E just under MTP's, F under MTP's + 0.005
+            record[f"recipe/{el}/{s}"] = {"test": {"e_mae": e + de, "f_mae": f + df}}
+    lines = mlearn.mtp_bar(spec, record)
+    assert sum("| yes |" in x for x in lines) == 5 and "met on 5 of 5 elements (all" in lines[-1]
+    record["recipe/Si/1"]["test"]["f_mae"] += 0.0013  # mean F = MTP's + 0.0056
+    lines = mlearn.mtp_bar(spec, record)
+    assert "| recipe | Si | 1.00x | +0.0056 | no |" in lines and "met on 4 of 5 elements." in lines[-1]
+    del record["recipe/Ni/1"]
+    assert "No setup has every seed" in mlearn.mtp_bar(spec, record)[-1]
