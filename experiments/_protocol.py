@@ -13,7 +13,9 @@ The protocol, fixed before any test number is seen:
   resumed (bit-identically), not evaluated. Validation-only runs (a search) have no test file
   (``Run.test`` None) and are never evaluated on one;
 * each run's summary says how it ended ("epochs", "early_stopping" or "cap") and how much its
-  best-so-far validation curves fell over the last ``TAIL_FRACTION`` of its epochs (``tail_fall``).
+  best-so-far validation curves fell over the last ``TAIL_FRACTION`` of its epochs (``tail_fall``);
+* the record of finished runs keeps each run's spec fingerprint (``spec_sha256``): a driver whose
+  protocol changed refuses the old record (``check_record``) instead of reporting its numbers.
 
 Runs are independent subprocesses, ``lanes`` at a time, each pinned to one CPU core (one XLA thread),
 so a run's minutes are minutes of one core. Calling the driver again skips finished runs and
@@ -73,25 +75,6 @@ def spec_sha256(run: Run) -> str:
         return "/".join(Path(v).parts[-2:]) if isinstance(v, str) and v.startswith("/") else v
 
     return hashlib.sha256(json.dumps(short(run.spec), sort_keys=True).encode()).hexdigest()
-
-
-def staged(run: Run, stage_two: dict) -> tuple[Run, Run]:
-    """A run in two stages (MACE-style: the energy weight raised near the end). Stage one, keyed
-    ``<key>/stage1`` in ``<workdir>_stage1``, trains with ``run.config`` for ``1 - fraction`` of its
-    epochs and cap and is never tested; stage two (``run.key``, ``run.workdir``, ``run.test``) starts
-    from stage one's kept (best-validation EMA) model, no element-reference refit, with
-    ``stage_two["over"]`` merged in, for the rest. ``stage_two``: {"fraction": f, "over": {...}}."""
-    f, epochs = stage_two["fraction"], run.config["optim"]["epochs"]
-    if not 0 < f < 1:
-        raise ValueError(f"{run.key}: stage_two.fraction = {f}: expected a fraction between 0 and 1")
-    part = lambda share: None if run.cap_minutes is None else run.cap_minutes * share  # noqa: E731
-    dir_one = run.workdir.with_name(run.workdir.name + "_stage1")
-    one = Run(run.key + "/stage1", merge(run.config, {"optim": {"epochs": max(1, round((1 - f) * epochs))}}), None,
-              dir_one, part(1 - f))
-    two = Run(run.key, merge(merge(run.config, stage_two["over"]), {
-        "model": {"init_from": str(dir_one / "best_model"), "refit_element_refs": False},
-        "optim": {"epochs": max(1, round(f * epochs))}}), run.test, run.workdir, part(f))
-    return one, two
 
 
 def merge(base: dict, over: dict) -> dict:
@@ -204,19 +187,25 @@ def _add_to_record(record: Path, summary: dict) -> None:
 
 def check_record(runs: list[Run], done: dict, record: Path, accept_unstamped: bool = False) -> None:
     """Refuse a record whose entry for one of ``runs`` was made under another spec (its ``spec_sha256``
-    differs): skipping that run would report another protocol's number as this one's. Entries recorded
-    before fingerprints existed are refused too unless ``accept_unstamped`` (a driver whose spec has
-    only grown since, as git shows)."""
+    differs): skipping that run would report another protocol's number as this one's. An entry recorded
+    before fingerprints existed is checked against its workdir's protocol.json where that is here, and
+    otherwise refused unless ``accept_unstamped`` (a driver whose spec has only grown since, as git shows)."""
+    move = (f"a changed protocol needs a new record: move {record.name} and the runs' workdirs aside "
+            "(git keeps the record) and train anew")
     for r in runs:
         if r.key not in done:
             continue
         got = done[r.key].get("spec_sha256")
-        if got is None and not accept_unstamped:
+        if got is None and (r.workdir / "protocol.json").is_file():
+            if _spec(r.workdir) != r.spec:
+                raise ValueError(f"{record}: {r.key} was trained in {r.workdir} with another config, test file or cap "
+                                 f"than this protocol names; {move}")
+        elif got is None and not accept_unstamped:
             raise ValueError(f"{record}: {r.key} was recorded without its spec's fingerprint (an older protocol), so "
-                             f"it cannot be matched to this one: move {record.name} aside (git keeps it) and train anew")
-        if got is not None and got != spec_sha256(r):
+                             f"it cannot be matched to this one; {move}")
+        elif got is not None and got != spec_sha256(r):
             raise ValueError(f"{record}: {r.key} was trained with another config, test file or cap than this protocol "
-                             f"names; a changed protocol needs a new record: move {record.name} aside (git keeps it)")
+                             f"names; {move}")
 
 
 def run_all(runs: list[Run], record: Path, lanes: int = 2, minutes: float | None = None,
@@ -265,20 +254,6 @@ def run_all(runs: list[Run], record: Path, lanes: int = 2, minutes: float | None
     with ThreadPoolExecutor(len(cores)) as pool:
         list(pool.map(work, todo))
     return done, failed, unfinished
-
-
-def run_staged(first: list[Run], second: list[Run], record: Path, lanes: int = 2, minutes: float | None = None,
-               accept_unstamped: bool = False) -> tuple[dict, list[str], list[str]]:
-    """``run_all`` on the single-stage runs and stage ones (``first``), then on the stage twos (``second``,
-    from ``staged``) whose stage one is recorded; a stage two still waiting is reported unfinished."""
-    done, failed, unfinished = run_all(first, record, lanes=lanes, minutes=minutes, accept_unstamped=accept_unstamped)
-    check_record(second, done, record, accept_unstamped)
-    ready = [r for r in second if r.key + "/stage1" in done]
-    unfinished += [f"{r.key} (waits for its stage one)" for r in second if r.key + "/stage1" not in done]
-    if ready:
-        _, failed2, unfinished2 = run_all(ready, record, lanes=lanes, minutes=minutes, accept_unstamped=accept_unstamped)
-        failed, unfinished = failed + failed2, unfinished + unfinished2
-    return load_record(record), failed, unfinished
 
 
 def report_unfinished(failed: list[str], unfinished: list[str]) -> None:

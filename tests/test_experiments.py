@@ -206,6 +206,9 @@ def test_record_fingerprints_match_the_committed_protocols(tmp_path):
         done = json.loads(record.read_text())
         check_record(runs, done, record)
         assert sum(r.key in done for r in runs) >= 21
+    for k, v in json.loads((ROOT / "experiments" / "mlearn" / "runs.json").read_text()).items():
+        if k.startswith("zeroshot/"):
+            assert v["source"] == {"model": mlearn.ZERO_SHOT, "test_file": f"mlearn/{k.split('/')[1]}_test.extxyz"}
 
     run = first[0]
     moved = run._replace(config=protocol.merge(run.config, {"data": {"train": "/elsewhere" + run.config["data"]["train"]}}))
@@ -217,6 +220,27 @@ def test_record_fingerprints_match_the_committed_protocols(tmp_path):
     with pytest.raises(ValueError, match="without its spec's fingerprint"):
         check_record([run], {run.key: {}}, tmp_path / "runs.json")
     check_record([run], {run.key: {}}, tmp_path / "runs.json", accept_unstamped=True)
+    # an entry from before fingerprints is checked against its workdir's protocol.json where that is here
+    here = run._replace(workdir=tmp_path / "wd")
+    protocol.prepare(here)
+    check_record([here], {run.key: {}}, tmp_path / "runs.json")
+    with pytest.raises(ValueError, match="was trained in .* with another config"):
+        check_record([here._replace(cap_minutes=45.0)], {run.key: {}}, tmp_path / "runs.json", accept_unstamped=True)
+
+    # the drivers refuse before preparing or training anything: a record entry under another spec ...
+    record = tmp_path / "runs.json"
+    record.write_text(json.dumps({run.key: {"key": run.key, "spec_sha256": spec_sha256(run)}}))
+    fresh = other._replace(workdir=tmp_path / "never")
+    with pytest.raises(ValueError, match="another config"):
+        protocol.run_all([fresh], record, lanes=1)
+    # ... or a stage two whose stage one is recorded but which itself was recorded under another spec
+    stages = import_experiment("_stages.py")
+    one, two = stages.staged(fresh, {"fraction": 0.2, "over": {"loss": {"energy_weight": 100.0}}})
+    record.write_text(json.dumps({one.key: {"key": one.key, "spec_sha256": spec_sha256(one)},
+                                  two.key: {"key": two.key, "spec_sha256": spec_sha256(one)}}))
+    with pytest.raises(ValueError, match="another config"):
+        stages.run_staged([one], [two], record, lanes=1)
+    assert not (tmp_path / "never").exists() and not (tmp_path / "never_stage1").exists()
 
 
 def test_mlearn_plan_two_stages_and_the_mtp_bar():
@@ -229,6 +253,9 @@ def test_mlearn_plan_two_stages_and_the_mtp_bar():
                                   "config": {"model": {"init_from": "M3GNet-MP-2021.2.8-PES"}},
                                   "stage_two": {"fraction": 0.25, "over": {"loss": {"energy_weight": 100.0}}}}}}
     first, second = mlearn.plan(spec, Path("/root"))
+    assert mlearn.stage_one(spec, {"recipe/Si/0/stage1": {"minutes": 3}}, "recipe", "recipe/Si/0") == {"minutes": 3}
+    with pytest.raises(ValueError, match="not its stage one"):
+        mlearn.stage_one(spec, {}, "recipe", "recipe/Si/0")
     assert [r.key for r in first] == ["recipe/Si/0/stage1", "recipe/Si/1/stage1"] and [r.key for r in second] == [
         "recipe/Si/0", "recipe/Si/1"]
     one, two = first[0], second[0]

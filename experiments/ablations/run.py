@@ -18,7 +18,7 @@ from pathlib import Path
 
 HERE = Path(__file__).resolve().parent
 sys.path.insert(0, str(HERE.parent))
-from _protocol import Run, fmt, load_record, merge, report_unfinished, run_all  # noqa: E402
+from _protocol import Run, check_record, fmt, load_record, merge, report_unfinished, run_all  # noqa: E402
 
 
 def slug(name: str) -> str:
@@ -160,7 +160,10 @@ def main(argv=None):
     spec_path = args.spec.resolve()
     spec = json.loads(spec_path.read_text())
     root = spec_path.parent
-    runs = [r for r in plan(spec, spec_path.parent, root)
+    runs = plan(spec, spec_path.parent, root)
+    # the whole plan, not only the selected runs: the outputs tabulate every variant of the record
+    check_record(runs, load_record(root / "runs.json"), root / "runs.json")
+    runs = [r for r in runs
             if (not args.only or r.key.split("/")[0] in args.only) and (not args.elements or r.key.split("/")[1] in args.elements)]
     _, failed, unfinished = run_all(runs, root / "runs.json", lanes=args.lanes, minutes=args.minutes)
     print(write_outputs(spec, load_record(root / "runs.json"), root))

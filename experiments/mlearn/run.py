@@ -20,7 +20,8 @@ from pathlib import Path
 
 HERE = Path(__file__).resolve().parent
 sys.path.insert(0, str(HERE.parent))
-from _protocol import TAIL_FRACTION, Run, fmt, load_record, merge, report_unfinished, run_staged, staged, tail_fall  # noqa: E402
+from _protocol import TAIL_FRACTION, Run, check_record, fmt, load_record, merge, report_unfinished, tail_fall  # noqa: E402
+from _stages import run_staged, staged  # noqa: E402
 
 GROUPS = ("AIMD-NVT", "Elastic", "Surface", "Vacancy")
 # test-set MAE, energy meV/atom and force eV/A. GAP and MTP: Zuo et al., J. Phys. Chem. A 124, 731 (2020),
@@ -42,6 +43,7 @@ F_SLACK = 0.005
 
 
 def label(spec: dict, setup: str) -> str:
+    """A setup's row label: its ``label`` in the protocol, else the one it had before labels were there."""
     return spec["setups"][setup].get("label") or LABELS[setup]
 
 
@@ -76,6 +78,16 @@ def plan(spec: dict, root: Path) -> tuple[list[Run], list[Run]]:
     return first, second
 
 
+def stage_one(spec: dict, record: dict, setup: str, key: str) -> dict | None:
+    """The recorded stage one of a two-stage setup's run ``key`` (None for a single-stage setup; a two-stage
+    run recorded without its stage one is an error: its minutes and epochs would be under-reported)."""
+    if not spec["setups"][setup].get("stage_two"):
+        return None
+    if key + "/stage1" not in record:
+        raise ValueError(f"runs.json holds {key} but not its stage one {key}/stage1")
+    return record[key + "/stage1"]
+
+
 #: how each run ended, in the table: early stopping, the cap in one-core minutes, the schedule's last epoch
 ENDED = {"early_stopping": "early stop", "cap": "cap", "epochs": "schedule end"}
 
@@ -87,20 +99,25 @@ def run_tail(r: dict, key: str = "val_f_mae") -> float | None:
     return got if got is not None or key not in r.get("curve", {}) else tail_fall(r["curve"][key])
 
 
+ZERO_SHOT = "M3GNet-MP-2021.2.8-PES"  #: the pretrained model of the zero-shot rows
+
+
 def zero_shot(spec: dict, record: dict, elements) -> None:
-    """The pretrained model's test-split force and stress MAE per element, computed once into the record
-    (energies are not compared: Materials Project and mlearn PBE energies differ by a per-element offset)."""
+    """The pretrained model's test-split force and stress MAE per element, computed into the record once
+    per test file (an entry made from another file is computed again; energies are not compared: Materials
+    Project and mlearn PBE energies differ by a per-element offset)."""
     from jaxmat.data import read_frames
     from jaxmat.models import load_model
     from jaxmat.train import error_metrics, predict_frames
 
     model = None
     for el in elements:
-        if f"zeroshot/{el}/-" in record:
+        source = {"model": ZERO_SHOT, "test_file": "/".join(Path(data_file(spec, el, "test")).parts[-2:])}
+        if record.get(f"zeroshot/{el}/-", {}).get("source") == source:
             continue
-        model = model or load_model()
+        model = model or load_model(ZERO_SHOT)
         m = error_metrics(predict_frames(model, model.params, read_frames(data_file(spec, el, "test"))))
-        record[f"zeroshot/{el}/-"] = {"key": f"zeroshot/{el}/-", "test": m}
+        record[f"zeroshot/{el}/-"] = {"key": f"zeroshot/{el}/-", "source": source, "test": m}
 
 
 def table(spec: dict, record: dict) -> list[str]:
@@ -119,7 +136,7 @@ def table(spec: dict, record: dict) -> list[str]:
                 lines.append(f"| {el} | {label(spec, setup)} | not run yet | | | 0 | | | | |")
                 continue
             t, n = [r["test"] for r in rows], f"{len(rows)}" + ("" if len(rows) == len(spec["seeds"]) else " (incomplete)")
-            ones = [record.get(f"{setup}/{el}/{s}/stage1") for s in spec["seeds"] if f"{setup}/{el}/{s}" in record]
+            ones = [stage_one(spec, record, setup, f"{setup}/{el}/{s}") for s in spec["seeds"] if f"{setup}/{el}/{s}" in record]
             epochs = ", ".join((f"{o['epochs']} ({o['best_epoch']}) + " if o else "") + f"{r['epochs']} ({r['best_epoch']})"
                                for r, o in zip(rows, ones))
             ended = ", ".join(ENDED.get(r["ended"], r["ended"]) for r in rows)
@@ -186,7 +203,8 @@ def plot_curves(spec: dict, record: dict, out: Path) -> None:
     for ax, setup in zip(axes[0], setups):
         for k, el in enumerate(elements(spec)):
             for s in spec["seeds"]:
-                r, one = record.get(f"{setup}/{el}/{s}"), record.get(f"{setup}/{el}/{s}/stage1")
+                r = record.get(f"{setup}/{el}/{s}")
+                one = r and stage_one(spec, record, setup, f"{setup}/{el}/{s}")
                 if r:  # a two-stage run: stage one's curve, then stage two's
                     y = (one["curve"]["val_f_mae"] if one else []) + r["curve"]["val_f_mae"]
                     ax.plot(range(1, len(y) + 1), y, color=f"C{k}", alpha=0.8, label=el if s == spec["seeds"][0] else None)
@@ -286,8 +304,11 @@ def main(argv=None):
     args = p.parse_args(argv)
     spec = json.loads(args.protocol.read_text())
     spec["data"] = str((args.protocol.parent / spec["data"]).resolve())  # relative to the protocol file
+    first, second = plan(spec, args.root)
+    # the whole plan, not only --only's runs: results.md tabulates every setup of the record
+    check_record(first + second, load_record(args.root / "runs.json"), args.root / "runs.json")
     pick = lambda runs: [r for r in runs if not args.only or any(r.key.startswith(o) for o in args.only)]  # noqa: E731
-    first, second = (pick(x) for x in plan(spec, args.root))
+    first, second = pick(first), pick(second)
     runs = first + second
     missing = sorted({f for r in runs for f in (r.config["data"]["train"], r.test) if f and not Path(f).is_file()})
     if missing:

@@ -27,7 +27,8 @@ from pathlib import Path
 HERE = Path(__file__).resolve().parent
 sys.path.insert(0, str(HERE.parent))
 sys.path.insert(0, str(HERE))
-from _protocol import TAIL_FRACTION, Run, load_record, merge, report_unfinished, run_staged, staged  # noqa: E402
+from _protocol import TAIL_FRACTION, Run, check_record, load_record, merge, report_unfinished  # noqa: E402
+from _stages import run_staged, staged  # noqa: E402
 from run import ENDED, PUBLISHED, run_tail  # noqa: E402
 
 MTP = PUBLISHED["MTP (Zuo et al. 2020)"]  #: (energy meV/atom, force eV/A): the default scale of the score
@@ -242,17 +243,22 @@ def main(argv=None):
         return
     spec["data"] = str((args.spec.parent / spec["data"]).resolve())  # relative to the spec file
     if args.report:
+        first, second = plan(spec, args.root)
+        check_record(first + second, load_record(args.root / "search_record.json"), args.root / "search_record.json",
+                     accept_unstamped=True)
         print(write_report(spec, load_record(args.root / "search_record.json"), args.root / "search.md"))
         return
     first, second = plan(spec, args.root)
+    record_file = args.root / "search_record.json"
+    # the whole plan, not only --only's runs: the report tabulates every configuration of the record.
+    # The record's first entries predate the fingerprints: checked against their workdirs where here.
+    check_record(first + second, load_record(record_file), record_file, accept_unstamped=True)
     pick = lambda runs: [r for r in runs if not args.only or any(r.key.split("/")[0] == o or r.key.startswith(o)  # noqa: E731
                                                                for o in args.only)]
     first, second = pick(first), pick(second)
     missing = sorted({r.config["data"]["train"] for r in first + second if not Path(r.config["data"]["train"]).is_file()})
     if missing:
         sys.exit("missing data (the mlearn files come with ../shared/data/mlearn):\n  " + "\n  ".join(missing))
-    record_file = args.root / "search_record.json"
-    # the record's first entries predate the fingerprints; the spec has only grown since (git log)
     _, failed, unfinished = run_staged(first, second, record_file, lanes=args.lanes, minutes=args.minutes,
                                           accept_unstamped=True)
     print(write_report(spec, load_record(record_file), args.root / "search.md"))
