@@ -40,3 +40,16 @@ def run_staged(first: list[Run], second: list[Run], record: Path, lanes: int = 2
         _, failed2, unfinished2 = run_all(ready, record, lanes=lanes, minutes=minutes, accept_unstamped=accept_unstamped)
         failed, unfinished = failed + failed2, unfinished + unfinished2
     return load_record(record), failed, unfinished
+
+
+def split(planned) -> tuple[list[Run], list[Run]]:
+    """(single-stage runs and stage ones, stage twos) of ``planned``: (run, its ``stage_two`` or None) pairs."""
+    first, second = [], []
+    for run, stage_two in planned:
+        if stage_two:
+            one, two = staged(run, stage_two)
+            first.append(one)
+            second.append(two)
+        else:
+            first.append(run)
+    return first, second

@@ -21,7 +21,7 @@ from pathlib import Path
 HERE = Path(__file__).resolve().parent
 sys.path.insert(0, str(HERE.parent))
 from _protocol import TAIL_FRACTION, Run, check_record, fmt, load_record, merge, report_unfinished, tail_fall  # noqa: E402
-from _stages import run_staged, staged  # noqa: E402
+from _stages import run_staged, split as split_stages  # noqa: E402
 
 GROUPS = ("AIMD-NVT", "Elastic", "Surface", "Vacancy")
 # test-set MAE, energy meV/atom and force eV/A. GAP and MTP: Zuo et al., J. Phys. Chem. A 124, 731 (2020),
@@ -59,23 +59,18 @@ def data_file(spec: dict, element: str, split: str) -> str:
 def plan(spec: dict, root: Path) -> tuple[list[Run], list[Run]]:
     """(single-stage runs and stage ones, stage twos) of the protocol, in the order they are trained
     (setup by setup). A setup with a ``stage_two`` ({"fraction": f, "over": {...}}) trains each run in
-    two stages (``_protocol.staged``); only the stage two, keyed like a single-stage run, is tested."""
-    first, second = [], []
+    two stages (``_stages.staged``); only the stage two, keyed like a single-stage run, is tested."""
+    planned = []
     for setup, s in spec["setups"].items():
         for seed in spec["seeds"]:
             for el, epochs in s["epochs"].items():
                 cfg = merge(merge(spec["base"], s["config"]), {
                     "data": {"train": data_file(spec, el, "train")},
                     "optim": {"epochs": epochs}, "run": {"seed": seed}})
-                run = Run(f"{setup}/{el}/{seed}", cfg, data_file(spec, el, "test"), root / "runs" / f"{setup}_{el}_{seed}",
-                          s.get("cap_minutes", spec.get("cap_minutes")))
-                if s.get("stage_two"):
-                    one, two = staged(run, s["stage_two"])
-                    first.append(one)
-                    second.append(two)
-                else:
-                    first.append(run)
-    return first, second
+                planned.append((Run(f"{setup}/{el}/{seed}", cfg, data_file(spec, el, "test"),
+                                    root / "runs" / f"{setup}_{el}_{seed}", s.get("cap_minutes", spec.get("cap_minutes"))),
+                                s.get("stage_two")))
+    return split_stages(planned)
 
 
 def stage_one(spec: dict, record: dict, setup: str, key: str) -> dict | None:

@@ -28,7 +28,7 @@ HERE = Path(__file__).resolve().parent
 sys.path.insert(0, str(HERE.parent))
 sys.path.insert(0, str(HERE))
 from _protocol import TAIL_FRACTION, Run, check_record, load_record, merge, report_unfinished  # noqa: E402
-from _stages import run_staged, staged  # noqa: E402
+from _stages import run_staged, split  # noqa: E402
 from run import ENDED, PUBLISHED, run_tail  # noqa: E402
 
 MTP = PUBLISHED["MTP (Zuo et al. 2020)"]  #: (energy meV/atom, force eV/A): the default scale of the score
@@ -55,20 +55,14 @@ def plan(spec: dict, root: Path) -> tuple[list[Run], list[Run]]:
 
     Keys: "name/element/seed" for a configuration's final model (its stage two, if it has one) and
     "name/element/seed/stage1" for a stage one."""
-    first, second = [], []
+    planned = []
     for conf in spec["configs"]:
         for el in spec["elements"]:
             for seed in conf.get("seeds", spec["seeds"]):
                 key = f"{conf['name']}/{el}/{seed}"
-                run = Run(key, _config(spec, conf, el, seed), None, root / "search_runs" / key.replace("/", "_"),
-                          spec["cap_minutes"])
-                if conf.get("stage_two"):
-                    one, two = staged(run, conf["stage_two"])
-                    first.append(one)
-                    second.append(two)
-                else:
-                    first.append(run)
-    return first, second
+                planned.append((Run(key, _config(spec, conf, el, seed), None, root / "search_runs" / key.replace("/", "_"),
+                                    spec["cap_minutes"]), conf.get("stage_two")))
+    return split(planned)
 
 
 def score(spec: dict, valid: dict, element: str) -> float:
