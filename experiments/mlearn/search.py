@@ -236,17 +236,14 @@ def main(argv=None):
         print(spec["round_two"])
         return
     spec["data"] = str((args.spec.parent / spec["data"]).resolve())  # relative to the spec file
-    if args.report:
-        first, second = plan(spec, args.root)
-        check_record(first + second, load_record(args.root / "search_record.json"), args.root / "search_record.json",
-                     accept_unstamped=True)
-        print(write_report(spec, load_record(args.root / "search_record.json"), args.root / "search.md"))
-        return
     first, second = plan(spec, args.root)
     record_file = args.root / "search_record.json"
     # the whole plan, not only --only's runs: the report tabulates every configuration of the record.
     # The record's first entries predate the fingerprints: checked against their workdirs where here.
     check_record(first + second, load_record(record_file), record_file, accept_unstamped=True)
+    if args.report:
+        print(write_report(spec, load_record(record_file), args.root / "search.md"))
+        return
     pick = lambda runs: [r for r in runs if not args.only or any(r.key.split("/")[0] == o or r.key.startswith(o)  # noqa: E731
                                                                for o in args.only)]
     first, second = pick(first), pick(second)
@@ -254,7 +251,7 @@ def main(argv=None):
     if missing:
         sys.exit("missing data (the mlearn files come with ../shared/data/mlearn):\n  " + "\n  ".join(missing))
     _, failed, unfinished = run_staged(first, second, record_file, lanes=args.lanes, minutes=args.minutes,
-                                          accept_unstamped=True)
+                                       accept_unstamped=True)
     print(write_report(spec, load_record(record_file), args.root / "search.md"))
     report_unfinished(failed, unfinished)
 
