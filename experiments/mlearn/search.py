@@ -29,9 +29,8 @@ sys.path.insert(0, str(HERE.parent))
 sys.path.insert(0, str(HERE))
 from _protocol import TAIL_FRACTION, Run, check_record, load_record, merge, report_unfinished  # noqa: E402
 from _stages import run_staged, split  # noqa: E402
-from run import ENDED, PUBLISHED, run_tail  # noqa: E402
+from run import ENDED, MTP, run_tail  # noqa: E402
 
-MTP = PUBLISHED["MTP (Zuo et al. 2020)"]  #: (energy meV/atom, force eV/A): the default scale of the score
 MARK = "<!-- validation results: written by search.py below this line -->"
 
 
