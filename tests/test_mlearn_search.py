@@ -160,3 +160,67 @@ def test_round_one_rule_and_round_two():
     assert none["configs"] == spec["configs"] and "none (the base is the recipe)" in none["round_two"]
     with pytest.raises(ValueError, match="exactly one dimension"):
         search.verdicts({**spec, "dimensions": {"lr": ["lr1e-3"]}}, flat)
+
+
+def test_recipe_rule_and_round_three():
+    """Round 2's rule picks the best mean score over the base's seeds, a simpler candidate within the
+    base's std taking the tie; round 3 trains that recipe from scratch per model and learning rate of the
+    spec's plan (the model's own epochs, never a test file), once, and picks each model's best rate."""
+    search = import_experiment("mlearn/search.py")
+    spec = json.loads((ROOT / "experiments" / "mlearn" / "search_spec.json").read_text())
+
+    def runs(name, seed, x):
+        return {f"{name}/{el}/{seed}": {"valid": {"e_mae": x * spec["scale"][el][0], "f_mae": x * spec["scale"][el][1]}}
+                for el in ("Si", "Mo")}
+
+    base = {**runs("base", 0, 2.2), **runs("base", 1, 1.9), **runs("base", 2, 1.9)}  # 2.0 ± 0.173
+    round_one = {k: v for n in sum(spec["dimensions"].values(), []) for k, v in runs(n, 0, 2.0).items()}
+    record = {**base, **round_one, **runs("stage2", 0, 1.5), **runs("E10", 0, 1.6)}  # two winners
+    assert search.recipe(spec, record)[1] is None  # round 2 not written yet
+    with pytest.raises(ValueError, match="not complete"):
+        search.round_three(spec, record, "d")
+    two = search.round_two(spec, record, "d")
+    assert next(c for c in two["configs"] if c["name"] == "combined")["changes"] == 2
+    lines, pick = search.recipe(two, record)
+    assert pick is None and "combined" in lines[0] and "stage2" in lines[0]
+    seeds12 = lambda name, x: {**runs(name, 1, x), **runs(name, 2, x)}  # noqa: E731
+    # stage2 best by 0.1 < std: the simpler of the tied (base 2.0 is outside the margin) -- combined has 2 changes
+    done = {**record, **seeds12("stage2", 1.8), **runs("combined", 0, 1.7), **seeds12("combined", 1.7)}
+    lines, pick = search.recipe(two, done)
+    assert pick == "stage2" and "stage2 1.700, combined 1.700" in lines[0] and "**stage2**" in lines[0]
+    done.update(seeds12("combined", 1.4))  # combined 1.5 vs stage2 1.7: beyond the margin, the better wins
+    assert search.recipe(two, done)[1] == "combined"
+    done.update(seeds12("stage2", 2.05))  # the base within 0.173 of the best single change: the base
+    assert search.recipe(two, {**done, **seeds12("combined", 2.1), **runs("combined", 0, 2.1)})[1] == "base"
+
+    three = search.round_three(two, done, "2026-12-31")
+    new = [c for c in three["configs"] if c.get("round") == 3]
+    plan = spec["round_three_plan"]
+    assert [c["name"] for c in new] == [f"{m}-lr{lr}" for m in plan["models"] for lr in ("1e-3", "2e-3", "4e-3")]
+    combined = next(c for c in two["configs"] if c["name"] == "combined")
+    for c in new:
+        assert c["over"]["model"]["init_from"] is None and c["over"]["optim"]["learning_rate"] in plan["learning_rates"]
+        assert c["stage_two"] == combined["stage_two"] and c["over"]["loss"] == combined["over"]["loss"]
+        assert c["seeds"] == plan["seeds"] and c["epochs"] == plan["models"][c["model"]]["epochs"]
+    assert "2026-12-31" in three["round_three"] and "(combined)" in three["round_three"]
+    with pytest.raises(ValueError, match="already has its round 3"):
+        search.round_three(three, done, "d")
+    assert search.verdicts(three, done) == search.verdicts(two, done)  # round 3 is not a round-1 dimension
+
+    from jaxmat.train import config_from_dict
+
+    first, second = search.plan({**three, "data": "/x/{element}_train.extxyz"}, Path("/nonexistent"))
+    for r in first + second:
+        config_from_dict(r.config)
+    full = {r.key: r for r in first + second}
+    assert sum(full[k].config["optim"]["epochs"] for k in ("equivariant-lr2e-3/Mo/0", "equivariant-lr2e-3/Mo/0/stage1")) \
+        == plan["models"]["equivariant"]["epochs"]["Mo"]
+    assert full["equivariant-lr4e-3/Si/0"].config["model"]["hyperparameters"]["interaction"] == "equivariant"
+    assert "equivariant-lr4e-3/Si/0/stage1" in full and "scratch-lr1e-3/Mo/1" not in full
+    lines, picks = search.scratch_rates(three, done)
+    assert picks is None and "waits for" in lines[-1]
+    scores = {"scratch-lr1e-3": 3.0, "scratch-lr2e-3": 2.5, "scratch-lr4e-3": 2.8,
+              "equivariant-lr1e-3": 2.9, "equivariant-lr2e-3": 3.1, "equivariant-lr4e-3": 2.7}
+    done.update({k: v for n, x in scores.items() for k, v in runs(n, 0, x).items()})
+    lines, picks = search.scratch_rates(three, done)
+    assert picks == {"scratch": "scratch-lr2e-3", "equivariant": "equivariant-lr4e-3"}, lines

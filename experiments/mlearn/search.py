@@ -2,6 +2,7 @@
 
     python experiments/mlearn/search.py [--lanes 2] [--minutes M] [--only NAME ...] [--spec FILE] [--root DIR] [--report]
     python experiments/mlearn/search.py --round-two YYYY-MM-DD   (once round 1 is complete)
+    python experiments/mlearn/search.py --round-three YYYY-MM-DD (once round 2 has chosen the recipe)
 
 Trains every (configuration, element, seed) of the spec that search_record.json does not hold yet, on
 the seeded validation split of the official *training* file, through the shared protocol driver
@@ -11,8 +12,9 @@ one: the record holds validation numbers only. A configuration with a ``stage_tw
 energy weight raised near the end) trains in two runs: stage one gets ``1 - fraction`` of the cap and
 of the epochs, then stage two starts from stage one's kept (best-validation EMA) model with the
 stage-two overrides for the rest. Afterwards the table of every configuration's validation numbers
-is written into search.md (below its plan), with round 1's verdicts by the plan's rule once the base
-has its seeds; ``--round-two`` then writes round 2 into the spec, dated, before any of its runs.
+is written into search.md (below its plan), with each round's verdicts by the plan's rules
+(``_rounds.py``); ``--round-two`` and ``--round-three`` write the next round into the spec, dated,
+before any of its runs.
 search_record.json is committed; search_runs/ stays local.
 """
 
@@ -29,7 +31,8 @@ sys.path.insert(0, str(HERE.parent))
 sys.path.insert(0, str(HERE))
 from _protocol import TAIL_FRACTION, Run, check_record, load_record, merge, report_unfinished  # noqa: E402
 from _stages import run_staged, split  # noqa: E402
-from run import ENDED, MTP, run_tail  # noqa: E402
+from _rounds import recipe, round_three, round_two, scratch_rates, score, verdicts  # noqa: E402
+from run import ENDED, run_tail  # noqa: E402
 
 MARK = "<!-- validation results: written by search.py below this line -->"
 
@@ -43,7 +46,7 @@ def data_file(spec: dict, element: str) -> str:
 
 def _config(spec: dict, conf: dict, element: str, seed: int) -> dict:
     cfg = merge(merge(spec["base"], conf.get("over", {})), {
-        "data": {"train": data_file(spec, element)}, "optim": {"epochs": spec["epochs"][element]}, "run": {"seed": seed}})
+        "data": {"train": data_file(spec, element)}, "optim": {"epochs": conf.get("epochs", spec["epochs"])[element]}, "run": {"seed": seed}})
     if "test" in cfg["data"]:
         raise ValueError(f"search configuration {conf['name']!r} names a test file; the search never uses one")
     return cfg
@@ -62,14 +65,6 @@ def plan(spec: dict, root: Path) -> tuple[list[Run], list[Run]]:
                 planned.append((Run(key, _config(spec, conf, el, seed), None, root / "search_runs" / key.replace("/", "_"),
                                     spec["cap_minutes"]), conf.get("stage_two")))
     return split(planned)
-
-
-def score(spec: dict, valid: dict, element: str) -> float:
-    """The selection score of one run: its validation energy and force MAE, each as a multiple of the
-    spec's ``scale`` (MTP's test MAEs, Zuo et al. 2020: a fixed yardstick, not a number from our test
-    split), averaged. Lower is better."""
-    e_ref, f_ref = spec.get("scale", MTP)[element]
-    return 0.5 * (valid["e_mae"] / e_ref + valid["f_mae"] / f_ref)
 
 
 def _cell(values, digits):
@@ -106,97 +101,14 @@ def table(spec: dict, record: dict) -> list[str]:
                 f"{_cell([r['valid']['s_mae'] for r in rows if 's_mae' in r['valid']], 3)} | {_cell(scores, 2)} | "
                 f"{', '.join(str(r['epochs']) + ' (' + str(r['best_epoch']) + ')' for r in rows)} | "
                 f"{', '.join(ENDED.get(r['ended'], r['ended']) for r in rows)} | {falls} | {_cell(minutes, 1)} |")
-    complete = {n: statistics.mean(v.values()) for n, v in overall.items() if len(v) == len(spec["elements"])}
+    later = {c["name"] for c in spec["configs"] if c.get("round") == 3}  # from scratch: ranked by round 3's rule
+    complete = {n: statistics.mean(v.values()) for n, v in overall.items()
+                if len(v) == len(spec["elements"]) and n not in later}
     if complete:
         ranked = sorted(complete.items(), key=lambda kv: kv[1])
         lines += ["", f"Mean score over {', '.join(spec['elements'])} (lower is better): "
                   + ", ".join(f"{n} {v:.2f}" for n, v in ranked) + "."]
     return lines
-
-
-def _overall(spec: dict, record: dict, name: str, seeds) -> dict[int, float]:
-    """seed -> the mean over the spec's elements of that seed's run score, for those of ``seeds`` run on
-    every element."""
-    return {s: statistics.mean(score(spec, record[f"{name}/{el}/{s}"]["valid"], el) for el in spec["elements"])
-            for s in seeds if all(f"{name}/{el}/{s}" in record for el in spec["elements"])}
-
-
-def _dimensions(spec: dict) -> dict[str, list[str]]:
-    """The spec's dimensions, checked: every configuration but the base in exactly one of them."""
-    dims, names = spec.get("dimensions", {}), [c["name"] for c in spec["configs"]]
-    listed = sum(dims.values(), [])
-    round_one = [n for n in names if n not in ("base", "combined")]
-    if sorted(listed) != sorted(round_one):
-        raise ValueError(f"search spec: each round-1 configuration must be in exactly one dimension; "
-                         f"dimensions list {sorted(listed)}, configurations are {sorted(round_one)}")
-    return dims
-
-
-def verdicts(spec: dict, record: dict) -> tuple[list[str], dict | None]:
-    """Round 1's rule (search.md): a change wins its dimension when its overall score beats the base's
-    mean by more than the base's seed-to-seed (sample) std; of two winning values the better score is
-    kept. Changes are judged on round 1's seeds (``spec["seeds"]``), so seeds added in round 2 do not
-    move a verdict. Returns the report lines and {dimension: winning configuration or None (the base's
-    value stays)}, the latter None until the base has its seeds and every change its runs."""
-    want = next(c for c in spec["configs"] if c["name"] == "base").get("seeds", spec["seeds"])
-    if len(want) < 2:  # a spec without the rule's noise floor (a smoke test): the table alone
-        return ["No round 1 verdicts: the base has fewer than 2 seeds, so no seed-to-seed std."], None
-    base = _overall(spec, record, "base", want)
-    if len(base) < len(want):
-        return [f"Round 1 verdicts wait for the base's seeds ({len(base)} of {len(want)} complete on every element)."], None
-    mean, std = statistics.mean(base.values()), statistics.stdev(base.values())
-    lines = [f"Round 1 verdicts: the base's overall score is {mean:.3f} ± {std:.3f} (seeds {', '.join(map(str, base))}); "
-             f"a change wins when its score is below {mean - std:.3f}. Dimensions: the plan's table rows "
-             "(`dimensions` in search_spec.json); at most one value of each is kept.", "",
-             "| dimension | configuration | overall score | base - score | verdict | paired: base on the same seed - score "
-             "(information, not the rule) |", "|---|---|---|---|---|---|"]
-    winners, complete = {}, True
-    for dim, names in _dimensions(spec).items():
-        best = None
-        for name in names:
-            got = _overall(spec, record, name, spec["seeds"])
-            if len(got) < len(spec["seeds"]):
-                complete = False
-                lines.append(f"| {dim} | {name} | not run yet | | | |")
-                continue
-            value = statistics.mean(got.values())
-            wins = mean - value > std
-            paired = statistics.mean(base[k] - v for k, v in got.items())
-            lines.append(f"| {dim} | {name} | {value:.3f} | {mean - value:+.3f} | {'wins' if wins else 'no'} | {paired:+.3f} |")
-            if wins and (best is None or value < best[1]):
-                best = (name, value)
-        winners[dim] = best and best[0]
-    picked = [f"{d}: {w}" for d, w in winners.items() if w]
-    lines += ["", "Winners so far: " + ("; ".join(picked) if picked else "none (the base's values stay)") + "."]
-    return lines, winners if complete else None
-
-
-def round_two(spec: dict, record: dict, date: str) -> dict:
-    """The spec with round 2 added (search.md): the winning changes of round 1 combined into "combined"
-    (the base's seeds) when two or more dimensions won, and the best single change given the base's
-    seeds. Refuses an incomplete round 1 and a spec that already has its round 2."""
-    if "round_two" in spec:
-        raise ValueError(f"the spec already has its round 2 ({spec['round_two']})")
-    _, winners = verdicts(spec, record)
-    if winners is None:
-        raise ValueError("round 1 is not complete: every configuration and the base's seeds need their runs")
-    spec = json.loads(json.dumps(spec))
-    confs = {c["name"]: c for c in spec["configs"]}
-    won = [confs[w] for w in winners.values() if w]
-    seeds = confs["base"]["seeds"]
-    if len(won) >= 2:
-        over, two = {}, [c["stage_two"] for c in won if "stage_two" in c]
-        if len(two) > 1:
-            raise ValueError("two winning configurations have a stage two: say how they combine")
-        for conf in won:
-            over = merge(over, conf.get("over", {}))
-        spec["configs"].append({"name": "combined", "change": "; ".join(c["change"] for c in won), "seeds": seeds,
-                                "over": over, **({"stage_two": two[0]} if two else {})})
-    if won:
-        min(won, key=lambda c: statistics.mean(_overall(spec, record, c["name"], spec["seeds"]).values()))["seeds"] = seeds
-    spec["round_two"] = (f"Added {date} by search.py --round-two from round 1's verdicts (search.md), before any "
-                         f"round-2 run: winners {', '.join(c['name'] for c in won) or 'none (the base is the recipe)'}.")
-    return spec
 
 
 def dump_spec(spec: dict) -> str:
@@ -213,7 +125,8 @@ def write_report(spec: dict, record: dict, md: Path) -> str:
                       f"From `search_record.json` ({sum(1 for k in record if not k.endswith('/stage1'))} finished "
                       "configuration runs); mean ± sample std over seeds. The score is the mean of the validation "
                       "energy and force MAE as multiples of MTP's test MAE (a fixed scale).", "",
-                      *table(spec, record), "", *verdicts(spec, record)[0], ""])
+                      *table(spec, record), "", *verdicts(spec, record)[0], "", *recipe(spec, record)[0],
+                      *scratch_rates(spec, record)[0], ""])
     md.write_text(text)
     return text
 
@@ -227,13 +140,15 @@ def main(argv=None):
     p.add_argument("--root", type=Path, default=HERE, help="where search_runs/, search_record.json and search.md go")
     p.add_argument("--report", action="store_true", help="only redraw search.md's table from search_record.json")
     p.add_argument("--round-two", metavar="DATE", help="add round 2 (from round 1's verdicts) to the spec, dated; train nothing")
+    p.add_argument("--round-three", metavar="DATE", help="add round 3 (the recipe from scratch) to the spec, dated; train nothing")
     args = p.parse_args(argv)
     spec = json.loads(args.spec.read_text())
-    if args.round_two:
-        spec = round_two(spec, load_record(args.root / "search_record.json"), args.round_two)
-        args.spec.write_text(dump_spec(spec))
-        print(spec["round_two"])
-        return
+    for date, add, said in ((args.round_two, round_two, "round_two"), (args.round_three, round_three, "round_three")):
+        if date:
+            spec = add(spec, load_record(args.root / "search_record.json"), date)
+            args.spec.write_text(dump_spec(spec))
+            print(spec[said])
+            return
     spec["data"] = str((args.spec.parent / spec["data"]).resolve())  # relative to the spec file
     first, second = plan(spec, args.root)
     record_file = args.root / "search_record.json"
