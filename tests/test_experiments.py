@@ -278,3 +278,27 @@ def test_mlearn_plan_two_stages_and_the_mtp_bar():
     assert "| recipe | Si | 1.00x | +0.0056 | no |" in lines and "met on 4 of 5 elements." in lines[-1]
     del record["recipe/Ni/1"]
     assert "No setup has every seed" in mlearn.mtp_bar(spec, record)[-1]
+
+
+def test_epoch_times_plan_and_median(tmp_path):
+    """experiments/mlearn/epoch_times.py: one timing run per setup and element of the committed protocol
+    (seed 0, a stage one for a two-stage setup), no test file, no cap, no early stopping within its
+    epochs; the epoch time is the median after the compiling first epoch."""
+    times = import_experiment("mlearn/epoch_times.py")
+    spec = json.loads((ROOT / "experiments" / "mlearn" / "protocol.json").read_text())
+    spec["setups"]["two"] = {**spec["setups"]["scratch"], "stage_two": {"fraction": 0.2, "over": {}}}
+    runs = times.timing_runs(spec, tmp_path, 3)
+    want = [f"{s}/{el}" for s, v in spec["setups"].items() for el in v["epochs"]]
+    assert [r.key for r in runs] == want and len({r.workdir for r in runs}) == len(runs)
+    for r in runs:
+        assert r.test is None and r.cap_minutes is None and "test" not in r.config["data"]
+        assert r.config["optim"]["epochs"] == 3 and r.config["optim"]["early_stopping_patience"] > 3
+        assert r.config["run"]["seed"] == 0 and r.config["data"]["train"].endswith("_train.extxyz")
+    two = next(r for r in runs if r.key == "two/Si")
+    assert two.config["model"] == next(r for r in runs if r.key == "scratch/Si").config["model"]  # stage one's own model
+    (tmp_path / "metrics.csv").write_text("epoch,val_loss,wall_s\n1,0.5,60.0\n2,0.4,80.0\n3,0.3,101.0\n4,0.2,119.0\n")
+    assert times.epoch_seconds(tmp_path / "metrics.csv") == 20.0  # 20, 21, 18: the compile epoch left out
+    (tmp_path / "metrics.csv").write_text("epoch,wall_s\n1,60.0\n")
+    with pytest.raises(ValueError, match="at least 2"):
+        times.epoch_seconds(tmp_path / "metrics.csv")
+
