@@ -13,7 +13,8 @@ def staged(run: Run, stage_two: dict) -> tuple[Run, Run]:
     """A run in two stages (MACE-style: the energy weight raised near the end). Stage one, keyed
     ``<key>/stage1`` in ``<workdir>_stage1``, trains with ``run.config`` for ``1 - fraction`` of its
     epochs and cap and is never tested; stage two (``run.key``, ``run.workdir``, ``run.test``) starts
-    from stage one's kept (best-validation EMA) model, no element-reference refit, with
+    from stage one's kept (best-validation EMA) model as it is (no element-reference refit; the model
+    section's ``family`` and ``hyperparameters``, which built stage one's model, are dropped), with
     ``stage_two["over"]`` merged in, for the rest. ``stage_two``: {"fraction": f, "over": {...}}."""
     f, epochs = stage_two["fraction"], run.config["optim"]["epochs"]
     if not 0 < f < 1:
@@ -22,10 +23,12 @@ def staged(run: Run, stage_two: dict) -> tuple[Run, Run]:
     dir_one = run.workdir.with_name(run.workdir.name + "_stage1")
     one = Run(run.key + "/stage1", merge(run.config, {"optim": {"epochs": max(1, round((1 - f) * epochs))}}), None,
               dir_one, part(1 - f))
-    two = Run(run.key, merge(merge(run.config, stage_two["over"]), {
+    model = {k: v for k, v in run.config.get("model", {}).items()  # stage one's model comes whole: with init_from,
+             if k not in ("family", "hyperparameters")}              # its architecture keys would ask to grow it
+    cfg = merge(merge({**run.config, "model": model}, stage_two["over"]), {
         "model": {"init_from": str(dir_one / "best_model"), "refit_element_refs": False},
-        "optim": {"epochs": max(1, epochs - one.config["optim"]["epochs"])}}), run.test, run.workdir, part(f))
-    return one, two
+        "optim": {"epochs": max(1, epochs - one.config["optim"]["epochs"])}})
+    return one, Run(run.key, cfg, run.test, run.workdir, part(f))
 
 
 def run_staged(first: list[Run], second: list[Run], record: Path, lanes: int = 2, minutes: float | None = None,

@@ -193,9 +193,14 @@ def test_recipe_rule_and_round_three():
     done.update(seeds12("stage2", 2.05))  # the base within 0.173 of the best single change: the base
     assert search.recipe(two, {**done, **seeds12("combined", 2.1), **runs("combined", 0, 2.1)})[1] == "base"
 
+    if not all(m.get("epochs") for m in two["round_three_plan"]["models"].values()):  # the committed plan, unmeasured
+        with pytest.raises(ValueError, match="no epoch horizon for"):
+            search.round_three(two, done, "d")
+        for m in two["round_three_plan"]["models"].values():
+            m["epochs"] = m["epochs"] or {"Si": 90, "Mo": 110}
     three = search.round_three(two, done, "2026-12-31")
     new = [c for c in three["configs"] if c.get("round") == 3]
-    plan = spec["round_three_plan"]
+    plan = two["round_three_plan"]
     assert [c["name"] for c in new] == [f"{m}-lr{lr}" for m in plan["models"] for lr in ("1e-3", "2e-3", "4e-3")]
     combined = next(c for c in two["configs"] if c["name"] == "combined")
     for c in new:
@@ -213,9 +218,11 @@ def test_recipe_rule_and_round_three():
     for r in first + second:
         config_from_dict(r.config)
     full = {r.key: r for r in first + second}
+    for r in second:  # stage two starts from stage one's model as it is: no architecture keys (they would grow it)
+        assert r.config["model"].keys().isdisjoint({"family", "hyperparameters"}), r.config["model"]
     assert sum(full[k].config["optim"]["epochs"] for k in ("equivariant-lr2e-3/Mo/0", "equivariant-lr2e-3/Mo/0/stage1")) \
         == plan["models"]["equivariant"]["epochs"]["Mo"]
-    assert full["equivariant-lr4e-3/Si/0"].config["model"]["hyperparameters"]["interaction"] == "equivariant"
+    assert full["equivariant-lr4e-3/Si/0/stage1"].config["model"]["hyperparameters"]["interaction"] == "equivariant"
     assert "equivariant-lr4e-3/Si/0/stage1" in full and "scratch-lr1e-3/Mo/1" not in full
     lines, picks = search.scratch_rates(three, done)
     assert picks is None and "waits for" in lines[-1]

@@ -123,8 +123,9 @@ def _base_seeds(spec: dict) -> list[int]:
 def recipe(spec: dict, record: dict) -> tuple[list[str], str | None]:
     """Round 2's rule (search.md): of the base, the best single change and "combined" (those in round
     2: the configurations given the base's seeds), the best mean overall score over those seeds; a
-    simpler candidate (fewer changes from the defaults, then one stage before two) within the base's
-    seed-to-seed std of the best takes the tie. Returns the report lines and the recipe's configuration
+    simpler candidate within the base's seed-to-seed std of the best takes the tie: fewer changes,
+    counted from the base (the search's starting point: the library's defaults with a fine-tuning
+    learning rate, warm-up and patience), then one stage before two. Returns the report lines and the recipe's configuration
     name, the latter None until round 2 is written and every candidate has its runs."""
     if "round_two" not in spec:
         return ["The recipe waits for round 2 (`search.py --round-two DATE` once round 1 is complete)."], None
@@ -162,6 +163,10 @@ def round_three(spec: dict, record: dict, date: str) -> dict:
         raise ValueError("round 2 is not complete: the recipe is not chosen yet")
     spec = json.loads(json.dumps(spec))
     plan, chosen = spec["round_three_plan"], next(c for c in spec["configs"] if c["name"] == pick)
+    unset = [m for m, v in plan["models"].items() if not v.get("epochs")]
+    if unset:
+        raise ValueError(f"round_three_plan: no epoch horizon for {', '.join(unset)} yet: measure its epoch time "
+                         "(experiments/mlearn/epoch_times.py) and write the horizon into the plan, dated, first")
     for model, m in plan["models"].items():
         for lr in plan["learning_rates"]:
             spec["configs"].append({
