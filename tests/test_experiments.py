@@ -282,23 +282,31 @@ def test_mlearn_plan_two_stages_and_the_mtp_bar():
 
 def test_epoch_times_plan_and_median(tmp_path):
     """experiments/mlearn/epoch_times.py: one timing run per setup and element of the committed protocol
-    (seed 0, a stage one for a two-stage setup), no test file, no cap, no early stopping within its
-    epochs; the epoch time is the median after the compiling first epoch."""
+    (seed 0, a stage one for a two-stage setup, its planned epochs: they set the padding budgets), no
+    test file, no early stopping, a cap in minutes; the epoch time is the median after the compiling
+    first epoch and after each restart of a resumed run."""
     times = import_experiment("mlearn/epoch_times.py")
     spec = json.loads((ROOT / "experiments" / "mlearn" / "protocol.json").read_text())
     spec["setups"]["two"] = {**spec["setups"]["scratch"], "stage_two": {"fraction": 0.2, "over": {}}}
-    runs = times.timing_runs(spec, tmp_path, 3)
+    runs = times.timing_runs(spec, tmp_path, 3.0)
     want = [f"{s}/{el}" for s, v in spec["setups"].items() for el in v["epochs"]]
     assert [r.key for r in runs] == want and len({r.workdir for r in runs}) == len(runs)
     for r in runs:
-        assert r.test is None and r.cap_minutes is None and "test" not in r.config["data"]
-        assert r.config["optim"]["epochs"] == 3 and r.config["optim"]["early_stopping_patience"] > 3
+        assert r.test is None and r.cap_minutes == 3.0 and "test" not in r.config["data"]
+        setup, el = r.key.split("/")
+        planned = spec["setups"][setup]["epochs"][el]
+        assert r.config["optim"]["epochs"] == (round(0.8 * planned) if setup == "two" else planned)
+        assert r.config["optim"]["early_stopping_patience"] == 0  # off
         assert r.config["run"]["seed"] == 0 and r.config["data"]["train"].endswith("_train.extxyz")
     two = next(r for r in runs if r.key == "two/Si")
     assert two.config["model"] == next(r for r in runs if r.key == "scratch/Si").config["model"]  # stage one's own model
     (tmp_path / "metrics.csv").write_text("epoch,val_loss,wall_s\n1,0.5,60.0\n2,0.4,80.0\n3,0.3,101.0\n4,0.2,119.0\n")
-    assert times.epoch_seconds(tmp_path / "metrics.csv") == 20.0  # 20, 21, 18: the compile epoch left out
+    assert times.epoch_seconds(tmp_path / "metrics.csv") == (20.0, 40.0, 3)  # 20, 21, 18: the compile epoch left out
+    (tmp_path / "metrics.csv").write_text("epoch,wall_s\n1,60.0\n2,80.0\n3,70.0\n4,89.0\n5,110.0\n")
+    assert times.epoch_seconds(tmp_path / "metrics.csv") == (20.0, 40.0, 3)  # resumed after epoch 2: 20, 19, 21
+    assert times.horizon(45, 20.0, 40.0) == 133  # (2700 - 40) // 20
     (tmp_path / "metrics.csv").write_text("epoch,wall_s\n1,60.0\n")
     with pytest.raises(ValueError, match="at least 2"):
         times.epoch_seconds(tmp_path / "metrics.csv")
+
 
