@@ -310,3 +310,26 @@ def test_epoch_times_plan_and_median(tmp_path):
         times.epoch_seconds(tmp_path / "metrics.csv")
 
 
+
+
+@pytest.mark.slow  # one pinned training subprocess (~1 min): outside the default suite (-m slow)
+def test_epoch_times_driver(tmp_path):
+    """epoch_times.py end to end on the fixture: a timing run trains its epochs and the table gives its
+    s/epoch and the horizon the cap allows; no test file is needed or touched."""
+    _protocol_files(tmp_path)
+    (tmp_path / "X_test.extxyz").unlink()
+    spec = json.loads((ROOT / "experiments" / "mlearn" / "protocol.json").read_text())
+    spec.update(data="{element}_{split}.extxyz", cap_minutes=45)
+    spec["base"]["data"]["valid_fraction"] = 0.25
+    spec["setups"] = {"finetune": {"epochs": {"X": 500}, "config": spec["setups"]["finetune"]["config"]}}  # the cap ends it
+    (tmp_path / "protocol.json").write_text(json.dumps(spec))
+    out = subprocess.run([sys.executable, str(ROOT / "experiments" / "mlearn" / "epoch_times.py"), "--protocol",
+                          str(tmp_path / "protocol.json"), "--minutes", "1.5", "--lanes", "1", "--root", str(tmp_path / "t")],
+                         capture_output=True, text=True, timeout=900)
+    assert out.returncode == 0, (out.stdout[-2000:], out.stderr[-3000:])
+    row = next(line for line in out.stdout.splitlines() if line.startswith("| finetune/X |"))
+    seconds, timed, overhead, cap, horizon = (c.strip() for c in row.split("|")[2:7])
+    assert cap == "45" and int(timed) >= 1 and int(horizon) > 0
+    # the printed s/epoch is rounded to 0.1 s (a fraction of a second here): the horizon agrees within that
+    assert int(horizon) == pytest.approx((2700 - float(overhead)) / float(seconds), rel=0.1 / float(seconds) + 0.01)
+    assert not (tmp_path / "t" / "finetune_X" / "test.json").exists()
