@@ -42,13 +42,17 @@ def _dimensions(spec: dict) -> dict[str, list[str]]:
     return dims
 
 
+def _base_seeds(spec: dict) -> list[int]:
+    return next(c for c in spec["configs"] if c["name"] == "base").get("seeds", spec["seeds"])
+
+
 def verdicts(spec: dict, record: dict) -> tuple[list[str], dict | None]:
     """Round 1's rule (search.md): a change wins its dimension when its overall score beats the base's
     mean by more than the base's seed-to-seed (sample) std; of two winning values the better score is
     kept. Changes are judged on round 1's seeds (``spec["seeds"]``), so seeds added in round 2 do not
     move a verdict. Returns the report lines and {dimension: winning configuration or None (the base's
     value stays)}, the latter None until the base has its seeds and every change its runs."""
-    want = next(c for c in spec["configs"] if c["name"] == "base").get("seeds", spec["seeds"])
+    want = _base_seeds(spec)
     if len(want) < 2:  # a spec without the rule's noise floor (a smoke test): the table alone
         return ["No round 1 verdicts: the base has fewer than 2 seeds, so no seed-to-seed std."], None
     base = _overall(spec, record, "base", want)
@@ -93,7 +97,7 @@ def round_two(spec: dict, record: dict, date: str) -> dict:
     spec = json.loads(json.dumps(spec))
     confs = {c["name"]: c for c in spec["configs"]}
     won = [confs[w] for w in winners.values() if w]
-    seeds = confs["base"]["seeds"]
+    seeds = _base_seeds(spec)
     if len(won) >= 2:
         over, two = {}, [c["stage_two"] for c in won if "stage_two" in c]
         if len(two) > 1:
@@ -116,17 +120,14 @@ def lr_name(lr: float) -> str:
     return f"{mantissa.rstrip('0').rstrip('.')}e{int(exponent)}"
 
 
-def _base_seeds(spec: dict) -> list[int]:
-    return next(c for c in spec["configs"] if c["name"] == "base").get("seeds", spec["seeds"])
-
-
 def recipe(spec: dict, record: dict) -> tuple[list[str], str | None]:
     """Round 2's rule (search.md): of the base, the best single change and "combined" (those in round
     2: the configurations given the base's seeds), the best mean overall score over those seeds; a
     simpler candidate within the base's seed-to-seed std of the best takes the tie: fewer changes,
     counted from the base (the search's starting point: the library's defaults with a fine-tuning
-    learning rate, warm-up and patience), then one stage before two. Returns the report lines and the recipe's configuration
-    name, the latter None until round 2 is written and every candidate has its runs."""
+    learning rate, warm-up and patience), then one stage before two. Returns the report lines and
+    the recipe's configuration name, the latter None until round 2 is written and every candidate
+    has its runs."""
     if "round_two" not in spec:
         return ["The recipe waits for round 2 (`search.py --round-two DATE` once round 1 is complete)."], None
     seeds = _base_seeds(spec)
@@ -188,8 +189,8 @@ def scratch_rates(spec: dict, record: dict) -> tuple[list[str], dict | None]:
         return [], None
     picks, lines, complete = {}, ["", "Round 3 (from scratch; per model the peak lr of the lowest overall score): "], True
     for model in dict.fromkeys(c["model"] for c in confs):
-        got = {c["name"]: _overall(spec, record, c["name"], c["seeds"]) for c in confs if c["model"] == model}
-        done = {n: statistics.mean(v.values()) for n, v in got.items() if len(v) == len(spec["round_three_plan"]["seeds"])}
+        got = {c["name"]: (_overall(spec, record, c["name"], c["seeds"]), c["seeds"]) for c in confs if c["model"] == model}
+        done = {n: statistics.mean(v.values()) for n, (v, seeds) in got.items() if len(v) == len(seeds)}
         if len(done) < len(got):
             complete = False
             lines.append(f"* {model}: waits for {', '.join(n for n in got if n not in done)}.")

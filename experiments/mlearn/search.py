@@ -46,7 +46,8 @@ def data_file(spec: dict, element: str) -> str:
 
 def _config(spec: dict, conf: dict, element: str, seed: int) -> dict:
     cfg = merge(merge(spec["base"], conf.get("over", {})), {
-        "data": {"train": data_file(spec, element)}, "optim": {"epochs": conf.get("epochs", spec["epochs"])[element]}, "run": {"seed": seed}})
+        "data": {"train": data_file(spec, element)}, "optim": {"epochs": conf.get("epochs", spec["epochs"])[element]},
+        "run": {"seed": seed}})
     if "test" in cfg["data"]:
         raise ValueError(f"search configuration {conf['name']!r} names a test file; the search never uses one")
     return cfg
