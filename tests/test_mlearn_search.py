@@ -15,6 +15,18 @@ from test_experiments import _protocol_files
 ROOT = Path(__file__).resolve().parents[1]
 
 
+def _round_one(spec):
+    """The committed spec as it stood before round 2 was written into it (round 2 adds "round_two", a
+    "combined" configuration and the base's seeds on the best winner; round 3 its configurations)."""
+    spec = json.loads(json.dumps(spec))
+    spec.pop("round_two", None), spec.pop("round_three", None)
+    spec["configs"] = [c for c in spec["configs"] if c["name"] != "combined" and c.get("round") != 3]
+    for c in spec["configs"]:
+        if c["name"] != "base":
+            c.pop("seeds", None)
+    return spec
+
+
 def _tiny_spec(tmp_path, cap=30.0):
     spec = json.loads((ROOT / "experiments" / "mlearn" / "search_spec.json").read_text())
     spec.update(data=str(tmp_path / "{element}_train.extxyz"), elements=["X"], seeds=[0], cap_minutes=cap,
@@ -111,8 +123,8 @@ def test_round_one_rule_and_round_two():
     two winners is kept; no verdict before the base has its seeds; round 2 combines two or more winners
     (dated, once), gives the best one 3 seeds, and its seeds do not move round 1's verdicts."""
     search = import_experiment("mlearn/search.py")
-    spec = json.loads((ROOT / "experiments" / "mlearn" / "search_spec.json").read_text())
-    assert "round_two" not in spec and spec["elements"] == ["Si", "Mo"]  # round 2 only from a complete round 1
+    spec = _round_one(json.loads((ROOT / "experiments" / "mlearn" / "search_spec.json").read_text()))
+    assert spec["elements"] == ["Si", "Mo"]
 
     def runs(name, seed, si, mo=None):  # runs scoring si on Si and mo on Mo: MAEs that many times the scale
         mo = si if mo is None else mo
@@ -167,7 +179,7 @@ def test_recipe_rule_and_round_three():
     base's std taking the tie; round 3 trains that recipe from scratch per model and learning rate of the
     spec's plan (the model's own epochs, never a test file), once, and picks each model's best rate."""
     search = import_experiment("mlearn/search.py")
-    spec = json.loads((ROOT / "experiments" / "mlearn" / "search_spec.json").read_text())
+    spec = _round_one(json.loads((ROOT / "experiments" / "mlearn" / "search_spec.json").read_text()))
 
     def runs(name, seed, x):
         return {f"{name}/{el}/{seed}": {"valid": {"e_mae": x * spec["scale"][el][0], "f_mae": x * spec["scale"][el][1]}}
@@ -231,3 +243,32 @@ def test_recipe_rule_and_round_three():
     done.update({k: v for n, x in scores.items() for k, v in runs(n, 0, x).items()})
     lines, picks = search.scratch_rates(three, done)
     assert picks == {"scratch": "scratch-lr2e-3", "equivariant": "equivariant-lr4e-3"}, lines
+
+
+def test_protocol_trains_the_searched_recipe():
+    """mlearn/protocol.json trains what the validation search chose, nothing else: its fine-tuning setup
+    is round 2's recipe, each from-scratch setup round 3's pick for its model (once round 3 has picked),
+    with the search's epochs on the search's elements; a setup that departs from a search configuration
+    (SevenNet-0 instead of M3GNet) names the departure, and that is its only difference."""
+    search = import_experiment("mlearn/search.py")
+    merge = import_experiment("_protocol.py").merge
+    searched_setup = import_experiment("mlearn/_rounds.py").searched_setup
+    here = ROOT / "experiments" / "mlearn"
+    protocol = json.loads((here / "protocol.json").read_text())
+    spec = json.loads((here / "search_spec.json").read_text())
+    record = json.loads((here / "search_record.json").read_text())
+    _, pick = search.recipe(spec, record)
+    assert pick is not None and protocol["setups"]["finetune"]["search"] == {"name": pick}
+    _, rates = search.scratch_rates(spec, record)
+    for model, name in (rates or {}).items():
+        assert protocol["setups"][model]["search"] == {"name": name}, model
+    searched = {k: s for k, s in protocol["setups"].items() if "search" in s}
+    assert set(searched) == set(protocol["setups"])  # every setup is a searched configuration (or names how it departs)
+    for key, s in searched.items():
+        want = searched_setup(spec, s["search"]["name"])
+        assert merge(protocol["base"], s["config"]) == merge(want["config"], s["search"].get("except", {})), key
+        assert s.get("stage_two") == want["stage_two"], key
+        if "except" not in s["search"]:  # the same model: the search's horizons (another model has its own)
+            assert {el: s["epochs"][el] for el in want["epochs"]} == want["epochs"], key
+    assert protocol["setups"]["finetune"]["epochs"].keys() == {"Ni", "Cu", "Li", "Mo", "Si"}
+    assert protocol["cap_minutes"] == spec["cap_minutes"] and protocol["seeds"] == [0, 1, 2]
