@@ -203,10 +203,11 @@ def test_record_fingerprints_match_the_committed_protocols(tmp_path):
     for runs, record in ((first + second, ROOT / "experiments" / "mlearn" / "runs.json"),
                          (ablations.plan(aspec, ROOT / "experiments" / "ablations", ROOT / "experiments" / "ablations"),
                           ROOT / "experiments" / "ablations" / "runs.json")):
-        done = json.loads(record.read_text())
+        done = json.loads(record.read_text()) if record.is_file() else {}  # mlearn v2: none before its first run
         check_record(runs, done, record)
-        assert sum(r.key in done for r in runs) >= 21
-    for k, v in json.loads((ROOT / "experiments" / "mlearn" / "runs.json").read_text()).items():
+        assert sum(r.key in done for r in runs) >= (21 if "ablations" in str(record) else 0)
+    mlearn_record = ROOT / "experiments" / "mlearn" / "runs.json"
+    for k, v in (json.loads(mlearn_record.read_text()) if mlearn_record.is_file() else {}).items():
         if k.startswith("zeroshot/"):
             assert v["source"] == {"model": mlearn.ZERO_SHOT, "test_file": f"mlearn/{k.split('/')[1]}_test.extxyz"}
 
@@ -287,7 +288,8 @@ def test_epoch_times_plan_and_median(tmp_path):
     first epoch and after each restart of a resumed run."""
     times = import_experiment("mlearn/epoch_times.py")
     spec = json.loads((ROOT / "experiments" / "mlearn" / "protocol.json").read_text())
-    spec["setups"]["two"] = {**spec["setups"]["scratch"], "stage_two": {"fraction": 0.2, "over": {}}}
+    one = {k: v for k, v in spec["setups"]["finetune"].items() if k != "stage_two"}
+    spec["setups"]["one"], spec["setups"]["two"] = one, {**one, "stage_two": {"fraction": 0.2, "over": {}}}
     runs = times.timing_runs(spec, tmp_path, 3.0)
     want = [f"{s}/{el}" for s, v in spec["setups"].items() for el in v["epochs"]]
     assert [r.key for r in runs] == want and len({r.workdir for r in runs}) == len(runs)
@@ -295,11 +297,12 @@ def test_epoch_times_plan_and_median(tmp_path):
         assert r.test is None and r.cap_minutes == 3.0 and "test" not in r.config["data"]
         setup, el = r.key.split("/")
         planned = spec["setups"][setup]["epochs"][el]
-        assert r.config["optim"]["epochs"] == (round(0.8 * planned) if setup == "two" else planned)
+        staged = spec["setups"][setup].get("stage_two")
+        assert r.config["optim"]["epochs"] == (round((1 - staged["fraction"]) * planned) if staged else planned)
         assert r.config["optim"]["early_stopping_patience"] == 0  # off
         assert r.config["run"]["seed"] == 0 and r.config["data"]["train"].endswith("_train.extxyz")
     two = next(r for r in runs if r.key == "two/Si")
-    assert two.config["model"] == next(r for r in runs if r.key == "scratch/Si").config["model"]  # stage one's own model
+    assert two.config["model"] == next(r for r in runs if r.key == "one/Si").config["model"]  # stage one's own model
     (tmp_path / "metrics.csv").write_text("epoch,val_loss,wall_s\n1,0.5,60.0\n2,0.4,80.0\n3,0.3,101.0\n4,0.2,119.0\n")
     assert times.epoch_seconds(tmp_path / "metrics.csv") == (20.0, 40.0, 3)  # 20, 21, 18: the compile epoch left out
     (tmp_path / "metrics.csv").write_text("epoch,wall_s\n1,60.0\n2,80.0\n3,70.0\n4,89.0\n5,110.0\n")

@@ -254,18 +254,40 @@ def test_config_paths_are_relative_to_the_config_file(tmp_path):
         assert cfg.data.train == str(tmp_path / "d" / "train.xyz")
 
 
-def test_readme_example_config_is_the_mlearn_fine_tuning_protocol():
-    """examples/finetune_si.json (the README's training example) is valid, points at ../shared beside the
-    project, and trains as the mlearn table's fine-tuning setup does for Si."""
+def test_readme_example_configs_are_the_mlearn_recipe():
+    """examples/finetune_si.json (and finetune_si_stage2.json where the recipe has a second stage), the
+    README's training example, are valid, point at ../shared beside the project, and train exactly what
+    the mlearn table's fine-tuning setup trains for Si, seed 0 (``run.py``'s planned runs), but for the
+    paths, the progress bar and stage two's start: the README's stage-one workdir."""
+    from helpers import import_experiment
+
     root = Path(__file__).resolve().parents[1]
-    cfg = load_config(root / "examples" / "finetune_si.json")
-    assert cfg.data.train == str(SHARED / "data" / "mlearn" / "Si_train.extxyz")
     protocol = json.loads((root / "experiments" / "mlearn" / "protocol.json").read_text())
-    ft = protocol["setups"]["finetune"]
-    assert cfg.optim.epochs == ft["epochs"]["Si"] and cfg.model.init_from == ft["config"]["model"]["init_from"]
-    for key, value in ft["config"]["optim"].items():
-        assert getattr(cfg.optim, key) == value, key
-    assert cfg.data.valid_fraction == protocol["base"]["data"]["valid_fraction"]
+    first, second = import_experiment("mlearn/run.py").plan({**protocol, "data": "/d/{element}_{split}.extxyz"},
+                                                             Path("/nowhere"))
+    one = next(r for r in first if r.key in ("finetune/Si/0", "finetune/Si/0/stage1"))
+    two = next((r for r in second if r.key == "finetune/Si/0"), None)
+    examples = {"finetune_si.json": one, **({"finetune_si_stage2.json": two} if two else {})}
+    assert sorted(p.name for p in (root / "examples").glob("finetune_si*.json")) == sorted(examples)
+
+    def trained(cfg):  # what a run trains: its config without paths, the run section (seed 0) and the start
+        cfg = json.loads(json.dumps(cfg))
+        for key in ("train", "test"):
+            cfg["data"].pop(key, None)
+        cfg.pop("run")
+        if (cfg["model"].get("init_from") or "").endswith("best_model"):
+            cfg["model"].pop("init_from")
+        return cfg
+
+    for name, run in examples.items():
+        raw = json.loads((root / "examples" / name).read_text())
+        cfg = load_config(root / "examples" / name)
+        assert cfg.data.train == str(SHARED / "data" / "mlearn" / "Si_train.extxyz"), name
+        assert trained(raw) == trained(run.config) and raw["run"] == {"seed": 0}, name
+    if two:
+        stage2 = json.loads((root / "examples" / "finetune_si_stage2.json").read_text())
+        assert stage2["model"]["init_from"] == "runs/si_ft/best_model"  # the README's stage-one workdir
+        assert stage2["data"]["test"] == "../../shared/data/mlearn/Si_test.extxyz"
 
 
 @pytest.mark.slow  # minutes on 2 cores: outside the default suite (-m slow)

@@ -198,3 +198,14 @@ def scratch_rates(spec: dict, record: dict) -> tuple[list[str], dict | None]:
         picks[model] = min(done, key=done.get)
         lines.append(f"* {model}: " + ", ".join(f"{n} {v:.3f}" for n, v in done.items()) + f" -> **{picks[model]}**.")
     return lines, picks if complete else None
+
+
+def searched_setup(spec: dict, name: str) -> dict:
+    """A search configuration as a protocol setup would train it: ``config`` (the search's base with the
+    configuration's overrides), ``stage_two`` (or None) and ``epochs`` per search element. A protocol
+    setup that names a configuration (``"search"``) must train exactly this (tests/test_mlearn_search.py)."""
+    conf = next((c for c in spec["configs"] if c["name"] == name), None)
+    if conf is None:
+        raise ValueError(f"the search has no configuration {name!r}")
+    return {"config": merge(spec["base"], conf.get("over", {})), "stage_two": conf.get("stage_two"),
+            "epochs": {el: conf.get("epochs", spec["epochs"])[el] for el in spec["elements"]}}

@@ -270,6 +270,7 @@ def write_results(spec: dict, record: dict, root: Path, lanes: int = 2) -> str:
         "- Table: mean ± sample std over the seeds. Force MAE over all force components; stress in GPa.",
         "", "Configs (merged into the library defaults, `jaxmat train --describe`):", "", "```json",
         json.dumps(setups, indent=1), "```", "",
+        *([f"For your own data: {spec['start_from']}", ""] if spec.get("start_from") else []),
         "## Results", "", *table(spec, record), "",
         "The zero-shot row is the pretrained model without training; its energies are not compared (the pretrained "
         "model's Materials Project PBE energies differ from mlearn's by a per-element offset, which fine-tuning refits). "
