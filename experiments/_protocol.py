@@ -208,26 +208,31 @@ def check_record(runs: list[Run], done: dict, record: Path, accept_unstamped: bo
                              f"names; {move}")
 
 
-def run_all(runs: list[Run], record: Path, lanes: int = 2, minutes: float | None = None,
+def run_all(runs: list, record: Path, lanes: int = 2, minutes: float | None = None,
             log=print, accept_unstamped: bool = False) -> tuple[dict, list[str], list[str]]:
     """Train every run not yet in ``record`` and evaluate its test split, ``lanes`` subprocesses at a
     time, each pinned to one of this process's cores; each finished run's summary is added to ``record``
     as it ends, with its spec's fingerprint (``spec_sha256``; a run recorded under another spec is an
-    error, ``check_record``). ``minutes``: wall-time cap per call (the run resumes on the next call).
-    Returns the record, the runs that failed (reported, never recorded: fix the cause and call again)
-    and the runs left unfinished by ``minutes``."""
+    error, ``check_record``). An item of ``runs`` may be a list of runs, a chain: its runs are trained
+    one after the other on one core, each only once the one before is recorded (a stage two after its
+    stage one). ``minutes``: wall-time cap per call (the run resumes on the next call). Returns the
+    record, the runs that failed (reported, never recorded: fix the cause and call again) and the runs
+    left unfinished by ``minutes`` (or waiting for the run before them in their chain)."""
+    chains = [c if isinstance(c, list) else [c] for c in runs]
+    flat = [r for c in chains for r in c]
     done = load_record(record)
-    check_record(runs, done, record, accept_unstamped)
-    todo = [r for r in runs if r.key not in done]
-    for r in todo:
-        prepare(r)
+    check_record(flat, done, record, accept_unstamped)
+    todo = [c for c in chains if any(r.key not in done for r in c)]
+    for c in todo:
+        for r in c:
+            prepare(r)
     cores = sorted(os.sched_getaffinity(0))[:max(lanes, 1)]
-    log(f"{len(runs) - len(todo)} of {len(runs)} runs finished; {len(todo)} to go on {len(cores)} core(s) {cores}")
+    left = sum(r.key not in done for r in flat)
+    log(f"{len(flat) - left} of {len(flat)} runs finished; {left} to go on {len(cores)} core(s) {cores}")
     free, lock, failed, unfinished = list(cores), threading.Lock(), [], []
 
-    def work(run):
-        with lock:
-            core = free.pop()
+    def train(run, core) -> bool:
+        """Train and record ``run`` on ``core``; whether it is recorded."""
         try:
             cmd = [sys.executable, __file__, "one", str(run.workdir), "--core", str(core)]
             if minutes:
@@ -243,10 +248,21 @@ def run_all(runs: list[Run], record: Path, lanes: int = 2, minutes: float | None
                 with lock:
                     _add_to_record(record, summary)
                     done[run.key] = summary
+                return True
             else:
                 unfinished.append(f"{run.key} ({state})")
         except Exception as e:  # noqa: BLE001 - one run's trouble must not stop the others or the report
             failed.append(f"{run.key} ({type(e).__name__}: {e})")
+        return False
+
+    def work(chain):
+        with lock:
+            core = free.pop()
+        try:
+            for k, run in enumerate(chain):
+                if run.key not in done and not train(run, core):
+                    unfinished.extend(f"{r.key} (waits for {run.key})" for r in chain[k + 1:] if r.key not in done)
+                    break
         finally:
             with lock:
                 free.append(core)
@@ -254,6 +270,16 @@ def run_all(runs: list[Run], record: Path, lanes: int = 2, minutes: float | None
     with ThreadPoolExecutor(len(cores)) as pool:
         list(pool.map(work, todo))
     return done, failed, unfinished
+
+
+def forget(record: Path, key: str) -> None:
+    """Drop ``key`` from the record file (under its lock, written atomically): a run to train again."""
+    with locked(record.with_suffix(".lock")):
+        done = load_record(record)
+        done.pop(key, None)
+        tmp = record.with_suffix(".tmp")
+        tmp.write_text(json.dumps(dict(sorted(done.items())), indent=1) + "\n")
+        tmp.replace(record)
 
 
 def report_unfinished(failed: list[str], unfinished: list[str]) -> None:

@@ -1,12 +1,13 @@
 """Runs in two stages (MACE-style: the energy weight raised near the end), for the drivers of
-``_protocol``: ``staged`` splits one planned run into its two runs, ``run_staged`` trains the stage
-ones and then the stage twos whose stage one is recorded."""
+``_protocol``: ``staged`` splits one planned run into its two runs, ``run_staged`` trains each stage
+two right after its own stage one."""
 
 from __future__ import annotations
 
+import shutil
 from pathlib import Path
 
-from _protocol import Run, check_record, load_record, merge, run_all
+from _protocol import Run, check_record, forget, load_record, merge, run_all
 
 
 def staged(run: Run, stage_two: dict) -> tuple[Run, Run]:
@@ -32,17 +33,29 @@ def staged(run: Run, stage_two: dict) -> tuple[Run, Run]:
 
 
 def run_staged(first: list[Run], second: list[Run], record: Path, lanes: int = 2, minutes: float | None = None,
-               accept_unstamped: bool = False) -> tuple[dict, list[str], list[str]]:
-    """``run_all`` on the single-stage runs and stage ones (``first``), then on the stage twos (``second``,
-    from ``staged``) whose stage one is recorded; a stage two still waiting is reported unfinished."""
+               accept_unstamped: bool = False, log=print) -> tuple[dict, list[str], list[str]]:
+    """``run_all`` on the single-stage runs and stage ones (``first``), each stage two (``second``, from
+    ``staged``) right after its own stage one on the same core, so that a run's two stages end together.
+    Stage one's kept model stays in its workdir, on the machine that trained it: a stage two still to
+    train whose stage one is recorded but whose model is not here (a new machine) trains its stage one
+    again (it is never tested, so nothing seen is retrained), logged, and its record entry is replaced."""
     check_record(first + second, load_record(record), record, accept_unstamped)  # before hours of stage ones
-    done, failed, unfinished = run_all(first, record, lanes=lanes, minutes=minutes, accept_unstamped=accept_unstamped)
-    ready = [r for r in second if r.key + "/stage1" in done]
-    unfinished += [f"{r.key} (waits for its stage one)" for r in second if r.key + "/stage1" not in done]
-    if ready:
-        _, failed2, unfinished2 = run_all(ready, record, lanes=lanes, minutes=minutes, accept_unstamped=accept_unstamped)
-        failed, unfinished = failed + failed2, unfinished + unfinished2
-    return load_record(record), failed, unfinished
+    done = load_record(record)
+    after = {r.key + "/stage1": r for r in second}
+    chains = []
+    for run in first:
+        two = after.get(run.key)
+        if two is None:
+            chains.append(run)
+            continue
+        if run.key in done and two.key not in done and not (run.workdir / "best_model").exists():
+            log(f"{run.key}: recorded, but its model {run.workdir / 'best_model'} is not on this machine; "
+                f"training it again for {two.key}")
+            forget(record, run.key)
+            if run.workdir.exists():  # a stale partial run of it must not be resumed as the new one
+                shutil.rmtree(run.workdir)
+        chains.append([run, two])
+    return run_all(chains, record, lanes=lanes, minutes=minutes, log=log, accept_unstamped=accept_unstamped)
 
 
 def split(planned) -> tuple[list[Run], list[Run]]:

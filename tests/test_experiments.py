@@ -92,7 +92,7 @@ def test_mlearn_protocol_driver(tmp_path):
     _protocol_files(tmp_path)
     spec = json.loads((ROOT / "experiments" / "mlearn" / "protocol.json").read_text())
     assert set(spec["setups"]["finetune"]["epochs"]) == {"Ni", "Cu", "Li", "Mo", "Si"}
-    assert {"Si", "Mo"} <= set(spec["setups"]["scratch"]["epochs"]) and spec["seeds"] == [0, 1, 2]
+    assert {"Si", "Mo"} <= set(spec["setups"]["sevennet"]["epochs"]) and spec["seeds"] == [0, 1, 2]
     spec.update(data="{element}_{split}.extxyz", seeds=[0, 1])
     spec["base"]["data"]["valid_fraction"] = 0.25
     spec["setups"] = {"finetune": {"epochs": {"X": 1}, "config": spec["setups"]["finetune"]["config"]}}
@@ -211,7 +211,7 @@ def test_record_fingerprints_match_the_committed_protocols(tmp_path):
         if k.startswith("zeroshot/"):
             assert v["source"] == {"model": mlearn.ZERO_SHOT, "test_file": f"mlearn/{k.split('/')[1]}_test.extxyz"}
 
-    run = first[0]
+    run = first[0]._replace(workdir=tmp_path / "elsewhere")  # not runs/, where the run may be training now
     moved = run._replace(config=protocol.merge(run.config, {"data": {"train": "/elsewhere" + run.config["data"]["train"]}}))
     assert spec_sha256(moved) == spec_sha256(run)  # a clone in another folder matches its record
     other = run._replace(config=protocol.merge(run.config, {"optim": {"learning_rate": 1.0}}))
@@ -242,6 +242,25 @@ def test_record_fingerprints_match_the_committed_protocols(tmp_path):
     with pytest.raises(ValueError, match="another config"):
         stages.run_staged([one], [two], record, lanes=1)
     assert not (tmp_path / "never").exists() and not (tmp_path / "never_stage1").exists()
+
+
+def test_stage_two_follows_its_own_stage_one(tmp_path):
+    """run_staged trains each stage two right after its own stage one (a chain on one core), so that a
+    session's end leaves no recorded stage one waiting; a stage one recorded on another machine (its
+    kept model is not here) is trained again, its stale entry dropped; a failed link stops its chain."""
+    protocol, stages = import_experiment("_protocol.py"), import_experiment("_stages.py")
+    run = protocol.Run("s/X/0", {"data": {"train": str(tmp_path / "absent.extxyz")}, "optim": {"epochs": 10}},
+                       str(tmp_path / "absent_test.extxyz"), tmp_path / "runs" / "s_X_0")
+    one, two = stages.staged(run, {"fraction": 0.2, "over": {"loss": {"energy_weight": 100.0}}})
+    other = protocol.Run("t/X/0", {"data": {"train": str(tmp_path / "absent.extxyz")}}, None, tmp_path / "runs" / "t_X_0")
+    record = tmp_path / "runs.json"
+    record.write_text(json.dumps({one.key: {"key": one.key, "spec_sha256": protocol.spec_sha256(one)}}))
+    log = []
+    done, failed, unfinished = stages.run_staged([one, other], [two], record, lanes=1, log=log.append)
+    assert "not on this machine; training it again" in log[0] and one.key not in json.loads(record.read_text())
+    assert sorted(f.split(" ")[0] for f in failed) == [one.key, other.key]  # the data file is absent
+    assert unfinished == [f"{two.key} (waits for {one.key})"] and not (two.workdir / "train.log").exists()
+    assert (one.workdir / "train.log").is_file()
 
 
 def test_mlearn_plan_two_stages_and_the_mtp_bar():
