@@ -176,7 +176,7 @@ def locked(path: Path):
         yield
 
 
-def _add_to_record(record: Path, summary: dict) -> None:
+def add_to_record(record: Path, summary: dict) -> None:
     """Add one finished run to the record file (read again under the lock, written atomically)."""
     with locked(record.with_suffix(".lock")):
         done = {**load_record(record), summary["key"]: summary}
@@ -246,7 +246,7 @@ def run_all(runs: list, record: Path, lanes: int = 2, minutes: float | None = No
             elif state == "done":
                 summary = {**json.loads((run.workdir / "summary.json").read_text()), "spec_sha256": spec_sha256(run)}
                 with lock:
-                    _add_to_record(record, summary)
+                    add_to_record(record, summary)
                     done[run.key] = summary
                 return True
             else:

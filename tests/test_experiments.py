@@ -129,6 +129,11 @@ def test_mlearn_protocol_driver(tmp_path):
     out = subprocess.run(cmd, capture_output=True, text=True, timeout=600)
     assert out.returncode == 0 and "2 of 2 runs finished; 0 to go" in out.stdout, out.stderr[-3000:]
     assert json.loads((tmp_path / "runs.json").read_text()) == record
+    # --report redraws the results from the record alone, training nothing
+    (tmp_path / "results.md").unlink()
+    out = subprocess.run(cmd + ["--report"], capture_output=True, text=True, timeout=600)
+    assert out.returncode == 0 and "runs finished" not in out.stdout, out.stderr[-3000:]
+    assert (tmp_path / "results.md").read_text() == table and json.loads((tmp_path / "runs.json").read_text()) == record
 
     # killed after the test evaluation, before the summary: the next call summarises the number it has
     # (a marker here) and never evaluates the test split again
@@ -298,6 +303,20 @@ def test_mlearn_plan_two_stages_and_the_mtp_bar():
     assert "| recipe | Si | 1.00x | +0.0056 | no |" in lines and "met on 4 of 5 elements." in lines[-1]
     del record["recipe/Ni/1"]
     assert "No setup has every seed" in mlearn.mtp_bar(spec, record)[-1]
+
+
+def test_mlearn_budget_note_reads_both_stages():
+    """The budget verdict follows search.md's rule: a run (either stage) whose best validation E or F fell
+    by more than 2 % over its last 10 % is budget-limited and named; otherwise the runs count as converged."""
+    mlearn = import_experiment("mlearn/run.py")
+    run = lambda ended, e, f: {"ended": ended, "tail_fall_percent": {"val_e_mae": e, "val_f_mae": f}}  # noqa: E731
+    flat = {"z/Si/0/stage1": run("early_stopping", 0.0, 0.4), "z/Si/0": run("epochs", 1.9, 0.0)}
+    note = mlearn.budget_note(flat)
+    assert "1 stage ones: 1 ended by early stop" in note and "1 final runs (single stage or stage two): 1 ended by " \
+        "schedule end" in note and "budget is not what limits" in note
+    note = mlearn.budget_note({**flat, "z/Mo/0/stage1": run("cap", 0.0, 2.5), "z/Mo/0": run("epochs", 0.0, 0.0)})
+    assert "1 of 4 trained runs were still falling by more than 2 %" in note and "(z/Mo/0/stage1)" in note
+    assert mlearn.budget_note({"zeroshot/Si/-": {}}) == "Budget: no finished run yet."
 
 
 def test_epoch_times_plan_and_median(tmp_path):
