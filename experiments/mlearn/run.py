@@ -297,7 +297,9 @@ def write_results(spec: dict, record: dict, root: Path, lanes: int = 2) -> str:
         "Test MAE per mlearn group (energy meV/atom / force eV/A, mean over seeds; structures per group in brackets):", "",
         *group_table(spec, record), "",
         "Plots: `curves.png` (validation force MAE per epoch, every run), `parity/<setup>_<element>.png` "
-        "(test parity of seed 0).", ""])
+        "(test parity of seed 0).", "",
+        *([f"## Reading the table (`discussion.md`, written after these test numbers, dated; it changes none of them)", "",
+           (root / "discussion.md").read_text().strip(), ""] if (root / "discussion.md").is_file() else [])])
     (root / "results.md").write_text(text)
     return text
 
