@@ -165,20 +165,30 @@ def load_record(record: Path) -> dict:
 
 
 @contextlib.contextmanager
-def locked(path: Path):
-    """An exclusive advisory lock on ``path`` (created), held for the block; another holder is an error,
-    not a wait: two drivers on one run or record would train it twice or drop each other's entries."""
+def locked(path: Path, wait: float = 0.0):
+    """An exclusive advisory lock on ``path`` (created), held for the block. A workdir's lock is not waited
+    for (``wait`` 0: another holder is an error: two drivers on one run would train it twice); a record's
+    is held for a moment per write, so its writers wait up to ``wait`` seconds for it."""
     with open(path, "a") as fh:
-        try:
-            fcntl.flock(fh, fcntl.LOCK_EX | fcntl.LOCK_NB)
-        except BlockingIOError:
-            raise RuntimeError(f"{path} is locked: another driver (or a run it started) is still working here") from None
+        deadline = time.monotonic() + wait
+        while True:
+            try:
+                fcntl.flock(fh, fcntl.LOCK_EX | fcntl.LOCK_NB)
+                break
+            except BlockingIOError:
+                if time.monotonic() >= deadline:
+                    raise RuntimeError(f"{path} is locked: another driver (or a run it started) is still working here") from None
+                time.sleep(0.05)
         yield
+
+
+#: seconds a record's writer waits for another writer's moment under the lock
+RECORD_WAIT = 60.0
 
 
 def add_to_record(record: Path, summary: dict) -> None:
     """Add one finished run to the record file (read again under the lock, written atomically)."""
-    with locked(record.with_suffix(".lock")):
+    with locked(record.with_suffix(".lock"), wait=RECORD_WAIT):
         done = {**load_record(record), summary["key"]: summary}
         tmp = record.with_suffix(".tmp")
         tmp.write_text(json.dumps(dict(sorted(done.items())), indent=1) + "\n")
@@ -274,7 +284,7 @@ def run_all(runs: list, record: Path, lanes: int = 2, minutes: float | None = No
 
 def forget(record: Path, key: str) -> None:
     """Drop ``key`` from the record file (under its lock, written atomically): a run to train again."""
-    with locked(record.with_suffix(".lock")):
+    with locked(record.with_suffix(".lock"), wait=RECORD_WAIT):
         done = load_record(record)
         done.pop(key, None)
         tmp = record.with_suffix(".tmp")

@@ -7,7 +7,7 @@ from __future__ import annotations
 import shutil
 from pathlib import Path
 
-from _protocol import Run, check_record, forget, load_record, merge, run_all
+from _protocol import Run, check_record, forget, load_record, merge, run_all, status
 
 
 def staged(run: Run, stage_two: dict) -> tuple[Run, Run]:
@@ -36,9 +36,11 @@ def run_staged(first: list[Run], second: list[Run], record: Path, lanes: int = 2
                accept_unstamped: bool = False, log=print) -> tuple[dict, list[str], list[str]]:
     """``run_all`` on the single-stage runs and stage ones (``first``), each stage two (``second``, from
     ``staged``) right after its own stage one on the same core, so that a run's two stages end together.
-    Stage one's kept model stays in its workdir, on the machine that trained it: a stage two still to
-    train whose stage one is recorded but whose model is not here (a new machine) trains its stage one
-    again (it is never tested, so nothing seen is retrained), logged, and its record entry is replaced."""
+    Stage one's kept model stays in its workdir, on the machine that trained it: a stage two not yet
+    started (or only partly trained: that part is dropped) whose stage one is recorded but whose model
+    is not here (a new machine) trains its stage one again (it is never tested), logged, and its record
+    entry is replaced. A stage two that has ended here is never retrained; a recorded stage two without
+    its recorded stage one is an error (its minutes and epochs would be under-reported)."""
     check_record(first + second, load_record(record), record, accept_unstamped)  # before hours of stage ones
     done = load_record(record)
     after = {r.key + "/stage1": r for r in second}
@@ -48,12 +50,17 @@ def run_staged(first: list[Run], second: list[Run], record: Path, lanes: int = 2
         if two is None:
             chains.append(run)
             continue
-        if run.key in done and two.key not in done and not (run.workdir / "best_model").exists():
+        if two.key in done and run.key not in done:
+            raise ValueError(f"{record}: {two.key} is recorded but not its stage one {run.key}")
+        if (run.key in done and two.key not in done and not (run.workdir / "best_model").exists()
+                and status(two.workdir) in ("new", "partial")):
             log(f"{run.key}: recorded, but its model {run.workdir / 'best_model'} is not on this machine; "
-                f"training it again for {two.key}")
+                f"training it again for {two.key}" + (" (dropping that stage two's partial run)"
+                                                      if status(two.workdir) == "partial" else ""))
             forget(record, run.key)
-            if run.workdir.exists():  # a stale partial run of it must not be resumed as the new one
-                shutil.rmtree(run.workdir)
+            for wd in (run.workdir, two.workdir):  # stale parts of them must not be resumed as the new ones
+                if wd.exists():
+                    shutil.rmtree(wd)
         chains.append([run, two])
     return run_all(chains, record, lanes=lanes, minutes=minutes, log=log, accept_unstamped=accept_unstamped)
 

@@ -252,20 +252,38 @@ def test_record_fingerprints_match_the_committed_protocols(tmp_path):
 def test_stage_two_follows_its_own_stage_one(tmp_path):
     """run_staged trains each stage two right after its own stage one (a chain on one core), so that a
     session's end leaves no recorded stage one waiting; a stage one recorded on another machine (its
-    kept model is not here) is trained again, its stale entry dropped; a failed link stops its chain."""
+    kept model is not here) is trained again, its stale entry dropped, unless its stage two has ended
+    here; a failed link stops its chain; a recorded stage two without its stage one is refused."""
     protocol, stages = import_experiment("_protocol.py"), import_experiment("_stages.py")
     run = protocol.Run("s/X/0", {"data": {"train": str(tmp_path / "absent.extxyz")}, "optim": {"epochs": 10}},
                        str(tmp_path / "absent_test.extxyz"), tmp_path / "runs" / "s_X_0")
     one, two = stages.staged(run, {"fraction": 0.2, "over": {"loss": {"energy_weight": 100.0}}})
     other = protocol.Run("t/X/0", {"data": {"train": str(tmp_path / "absent.extxyz")}}, None, tmp_path / "runs" / "t_X_0")
     record = tmp_path / "runs.json"
-    record.write_text(json.dumps({one.key: {"key": one.key, "spec_sha256": protocol.spec_sha256(one)}}))
+    entry = lambda r: {r.key: {"key": r.key, "spec_sha256": protocol.spec_sha256(r)}}  # noqa: E731
+    record.write_text(json.dumps(entry(one)))
     log = []
     done, failed, unfinished = stages.run_staged([one, other], [two], record, lanes=1, log=log.append)
     assert "not on this machine; training it again" in log[0] and one.key not in json.loads(record.read_text())
-    assert sorted(f.split(" ")[0] for f in failed) == [one.key, other.key]  # the data file is absent
+    assert [f.split(" ")[0] for f in failed] == [one.key, other.key]  # the data file is absent; in plan order
     assert unfinished == [f"{two.key} (waits for {one.key})"] and not (two.workdir / "train.log").exists()
     assert (one.workdir / "train.log").is_file()
+
+    # its model here: stage one stays recorded and its stage two is what trains (and fails: no data)
+    record.write_text(json.dumps(entry(one)))
+    (one.workdir / "best_model").mkdir(parents=True)
+    log = []
+    _, failed, unfinished = stages.run_staged([one], [two], record, lanes=1, log=log.append)
+    assert one.key in json.loads(record.read_text()) and not any("again" in m for m in log)
+    assert [f.split(" ")[0] for f in failed] == [two.key] and (two.workdir / "train.log").is_file() and not unfinished
+    # a stage two that has ended here (trained from the old stage one) never has its stage one retrained
+    (one.workdir / "best_model").rmdir()
+    (two.workdir / "summary.json").write_text("{}")
+    _, failed, _ = stages.run_staged([one], [two], record, lanes=1, log=log.append)
+    assert one.key in json.loads(record.read_text()) and not any("again" in m for m in log)
+    record.write_text(json.dumps(entry(two)))
+    with pytest.raises(ValueError, match="recorded but not its stage one"):
+        stages.run_staged([one], [two], record, lanes=1)
 
 
 def test_mlearn_plan_two_stages_and_the_mtp_bar():
@@ -312,10 +330,15 @@ def test_mlearn_budget_note_reads_both_stages():
     run = lambda ended, e, f: {"ended": ended, "tail_fall_percent": {"val_e_mae": e, "val_f_mae": f}}  # noqa: E731
     flat = {"z/Si/0/stage1": run("early_stopping", 0.0, 0.4), "z/Si/0": run("epochs", 1.9, 0.0)}
     note = mlearn.budget_note(flat)
-    assert "1 stage ones: 1 ended by early stop" in note and "1 final runs (single stage or stage two): 1 ended by " \
+    assert "stage ones (1): 1 ended by early stop" in note and "final runs (single stage or stage two) (1): 1 ended by " \
         "schedule end" in note and "budget is not what limits" in note
-    note = mlearn.budget_note({**flat, "z/Mo/0/stage1": run("cap", 0.0, 2.5), "z/Mo/0": run("epochs", 0.0, 0.0)})
-    assert "1 of 4 trained runs were still falling by more than 2 %" in note and "(z/Mo/0/stage1)" in note
+    # still falling, but stopped early: not budget-limited; energy alone or forces alone above 2 %: limited
+    note = mlearn.budget_note({**flat, "z/Mo/0/stage1": run("early_stopping", 5.0, 5.0), "z/Mo/0": run("epochs", 0.0, 0.0)})
+    assert "budget is not what limits" in note
+    note = mlearn.budget_note({**flat, "z/Mo/0/stage1": run("cap", 0.0, 2.5), "z/Mo/0": run("epochs", 2.1, 0.0),
+                               "z/Li/0": {"ended": "cap", "tail_fall_percent": {}}})
+    assert "2 of the 5 trained stages and runs ended at their cap" in note and ": z/Mo/0, z/Mo/0/stage1." in note
+    assert "1 too short for a tail fall" in note
     assert mlearn.budget_note({"zeroshot/Si/-": {}}) == "Budget: no finished run yet."
 
 

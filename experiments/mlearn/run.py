@@ -213,44 +213,51 @@ def plot_curves(spec: dict, record: dict, out: Path) -> None:
     plt.close(fig)
 
 
-#: search.md's budget rule, fixed before the search: a run whose best validation energy or force MAE still fell
-#: by more than this (%) over the last TAIL_FRACTION of its epochs was limited by its budget
+#: search.md's budget rule, fixed before the search: a run that ended at its budget (the cap, or the
+#: schedule's last epoch) with its best validation energy or force MAE still falling by more than this (%)
+#: over the last TAIL_FRACTION of its epochs was limited by that budget
 BUDGET_FALL = 2.0
 
 
 def budget_note(record: dict) -> str:
     """How the trained runs ended (early stopping, the cap, the schedule's end), stage ones and final runs
-    apart, how much their validation curves still fell at the end, and which of them were still falling
-    by more than BUDGET_FALL % (search.md's rule): budget limited those, and only those."""
+    counted apart, how much their validation curves still fell at the end, and which ended at their budget
+    still falling by more than BUDGET_FALL % (search.md's rule): budget limited those, and only those."""
     trained = {k: r for k, r in record.items() if not k.startswith("zeroshot/")}
     if not any(not k.endswith("/stage1") for k in trained):
         return "Budget: no finished run yet."
+    keys = ("val_e_mae", "val_f_mae")
     lines = []
     for kind, runs in (("stage ones", {k: r for k, r in trained.items() if k.endswith("/stage1")}),
                        ("final runs (single stage or stage two)", {k: r for k, r in trained.items() if not k.endswith("/stage1")})):
         if not runs:
             continue
         counts = {v: sum(r["ended"] == k for r in runs.values()) for k, v in ENDED.items()}
-        falls = {key: [run_tail(r, key) for r in runs.values() if run_tail(r, key) is not None] for key in ("val_e_mae", "val_f_mae")}
-        lines.append(f"{len(runs)} {kind}: " + ", ".join(f"{n} ended by {v}" for v, n in counts.items() if n)
+        falls = {key: [run_tail(r, key) for r in runs.values() if run_tail(r, key) is not None] for key in keys}
+        short = sum(any(run_tail(r, key) is None for key in keys) for r in runs.values())
+        lines.append(f"{kind} ({len(runs)}): " + ", ".join(f"{n} ended by {v}" for v, n in counts.items() if n)
                      + (f"; over the last {round(100 * TAIL_FRACTION)} % of their epochs the best validation energy MAE fell "
                         f"by {_spread(falls['val_e_mae'])} and the force MAE by {_spread(falls['val_f_mae'])}"
-                        if falls["val_e_mae"] and falls["val_f_mae"] else "") + ".")
-    falling = sorted(k for k, r in trained.items()
-                     if any((run_tail(r, key) or 0.0) > BUDGET_FALL for key in ("val_e_mae", "val_f_mae")))
+                        if falls["val_e_mae"] and falls["val_f_mae"] else "")
+                     + (f"; {short} too short for a tail fall" if short else "") + ".")
+    falling = sorted(k for k, r in trained.items() if r["ended"] in ("cap", "epochs")
+                     and any((run_tail(r, key) or 0.0) > BUDGET_FALL for key in keys))
+    rule = (f"ended at its cap or its schedule's end with its best validation E or F still falling by more than "
+            f"{BUDGET_FALL:g} % over its last {round(100 * TAIL_FRACTION)} % of epochs (search.md's budget rule)")
     if falling:
-        verdict = (f"Budget: {len(falling)} of {len(trained)} trained runs were still falling by more than {BUDGET_FALL:g} % "
-                   f"over their last {round(100 * TAIL_FRACTION)} % ({', '.join(falling)}): budget limited those, and a "
-                   "longer budget is a lever for them (not tried: the protocol fixed the budget before the test split was seen).")
+        verdict = (f"Budget: {len(falling)} of the {len(trained)} trained stages and runs {rule.replace('its', 'their')}: "
+                   f"{', '.join(falling)}. Budget limited those, and a longer budget is a lever for them (not tried: the "
+                   "protocol fixed the budget before the test split was seen).")
     else:
-        verdict = (f"Budget: none of the {len(trained)} trained runs (stages counted apart) still fell by more than "
-                   f"{BUDGET_FALL:g} % over its last {round(100 * TAIL_FRACTION)} % of epochs (search.md's rule): by that "
-                   "measure the runs had converged, and budget is not what limits these numbers.")
+        verdict = (f"Budget: none of the {len(trained)} trained stages and runs {rule}: by that measure budget is not "
+                   "what limits these numbers.")
     return "Of the finished runs: " + " ".join(lines) + " " + verdict
 
 
 def _spread(values) -> str:
-    return f"{min(values):.1f}-{max(values):.1f} % (median {sorted(values)[len(values) // 2]:.1f} %)"
+    import statistics
+
+    return f"{min(values):.1f}-{max(values):.1f} % (median {statistics.median(values):.1f} %)"
 
 
 def write_results(spec: dict, record: dict, root: Path, lanes: int = 2) -> str:
@@ -298,7 +305,7 @@ def write_results(spec: dict, record: dict, root: Path, lanes: int = 2) -> str:
         *group_table(spec, record), "",
         "Plots: `curves.png` (validation force MAE per epoch, every run), `parity/<setup>_<element>.png` "
         "(test parity of seed 0).", "",
-        *([f"## Reading the table (`discussion.md`, written after these test numbers, dated; it changes none of them)", "",
+        *(["## Reading the table (`discussion.md`: written after the test numbers it discusses, dated there; it changes none)", "",
            (root / "discussion.md").read_text().strip(), ""] if (root / "discussion.md").is_file() else [])])
     (root / "results.md").write_text(text)
     return text
