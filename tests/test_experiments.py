@@ -330,7 +330,7 @@ def test_mlearn_budget_note_reads_both_stages():
     run = lambda ended, e, f: {"ended": ended, "tail_fall_percent": {"val_e_mae": e, "val_f_mae": f}}  # noqa: E731
     flat = {"z/Si/0/stage1": run("early_stopping", 0.0, 0.4), "z/Si/0": run("epochs", 1.9, 0.0)}
     note = mlearn.budget_note(flat)
-    assert "stage ones (1): 1 ended by early stop" in note and "final runs (single stage or stage two) (1): 1 ended by " \
+    assert "Stage ones (1): 1 ended by early stop" in note and "Final runs (single stage or stage two) (1): 1 ended by " \
         "schedule end" in note and "budget is not what limits" in note
     # still falling, but stopped early: not budget-limited; energy alone or forces alone above 2 %: limited
     note = mlearn.budget_note({**flat, "z/Mo/0/stage1": run("early_stopping", 5.0, 5.0), "z/Mo/0": run("epochs", 0.0, 0.0)})

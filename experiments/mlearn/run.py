@@ -228,8 +228,8 @@ def budget_note(record: dict) -> str:
         return "Budget: no finished run yet."
     keys = ("val_e_mae", "val_f_mae")
     lines = []
-    for kind, runs in (("stage ones", {k: r for k, r in trained.items() if k.endswith("/stage1")}),
-                       ("final runs (single stage or stage two)", {k: r for k, r in trained.items() if not k.endswith("/stage1")})):
+    for kind, runs in (("Stage ones", {k: r for k, r in trained.items() if k.endswith("/stage1")}),
+                       ("Final runs (single stage or stage two)", {k: r for k, r in trained.items() if not k.endswith("/stage1")})):
         if not runs:
             continue
         counts = {v: sum(r["ended"] == k for r in runs.values()) for k, v in ENDED.items()}
