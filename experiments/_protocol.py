@@ -186,13 +186,20 @@ def locked(path: Path, wait: float = 0.0):
 RECORD_WAIT = 60.0
 
 
-def add_to_record(record: Path, summary: dict) -> None:
-    """Add one finished run to the record file (read again under the lock, written atomically)."""
+def _rewrite_record(record: Path, change) -> None:
+    """Apply ``change`` (a function of the {key: summary} dict, in place) to the record file, read again
+    under its lock and written atomically."""
     with locked(record.with_suffix(".lock"), wait=RECORD_WAIT):
-        done = {**load_record(record), summary["key"]: summary}
+        done = load_record(record)
+        change(done)
         tmp = record.with_suffix(".tmp")
         tmp.write_text(json.dumps(dict(sorted(done.items())), indent=1) + "\n")
         tmp.replace(record)
+
+
+def add_to_record(record: Path, summary: dict) -> None:
+    """Add one finished run to the record file."""
+    _rewrite_record(record, lambda done: done.update({summary["key"]: summary}))
 
 
 def check_record(runs: list[Run], done: dict, record: Path, accept_unstamped: bool = False) -> None:
@@ -283,13 +290,8 @@ def run_all(runs: list, record: Path, lanes: int = 2, minutes: float | None = No
 
 
 def forget(record: Path, key: str) -> None:
-    """Drop ``key`` from the record file (under its lock, written atomically): a run to train again."""
-    with locked(record.with_suffix(".lock"), wait=RECORD_WAIT):
-        done = load_record(record)
-        done.pop(key, None)
-        tmp = record.with_suffix(".tmp")
-        tmp.write_text(json.dumps(dict(sorted(done.items())), indent=1) + "\n")
-        tmp.replace(record)
+    """Drop ``key`` from the record file: a run to train again."""
+    _rewrite_record(record, lambda done: done.pop(key, None))
 
 
 def report_unfinished(failed: list[str], unfinished: list[str]) -> None:
