@@ -160,6 +160,7 @@ def test_megnet_warns_outside_its_training_domain():
 
 # -- numbers that used to be silently wrong ------------------------------------------------------
 
+@pytest.mark.slow  # (default suite under 15 min on 2 cores; run with -m slow)
 def test_float32_total_of_a_2048_atom_cell(model):
     """The float32 calculator gives the 2,048-atom Si cell's energy within 1e-6 eV/atom of float64
     (a float32 sum was 0.133 eV, 6.5e-5 eV/atom, off). ``Model.predict`` and evaluation sum the same

@@ -71,6 +71,7 @@ def test_nve_energy_drift_si64(calc64, steps):
     assert drift < 1e-3 and fluct < 1e-3
 
 
+@pytest.mark.slow  # (default suite under 15 min on 2 cores; run with -m slow)
 def test_cached_neighbour_list_follows_cell_changes(calc64):
     """The calculator keeps a skinned vesin list between calls; changing the cell (NPT, cell
     relaxation) or moving atoms must give the same results as a fresh calculator."""

@@ -75,7 +75,8 @@ def test_composition_attributes_by_hand():
         featurize(["NaCl"], "fractions+fractions", TABLE)
 
 
-@pytest.mark.parametrize("arch", [pytest.param("elemnet", marks=pytest.mark.slow), pytest.param("irnet", marks=pytest.mark.slow), "brnet"])
+@pytest.mark.parametrize("arch", [pytest.param("elemnet", marks=pytest.mark.slow), pytest.param("irnet", marks=pytest.mark.slow),
+                                  pytest.param("brnet", marks=pytest.mark.slow)])
 def test_parameter_budget_is_matched(arch):
     kw, n = match_budget(arch, 218, 60_000)
     assert abs(n - 60_000) / 60_000 < 0.03
@@ -113,6 +114,7 @@ def _real_rows(n=1500):
     return [r[0] for r in rows], np.array([float(r[1]) for r in rows])
 
 
+@pytest.mark.slow  # (default suite under 15 min on 2 cores; run with -m slow)
 def test_brnet_learns_real_bulk_moduli():
     formulas, y = _real_rows()
     x = featurize(formulas, "fractions+magpie", TABLE)

@@ -78,6 +78,7 @@ def test_md_never_moves_fixed_atoms_other_integrators(sd_atoms, ensemble):
     assert np.array_equal(final.positions[PARTIAL, [0, 2]], sd_atoms.positions[PARTIAL, [0, 2]])
 
 
+@pytest.mark.slow  # (default suite under 15 min on 2 cores; run with -m slow)
 def test_npt_keeps_fixed_atoms_fractional_and_logs_volume_and_pressure(sd_atoms, calc64):
     """NPT scales the cell; a fixed atom follows it (its fractional coordinates stay, as under ASE's
     NPT-Berendsen). The log line and the returned log carry the volume (A^3) and the pressure (GPa)."""

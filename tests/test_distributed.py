@@ -55,6 +55,7 @@ def test_deep_ensemble_members_on_four_devices_train_as_on_one(tmp_path, labelle
     assert r["deep_four_vs_one"] < 1e-9, r
 
 
+@pytest.mark.slow  # (default suite under 15 min on 2 cores; run with -m slow)
 def test_sharded_batched_md_equals_one_device(tmp_path):
     r = run_case("md", tmp_path, "-")
     assert r["steps"] == [0, 10, 20, 30, 40, 50, 60]

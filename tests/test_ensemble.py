@@ -152,6 +152,7 @@ def test_md_logs_the_force_std_and_stops_above_the_threshold(model, tmp_path):
     assert len(log["max_force_std"]) == 3 and np.all(log["max_force_std"] > 0) and log["stopped_at"] == -1
 
 
+@pytest.mark.slow  # (default suite under 15 min on 2 cores; run with -m slow)
 def test_cli_evaluate_prints_the_calibration_table_and_writes_plots(model, labelled_file, tmp_path, capsys):
     from jaxmat.cli import main
 
@@ -290,6 +291,7 @@ def few_frames(tmp_path_factory, labelled_file):
     return str(root / "full.extxyz"), str(root / "energy_only.extxyz")
 
 
+@pytest.mark.slow  # (default suite under 15 min on 2 cores; run with -m slow)
 def test_musil_needs_4_members_in_the_cli_as_in_the_config(tiny_members, few_frames, labelled_file, tmp_path, capsys):
     from jaxmat.train import config_from_dict
 
@@ -357,6 +359,7 @@ def test_ensemble_does_not_write_over_an_existing_path_unless_forced(tiny_member
     assert isinstance(load_model(trained), Ensemble)
 
 
+@pytest.mark.slow  # (default suite under 15 min on 2 cores; run with -m slow)
 def test_evaluate_reports_each_quantity_in_one_named_unit(tiny_members, few_frames, tmp_path, capsys):
     """The calibration table's MAE of every quantity equals the metrics table's above it (meV/atom,
     eV/A, GPa): same unit, named in both."""

@@ -40,6 +40,7 @@ def smoke(tmp_path_factory):
     return res.stdout, json.loads(out.read_text()), out
 
 
+@pytest.mark.slow  # runs scripts/gpu_bench.sh --smoke (~1 min): before a GPU session, with -m slow
 def test_every_section_measures(smoke):
     _, data, _ = smoke
     assert data["smoke"] and data["environment"]["backend"] == "cpu"
@@ -58,6 +59,7 @@ def test_every_section_measures(smoke):
     assert data["train"][0]["structures"] == 2 and data["train"][0]["atoms"] == 16
 
 
+@pytest.mark.slow  # runs scripts/gpu_bench.sh --smoke (~1 min): before a GPU session, with -m slow
 def test_markdown_table(smoke):
     stdout, data, path = smoke
     table = path.with_suffix(".md").read_text()
@@ -70,6 +72,7 @@ def test_markdown_table(smoke):
         assert f"| {row['model']} | 8 | {row['what']} |" in table
 
 
+@pytest.mark.slow  # runs scripts/gpu_bench.sh --smoke (~1 min): before a GPU session, with -m slow
 def test_benchmarked_energy_is_the_models_prediction(smoke, model):
     """The benchmark times the computation users get: its default-model energy equals ``Model.predict``'s
     (one model: every potential's row runs the same code)."""

@@ -133,6 +133,7 @@ def _local_features(model, layer, atoms):
         return np.asarray(jax.jacrev(energies)(theta))[: len(atoms)]
 
 
+@pytest.mark.slow  # (default suite under 15 min on 2 cores; run with -m slow)
 def test_local_llpr_spreads_equal_a_direct_computation(tiny, frames, exact, direct, probe, tmp_path):
     """force_directions=0: sigma_i^2 = phi_i^T Sigma phi_i per atom (forces: alpha_F sigma_i / sqrt 3
     on each component), the stress spread alpha_S sigma_E / V, the energy spread as the exact one's."""
@@ -170,6 +171,7 @@ def test_fewer_directions_keep_the_leading_part_of_the_force_variance(tiny, fram
     assert np.mean(raw_few**2) > 0.3 * np.mean(raw_all**2)  # the leading directions carry most of it
 
 
+@pytest.mark.slow  # (default suite under 15 min on 2 cores; run with -m slow)
 def test_bundle_round_trip_cli_and_ensemble_keys(tiny, frames, labelled_file, probe, tmp_path, capsys):
     from jaxmat.cli import main
 
@@ -231,6 +233,7 @@ def test_per_atom_metrics_of_calibrated_gaussian_errors():
     assert atom_metrics(e, 2 * s)["coverage_68"] > 0.9  # too wide: over-covers
 
 
+@pytest.mark.slow  # (default suite under 15 min on 2 cores; run with -m slow)
 def test_md_watch_and_evaluate_use_the_per_atom_norm(exact, probe, labelled_file, tmp_path, capsys):
     from jaxmat.cli import main
     from jaxmat.md import MDSettings, run_md

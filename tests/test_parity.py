@@ -6,7 +6,7 @@ import pytest
 TOL = {"float64": (1e-6, 1e-5, 1e-6), "float32": (5e-5, 2e-3, 1e-4)}
 
 
-@pytest.mark.parametrize("dtype", ["float64", "float32"])
+@pytest.mark.parametrize("dtype", ["float64", pytest.param("float32", marks=pytest.mark.slow)])  # 15-min default suite
 def test_reference_parity(reference_frames, calc64, calc32, dtype):
     calc = calc64 if dtype == "float64" else calc32
     tol_e, tol_f, tol_s = TOL[dtype]

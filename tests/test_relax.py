@@ -53,6 +53,7 @@ def test_in_flight_batch_swaps_and_drops_only_the_bad_structure():
     assert records[0].converged and records[2].converged
 
 
+@pytest.mark.slow  # (default suite under 15 min on 2 cores; run with -m slow)
 def test_relax_cli_jax_engine(tmp_path, capsys):
     path = tmp_path / "in.extxyz"
     ase.io.write(path, _strained())
