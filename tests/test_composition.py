@@ -75,8 +75,8 @@ def test_composition_attributes_by_hand():
         featurize(["NaCl"], "fractions+fractions", TABLE)
 
 
-@pytest.mark.parametrize("arch", [pytest.param("elemnet", marks=pytest.mark.slow), pytest.param("irnet", marks=pytest.mark.slow),
-                                  pytest.param("brnet", marks=pytest.mark.slow)])
+@pytest.mark.slow  # (default suite under 15 min on 2 cores; run with -m slow)
+@pytest.mark.parametrize("arch", ["elemnet", "irnet", "brnet"])
 def test_parameter_budget_is_matched(arch):
     kw, n = match_budget(arch, 218, 60_000)
     assert abs(n - 60_000) / 60_000 < 0.03
