@@ -36,7 +36,7 @@ def run_train(args) -> int:
     log = print if jax.process_index() == 0 else (lambda *a, **k: None)
     try:
         train_and_evaluate(cfg, workdir, resume=args.resume, log=log)  # ends with a summary of the run
-    except KeyboardInterrupt:  # Ctrl-C: the checkpoint on disk is whole (written atomically); say how to go on
+    except KeyboardInterrupt:  # Ctrl-C: the loop checkpointed its last step (atomically); say how to go on
         if jax.process_index() == 0:
             again, resume = (_train_command(args, workdir, r) for r in (False, True))
             print(f"\njaxmat train: {interrupted_report(workdir, resume, again)}", file=sys.stderr, flush=True)

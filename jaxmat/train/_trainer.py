@@ -24,6 +24,7 @@ from jaxmat.train import _parallel
 from jaxmat.train._checkpoint import CHECKPOINT_FILE, save_checkpoint
 from jaxmat.train._config import check_config
 from jaxmat.train._guards import divergence, healthy, remove_orphans, saved_state
+from jaxmat.train._interrupt import deferred_sigint
 from jaxmat.train._loss import METRIC_KEYS, summarize
 from jaxmat.train._results import save_best, write_results
 from jaxmat.train._setup import read_labelled
@@ -45,19 +46,20 @@ def train_and_evaluate(cfg, workdir, resume: bool = False, log=print) -> dict:
         log(f"--resume: {workdir} holds no {CHECKPOINT_FILE}, so there is nothing to continue: starting a new run")
     with jax.enable_x64(cfg.run.dtype == "float64"):
         run, state = create_train_state(cfg, workdir, resume and has_ckpt, log)
-        state, ended = train_epochs(run, state, cfg.optim, cfg.run)
+        with deferred_sigint(enabled=jax.process_count() == 1) as stop:  # Ctrl-C: checkpoint, KeyboardInterrupt
+            state, ended = train_epochs(run, state, cfg.optim, cfg.run, stop)
         return _results(cfg, run, state, ended)
 
 
-def train_epochs(run: Run, state: TrainState, ocfg, rcfg) -> tuple[TrainState, str]:
+def train_epochs(run: Run, state: TrainState, ocfg, rcfg, stop=lambda: False) -> tuple[TrainState, str]:
     """Epochs until ``optim.epochs``, early stopping or a limit of the run section ``rcfg``.
     Returns the state and why training ended: "epochs", "early_stopping", "wall_time" or
-    "max_steps" (results.json)."""
+    "max_steps" (results.json). ``stop() -> bool`` is read after every step (``train_epoch``)."""
     if _early_stopped(state, ocfg):  # read from the state: a resumed run that had stopped early stays stopped
         run.log(f"early stopping had ended this run after epoch {state.epoch}; nothing left to train")
     ended = "epochs"
     while state.epoch < ocfg.epochs and not _early_stopped(state, ocfg):
-        state, n_batches, halt = train_epoch(run, state, rcfg)
+        state, n_batches, halt = train_epoch(run, state, rcfg, stop)
         ended = halt or ended
         if halt and state.batch_in_epoch < n_batches:  # stopped within the epoch
             _checkpoint(run, state)
@@ -72,9 +74,11 @@ def train_epochs(run: Run, state: TrainState, ocfg, rcfg) -> tuple[TrainState, s
     return state, ended
 
 
-def train_epoch(run: Run, state: TrainState, rcfg) -> tuple[TrainState, int, str | None]:
+def train_epoch(run: Run, state: TrainState, rcfg, stop=lambda: False) -> tuple[TrainState, int, str | None]:
     """The remaining steps of epoch ``state.epoch``. Returns (state, the epoch's number of batches,
-    None or why the run halts: "wall_time" or "max_steps" of the run section ``rcfg``)."""
+    None or why the run halts: "wall_time" or "max_steps" of the run section ``rcfg``). When ``stop()``
+    turns True (Ctrl-C, ``deferred_sigint``) the state after the last step is checkpointed and
+    ``KeyboardInterrupt`` raised."""
     epoch = state.epoch
     groups = epoch_groups(run.g_train, run.budget, rcfg.seed, epoch)  # as epoch_batches, keeping the frame indices
     bar = _progress(rcfg.progress, len(groups), epoch)  # each batch is padded and sent to the devices just before its step
@@ -95,8 +99,11 @@ def train_epoch(run: Run, state: TrainState, rcfg) -> tuple[TrainState, int, str
         if bar is not None:
             bar.set_postfix(loss=f"{float(sums['loss_sum']):.4g}")
             bar.update(1)
-        if state.step % rcfg.checkpoint_every_steps == 0:
+        stopping = stop()
+        if state.step % rcfg.checkpoint_every_steps == 0 or stopping:
             _checkpoint(run, state)
+        if stopping:
+            raise KeyboardInterrupt
         halt = _halt(run, state, rcfg)
         if halt:
             break
