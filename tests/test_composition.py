@@ -263,6 +263,7 @@ def test_element_attention_slots_and_overflow():
     assert len(set(np.round(out8, 6))) == 5  # different compositions, different predictions
 
 
+@pytest.mark.slow  # ~30 s of training: outside the 15-min default suite, as BRNet's learning test
 def test_element_attention_learns_real_bulk_moduli():
     """Raw fractions reach the attention model unstandardised (``raw_columns``), the standardised
     descriptor columns after them; it learns real bulk moduli well beyond the mean predictor."""
