@@ -37,6 +37,7 @@ def test_grown_model_computes_the_same(model, reference_frames, changes):
         np.testing.assert_allclose(s1, s0, atol=1e-11)
 
 
+@pytest.mark.slow  # ~25 s each on 2 cores: outside the 15-min default suite
 def test_grown_channels_receive_gradient(model):
     """The zero-initialised l >= 3 weights are not stuck: the energy has a gradient with respect to them."""
     from jaxmat.data import Frame, batch_budget, build_graphs, make_batch
@@ -53,6 +54,7 @@ def test_grown_channels_receive_gradient(model):
     assert np.abs(np.asarray(grad["edge_embedding"]["kernel"])[9:]).max() > 0
 
 
+@pytest.mark.slow  # ~25 s each on 2 cores: outside the 15-min default suite
 def test_new_blocks_receive_gradient_and_depend_on_the_seed(model):
     """An appended block is not stuck at zero: its node-update weights have a gradient at once."""
     from jaxmat.data import Frame, batch_budget, build_graphs, make_batch
