@@ -48,11 +48,10 @@ def test_a_ctrl_c_in_a_callback_is_lost_without_deferral_and_kept_with_it(python
             os.kill(os.getpid(), signal.SIGINT)
             while True:
                 os.kill(os.getpid(), signal.SIGINT)
-    mine = signal.signal(signal.SIGINT, signal.SIG_IGN)  # a handler of the caller's own is left alone
+    signal.signal(signal.SIGINT, signal.SIG_IGN)  # a handler of the caller's own is left alone (the fixture restores)
     with deferred_sigint() as requested:
         os.kill(os.getpid(), signal.SIGINT)
     assert not requested() and signal.getsignal(signal.SIGINT) is signal.SIG_IGN
-    signal.signal(signal.SIGINT, mine)
 
 
 def test_ctrl_c_stops_training_at_the_next_step_with_a_checkpoint_of_it(tmp_path, labelled_file, python_sigint):
