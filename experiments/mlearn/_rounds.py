@@ -187,7 +187,7 @@ def scratch_rates(spec: dict, record: dict) -> tuple[list[str], dict | None]:
     confs = [c for c in spec["configs"] if c.get("round") == 3]
     if not confs:
         return [], None
-    picks, lines, complete = {}, ["", "Round 3 (from scratch; per model the peak lr of the lowest overall score): "], True
+    picks, lines, complete = {}, ["", "Round 3 (from scratch; per model the peak lr of the lowest overall score):"], True
     for model in dict.fromkeys(c["model"] for c in confs):
         got = {c["name"]: (_overall(spec, record, c["name"], c["seeds"]), c["seeds"]) for c in confs if c["model"] == model}
         done = {n: statistics.mean(v.values()) for n, (v, seeds) in got.items() if len(v) == len(seeds)}
