@@ -111,6 +111,8 @@ def test_train_cli_epochs_override_summary_and_resume_position(tmp_path, labelle
     assert "--epochs N" in described and "--max-minutes M" in described
 
 
+@pytest.mark.slow  # about a minute on 2 cores (a subprocess compiles a training step): outside the 15-min default
+# suite; test_interrupt.py's in-process Ctrl-C test (checkpoint of the next step, KeyboardInterrupt) stays in it
 def test_train_cli_ctrl_c_keeps_the_checkpoint_and_prints_the_resume_command(tmp_path, labelled_file):
     """SIGINT to a real `jaxmat train` after its first checkpoint: no traceback, exit 130, the message
     names the checkpoint (whole on disk) and its step, and the exact command that resumes it."""
