@@ -85,10 +85,15 @@ def test_small_cell_sees_many_images():
     assert np.all(g.graph.senders == 0) and np.all(g.graph.receivers == 0)
 
 
+def _efs_fn(model, stress=True):
+    """The jitted ``(params, graph) -> {"energy", "forces"[, "stress"]}`` of ``model``."""
+    return jax.jit(lambda p, g: energy_forces_stress(model.apply, p, g, stress))
+
+
 def _evaluate(model, g, stress=True, fn=None):
-    """float64 energy, forces and stress of the padded graph `g`; pass the same jitted `fn` to calls
-    whose graphs share their padded shapes, so that they compile once."""
-    fn = fn or jax.jit(lambda p, g: energy_forces_stress(model.apply, p, g, stress))
+    """float64 energy, forces and stress of the padded graph `g`; pass the same `fn` (``_efs_fn``) to
+    calls whose graphs share their padded shapes, so that they compile once."""
+    fn = fn or _efs_fn(model, stress)
     with jax.enable_x64(True):
         g = jax.tree_util.tree_map(jnp.asarray, cast_floats(g, "float64"))
         return jax.device_get(fn(model.params, g))
@@ -99,7 +104,7 @@ def test_batched_equals_single_and_padding_changes_nothing(model, reference_fram
     singles = [atoms_to_graph(a, model.cutoff, model.three_body_cutoff) for a in frames]
     # every single padded to one shape (one compilation), beyond its own bucket for all but the largest
     common = PadSizes(*np.max([bucket_sizes(graph_sizes(g)) for g in singles], axis=0).tolist())
-    fn = jax.jit(lambda p, g: energy_forces_stress(model.apply, p, g, True))
+    fn = _efs_fn(model)
     one_by_one = [_evaluate(model, pad_graph(g, common), fn=fn) for g in singles]
     batch = batch_graphs(singles)
     assert np.all(np.diff(batch.graph.receivers) >= 0) and np.all(np.diff(batch.triplets.edge_ij) >= 0)
