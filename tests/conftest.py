@@ -13,6 +13,11 @@ import tempfile
 _OWN_CACHE = "JAX_COMPILATION_CACHE_DIR" not in os.environ
 os.environ.setdefault("JAX_COMPILATION_CACHE_DIR", tempfile.mkdtemp(prefix="jaxmat-test-xla-"))
 os.environ.setdefault("JAX_PERSISTENT_CACHE_MIN_COMPILE_TIME_SECS", "0.3")
+# Most of the suite's time is XLA compiling small computations it then runs a few times: compile them
+# with LLVM's optimizations off (IEEE arithmetic either way: XLA's CPU backend does not use fast math).
+# Tests only, unless the caller chose a level; the library and the benchmarks keep XLA's default.
+if "xla_backend_optimization_level" not in os.environ.get("XLA_FLAGS", ""):
+    os.environ["XLA_FLAGS"] = (os.environ.get("XLA_FLAGS", "") + " --xla_backend_optimization_level=0").strip()
 
 import ase.io  # noqa: E402
 import jax  # noqa: E402

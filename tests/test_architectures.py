@@ -18,10 +18,15 @@ from jaxmat.train import default_hyperparameters
 ELEMENTS = ["O", "Na", "Si", "Cl"]
 
 
-def random_model(interaction: str, seed: int = 0) -> Model:
+def unfitted_model(interaction: str) -> Model:
+    """A small M3GNet with ``interaction`` blocks and no parameters yet."""
     hyper = {**default_hyperparameters("M3GNet"), "element_types": ELEMENTS, "interaction": interaction,
              "nblocks": 2, "dim_node": 16, "dim_edge": 16, "units": 16, "readout_features": [16, 1]}
-    model = Model("M3GNet", hyper, None)
+    return Model("M3GNet", hyper, None)
+
+
+def random_model(interaction: str, seed: int = 0) -> Model:
+    model = unfitted_model(interaction)
     g = atoms_to_graph(bulk("Si", "diamond", 5.43), model.cutoff, model.three_body_cutoff)
     params = model.init_params(jax.tree_util.tree_map(jnp.asarray, g), seed)
     params = {**params, "energy_scale": {**params["energy_scale"], "scale": jnp.asarray(50.0)}}
@@ -75,8 +80,8 @@ def test_supercell_extensive_and_float32(variant, nacl_si):
 
 
 def test_two_body_variant_builds_no_triplets():
-    assert random_model("two_body").three_body_cutoff is None
-    assert random_model("three_body").three_body_cutoff == 4.0
+    assert unfitted_model("two_body").three_body_cutoff is None
+    assert unfitted_model("three_body").three_body_cutoff == 4.0
 
 
 @pytest.mark.parametrize("improper", [pytest.param(False, marks=pytest.mark.slow), True])
@@ -91,8 +96,8 @@ def test_equivariant_block_is_o3_equivariant(improper):
     envelope = jnp.asarray(rng.uniform(size=n_edge))
     mask = jnp.asarray(np.arange(n_edge) < 17)  # three padding edges
     block = EquivariantInteraction("8x0e + 4x1o + 2x2e + 2x1e + 1x0o")
-    params = block.init(jax.random.PRNGKey(0), h, vec, radial, envelope, send, recv, mask)
-    f = lambda h_, v_: block.apply(params, h_, v_, radial, envelope, send, recv, mask)  # noqa: E731
+    params = jax.jit(block.init)(jax.random.PRNGKey(0), h, vec, radial, envelope, send, recv, mask)
+    f = jax.jit(lambda h_, v_: block.apply(params, h_, v_, radial, envelope, send, recv, mask))  # one compilation, not op by op
     R = testing.random_rotation(rng) * (-1.0 if improper else 1.0)
     out = f(h, vec)
     rotated = f(h.transform_by_matrix(R), vec @ R.T)
