@@ -13,11 +13,17 @@ import tempfile
 _OWN_CACHE = "JAX_COMPILATION_CACHE_DIR" not in os.environ
 os.environ.setdefault("JAX_COMPILATION_CACHE_DIR", tempfile.mkdtemp(prefix="jaxmat-test-xla-"))
 os.environ.setdefault("JAX_PERSISTENT_CACHE_MIN_COMPILE_TIME_SECS", "0.3")
-# Most of the suite's time is XLA compiling small computations it then runs a few times: compile them
-# with LLVM's optimizations off (IEEE arithmetic either way: XLA's CPU backend does not use fast math).
-# Tests only, unless the caller chose a level; the library and the benchmarks keep XLA's default.
-if "xla_backend_optimization_level" not in os.environ.get("XLA_FLAGS", ""):
-    os.environ["XLA_FLAGS"] = (os.environ.get("XLA_FLAGS", "") + " --xla_backend_optimization_level=0").strip()
+# Most of the in-process tests' time is XLA compiling small computations it then runs a few times:
+# this process compiles them with LLVM's optimizations off (IEEE arithmetic either way: XLA's CPU
+# backend does not use fast math), unless the caller chose a level. The subprocesses it starts (the
+# README's commands, the command line) run as a user runs them, at XLA's default level: the flag is
+# taken out of the environment again once this process's backend has read it (below), and this
+# process keeps its cache entries in a folder of their own (JAX's cache keys hash XLA_FLAGS as the
+# environment holds it at each compilation, so they cannot tell the two levels apart).
+_XLA_FLAGS = os.environ.get("XLA_FLAGS")
+_LLVM_O0 = "xla_backend_optimization_level" not in (_XLA_FLAGS or "")
+if _LLVM_O0:
+    os.environ["XLA_FLAGS"] = f"{_XLA_FLAGS or ''} --xla_backend_optimization_level=0".strip()
 
 import ase.io  # noqa: E402
 import jax  # noqa: E402
@@ -33,9 +39,15 @@ from helpers import FIXTURES  # noqa: E402  (the other test helpers live in help
 # jitted call does not page-fault its scratch buffer anew (jaxmat._host_memory; forces and stress
 # ~1.5-2x faster on the CPU). Before any JAX computation, hence here.
 jaxmat.retain_host_memory()
-jax.config.update("jax_compilation_cache_dir", os.environ["JAX_COMPILATION_CACHE_DIR"])
+jax.config.update("jax_compilation_cache_dir",
+                  os.path.join(os.environ["JAX_COMPILATION_CACHE_DIR"], "llvm-O0" if _LLVM_O0 else ""))
 jax.config.update("jax_persistent_cache_min_compile_time_secs",
                   float(os.environ["JAX_PERSISTENT_CACHE_MIN_COMPILE_TIME_SECS"]))
+jax.devices()  # the CPU backend starts here and reads XLA_FLAGS, once per process
+if _LLVM_O0 and _XLA_FLAGS is None:
+    del os.environ["XLA_FLAGS"]
+elif _LLVM_O0:
+    os.environ["XLA_FLAGS"] = _XLA_FLAGS
 
 
 
